@@ -1,0 +1,48 @@
+// Entry point of the `tinyllama` program: builds the verb tree, turns parse errors into one line and
+// exit code 2, and turns expected failures (bad files, bad values) into one line and exit code 1.
+using System.CommandLine;
+using TinyLlama.Cli.Commands;
+
+namespace TinyLlama.Cli;
+
+public static class Program
+{
+    public static int Main(string[] args) => Run(args, Console.Out, Console.Error);
+
+    /// <summary>Runs the CLI with the given streams (tests call this directly).</summary>
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        var root = new RootCommand("TinyLlama: tensors, autograd, LLaMA models and fine-tuning in pure C#.");
+        root.Subcommands.Add(BenchCommand.Create());
+        var parsed = root.Parse(args);
+        if (parsed.Errors.Count > 0)
+        {
+            stderr.WriteLine($"tinyllama: {parsed.Errors[0].Message} (run 'tinyllama --help')");
+            return ExitCodes.Usage;
+        }
+        try
+        {
+            return parsed.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false });
+        }
+        catch (Exception e) when (e is CliException or ArgumentException or IOException or InvalidDataException or NotSupportedException or FormatException or UnauthorizedAccessException)
+        {
+            stderr.WriteLine($"tinyllama: {e.Message}");
+            return e is CliException { IsUsage: true } ? ExitCodes.Usage : ExitCodes.Failure;
+        }
+    }
+}
+
+/// <summary>Process exit codes.</summary>
+public static class ExitCodes
+{
+    public const int Success = 0;
+    public const int Failure = 1;
+    public const int Usage = 2;
+}
+
+/// <summary>An expected failure, reported as one line without a stack trace.</summary>
+public sealed class CliException(string message, bool isUsage = false) : Exception(message)
+{
+    /// <summary>True when the arguments were wrong (exit code 2).</summary>
+    public bool IsUsage { get; } = isUsage;
+}

@@ -1,0 +1,70 @@
+// Functional ops (torch.nn.functional): embedding lookup and cross-entropy here; the fused LLaMA ops
+// (RMSNorm, RoPE, attention, SwiGLU) in Functional.*.cs. Each has a hand-written backward.
+using TinyLlama.Autograd;
+
+namespace TinyLlama.Tensors;
+
+/// <summary>Stateless neural-network ops, as in torch.nn.functional.</summary>
+public static partial class Functional
+{
+    /// <summary>
+    /// Rows of weight [V, C] picked by integer ids (any shape): result [..ids.shape, C].
+    /// Backward scatter-adds the gradient rows into a zero [V, C] tensor.
+    /// </summary>
+    public static Tensor Embedding(Tensor ids, Tensor weight)
+    {
+        if (ids.DType != DType.I32) throw new ArgumentException($"embedding: ids must be int32, got {ids.DType.Name()}");
+        if (weight.Rank != 2) throw new ArgumentException($"embedding: weight must be [V, C], got {Shapes.Format(weight.shape)}");
+        int c = weight.shape[1];
+        var flat = ids.Detach().Contiguous().Reshape(-1);
+        var y = Tensor.Zeros([flat.Numel, c], weight.DType, weight.Device);
+        weight.Backend.Embedding(weight.Detach(), flat, y);
+        var outShape = ids.shape.Concat(new[] { c }).ToArray();
+        y = y.Reshape(outShape);
+        return Engine.Record(y, "EmbeddingBackward", [weight], g =>
+        {
+            var ct = weight.DType.IsHalf() ? DType.F32 : weight.DType;
+            var dW = Tensor.Zeros(weight.shape, ct, weight.Device);
+            g.Backend.EmbeddingBackward(g.CastRaw(ct).Contiguous().Reshape(flat.Numel, c), flat, dW);
+            return [dW.CastRaw(weight.DType)];
+        });
+    }
+
+    /// <summary>
+    /// Mean cross-entropy of logits [..., V] against int32 targets [...], over the targets that are not
+    /// ignoreIndex (NaN when every target is ignored, as in PyTorch). Fused: the log-sum-exp of each row
+    /// is computed once and reused by the backward, dlogits = (softmax - onehot) / count.
+    /// </summary>
+    public static Tensor CrossEntropy(Tensor logits, Tensor targets, int ignoreIndex = -100)
+    {
+        var (sum, count) = CrossEntropySum(logits, targets, ignoreIndex);
+        return count == 0 ? sum * double.NaN : sum / count;
+    }
+
+    /// <summary>Sum of the per-token cross-entropies and the number of targets counted (for custom normalisation).</summary>
+    public static (Tensor Sum, int Count) CrossEntropySum(Tensor logits, Tensor targets, int ignoreIndex = -100)
+    {
+        if (targets.DType != DType.I32) throw new ArgumentException($"cross_entropy: targets must be int32, got {targets.DType.Name()}");
+        if (logits.Rank < 1) throw new ArgumentException("cross_entropy: logits need a class dimension");
+        int v = logits.shape[^1];
+        int n = logits.Numel / Math.Max(v, 1);
+        if (targets.Numel != n || !targets.shape.AsSpan().SequenceEqual(logits.shape.AsSpan(0, logits.Rank - 1)))
+            throw new ArgumentException($"cross_entropy: logits {Shapes.Format(logits.shape)} need targets of shape {Shapes.Format(logits.shape.AsSpan(0, logits.Rank - 1))}, got {Shapes.Format(targets.shape)}");
+        var ct = logits.DType.IsHalf() ? DType.F32 : logits.DType;
+        var x = logits.Detach().CastRaw(ct).Contiguous().Reshape(n, v);
+        var t = targets.Detach().Contiguous().Reshape(n);
+        var losses = Tensor.Zeros([n], ct, logits.Device);
+        var lse = Tensor.Zeros([n], ct, logits.Device);
+        logits.Backend.CrossEntropy(x, t, ignoreIndex, losses, lse);
+        int count = t.ToArray<int>().Count(id => id != ignoreIndex);
+        var sum = losses.Sum().CastRaw(logits.DType);
+        sum = Engine.Record(sum, "CrossEntropyBackward", [logits], g =>
+        {
+            double scale = g.Item();
+            var dx = Tensor.Zeros([n, v], ct, logits.Device);
+            logits.Backend.CrossEntropyBackward(x, t, lse, ignoreIndex, scale, dx);
+            return [dx.Reshape(logits.shape).CastRaw(logits.DType)];
+        });
+        return (sum, count);
+    }
+}
