@@ -1,0 +1,219 @@
+// The model verbs: info, perplexity, generate. A model PATH is a Hugging Face directory
+// (config.json + safetensors + tokenizer.model or tokenizer.json) or a llama2.c .bin file
+// (with --tokenizer when text is involved). Exact output formats: other tools script against them.
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using TinyLlama.Autograd;
+using TinyLlama.Formats;
+using TinyLlama.Generation;
+using TinyLlama.Model;
+using TinyLlama.Tensors;
+
+namespace TinyLlama.Cli.Commands;
+
+internal static class ModelCommands
+{
+    private static readonly JsonSerializerOptions Json = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
+    public static Option<string> ModelOption(bool required = true) => new("--model")
+    {
+        Description = "A Hugging Face model directory or a llama2.c .bin file",
+        Required = required,
+    };
+
+    public static Option<string?> TokenizerOption() => new("--tokenizer")
+    {
+        Description = "tokenizer.model or tokenizer.json (default: the one inside the model directory)",
+    };
+
+    public static Command CreateInfo()
+    {
+        var model = ModelOption(required: false);
+        var preset = new Option<string?>("--preset") { Description = "A built-in shape with random weights: " + string.Join(", ", LlamaConfig.PresetNames) };
+        var cmd = new Command("info", "Print a model's config, parameter count, dtype and size.") { model, preset };
+        cmd.SetAction(parse =>
+        {
+            var output = parse.InvocationConfiguration.Output;
+            string? path = parse.GetValue(model), presetName = parse.GetValue(preset);
+            if ((path is null) == (presetName is null)) throw new CliException("give exactly one of --model or --preset", isUsage: true);
+            LlamaConfig config;
+            long bytes;
+            string dtype;
+            if (path is not null)
+            {
+                var ckpt = LoadCheckpoint(path);
+                config = ckpt.Config;
+                bytes = ckpt.Weights.Values.Sum(t => t.Storage.Bytes > 0 ? (long)t.Numel * t.DType.SizeOf() : 0);
+                dtype = string.Join(",", ckpt.Weights.Values.Select(t => t.DType.Name()).Distinct());
+            }
+            else
+            {
+                config = Preset(presetName!);
+                bytes = config.ParameterCount() * 4;
+                dtype = "float32 (random weights)";
+            }
+            output.WriteLine(config.ToJson());
+            output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"parameters: {config.ParameterCount():N0}"));
+            output.WriteLine($"dtype: {dtype}");
+            output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"bytes: {bytes:N0} ({bytes / (1024.0 * 1024.0):F1} MiB)"));
+            return ExitCodes.Success;
+        });
+        return cmd;
+    }
+
+    public static Command CreatePerplexity()
+    {
+        var model = ModelOption();
+        var tokenizer = TokenizerOption();
+        var text = new Option<string?>("--text") { Description = "The text to score" };
+        var file = new Option<string?>("--file") { Description = "A UTF-8 file whose text to score" };
+        var json = new Option<bool>("--json") { Description = "Print {\"tokens\": N, \"mean_nll\": x, \"perplexity\": y}" };
+        var cmd = new Command("perplexity", "Mean negative log-likelihood and perplexity of a text (ids = BOS + encode(text)).") { model, tokenizer, text, file, json };
+        cmd.SetAction(parse =>
+        {
+            string? t = parse.GetValue(text), f = parse.GetValue(file);
+            if ((t is null) == (f is null)) throw new CliException("give exactly one of --text or --file", isUsage: true);
+            if (f is not null)
+            {
+                if (!File.Exists(f)) throw new CliException($"--file: {f} does not exist");
+                t = File.ReadAllText(f, Encoding.UTF8);
+            }
+            var path = parse.GetValue(model)!;
+            var lm = LoadModel(path);
+            var tok = LoadTokenizer(path, parse.GetValue(tokenizer));
+            var ids = new List<int> { tok.BosId };
+            ids.AddRange(tok.Encode(t!));
+            var (meanNll, count) = Perplexity.MeanNll(lm, ids);
+            var output = parse.InvocationConfiguration.Output;
+            if (parse.GetValue(json))
+                output.WriteLine(JsonSerializer.Serialize(new { tokens = ids.Count, mean_nll = meanNll, perplexity = Math.Exp(meanNll) }, Json));
+            else
+                output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"tokens: {ids.Count}  mean NLL: {meanNll:F6}  perplexity: {Math.Exp(meanNll):F4}  ({count} predicted)"));
+            return ExitCodes.Success;
+        });
+        return cmd;
+    }
+
+    public static Command CreateGenerate()
+    {
+        var model = ModelOption();
+        var tokenizer = TokenizerOption();
+        var prompt = new Option<string?>("--prompt") { Description = "Prompt text (the model sees BOS + encode(prompt))" };
+        var promptIds = new Option<string?>("--prompt-ids") { Description = "Prompt as comma-separated token ids, e.g. 1,450,11148" };
+        var maxTokens = new Option<int>("--max-tokens") { Description = "Number of tokens to generate at most", Required = true };
+        var temperature = new Option<double>("--temperature") { Description = "0 for greedy (default)", DefaultValueFactory = _ => 0 };
+        var topK = new Option<int>("--top-k") { Description = "Sample from the k most likely tokens (0 = all)" };
+        var topP = new Option<double>("--top-p") { Description = "Nucleus sampling threshold (1 = off)", DefaultValueFactory = _ => 1.0 };
+        var penalty = new Option<double>("--repetition-penalty") { Description = "Penalty for tokens already present (1 = off)", DefaultValueFactory = _ => 1.0 };
+        var seed = new Option<ulong>("--seed") { Description = "Sampling seed (same seed, same text)" };
+        var json = new Option<bool>("--json") { Description = "Print {\"ids\": [...], \"text\": \"...\", \"tokens_per_second\": x} instead of streaming text" };
+        var cmd = new Command("generate", "Generate text from a prompt, streaming tokens as they are chosen.")
+            { model, tokenizer, prompt, promptIds, maxTokens, temperature, topK, topP, penalty, seed, json };
+        cmd.SetAction(parse =>
+        {
+            string? p = parse.GetValue(prompt), pIds = parse.GetValue(promptIds);
+            if ((p is null) == (pIds is null)) throw new CliException("give exactly one of --prompt or --prompt-ids", isUsage: true);
+            var options = new SamplingOptions(parse.GetValue(temperature), parse.GetValue(topK), parse.GetValue(topP), parse.GetValue(penalty), parse.GetValue(seed));
+            try { options.Validate(); }
+            catch (ArgumentException e) { throw new CliException(e.Message, isUsage: true); }
+            int max = parse.GetValue(maxTokens);
+            if (max < 0) throw new CliException("--max-tokens must be >= 0", isUsage: true);
+            var path = parse.GetValue(model)!;
+            var lm = LoadModel(path);
+            bool asJson = parse.GetValue(json);
+            var tokPath = parse.GetValue(tokenizer);
+            ITextTokenizer? tok = p is not null || !asJson || HasTokenizer(path, tokPath) ? LoadTokenizer(path, tokPath) : null;
+            var ids = new List<int>();
+            if (p is not null)
+            {
+                ids.Add(tok!.BosId);
+                ids.AddRange(tok.Encode(p));
+            }
+            else ids.AddRange(ParseIds(pIds!));
+            var output = parse.InvocationConfiguration.Output;
+            var stream = !asJson ? tok!.NewStreamDecoder() : null;
+            var generated = new List<int>();
+            var sw = Stopwatch.StartNew();
+            foreach (int id in TextGenerator.Generate(lm, ids, max, options, lm.Config.EosTokenIds.ToArray()))
+            {
+                generated.Add(id);
+                if (stream is not null)
+                {
+                    output.Write(stream.Push(id));
+                    output.Flush();
+                }
+            }
+            double seconds = sw.Elapsed.TotalSeconds;
+            if (stream is not null)
+            {
+                output.WriteLine(stream.Flush());
+                return ExitCodes.Success;
+            }
+            var text = tok?.Decode(generated) ?? "";
+            output.WriteLine(JsonSerializer.Serialize(new { ids = generated, text, tokens_per_second = generated.Count / Math.Max(seconds, 1e-9) }, Json));
+            return ExitCodes.Success;
+        });
+        return cmd;
+    }
+
+    internal static int[] ParseIds(string text)
+    {
+        var parts = text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+        var ids = new int[parts.Length];
+        for (int i = 0; i < parts.Length; i++)
+            if (!int.TryParse(parts[i], NumberStyles.None, CultureInfo.InvariantCulture, out ids[i]))
+                throw new CliException($"--prompt-ids: '{parts[i]}' is not a token id", isUsage: true);
+        if (ids.Length == 0) throw new CliException("--prompt-ids: no ids given", isUsage: true);
+        return ids;
+    }
+
+    internal static LlamaConfig Preset(string name)
+    {
+        try { return LlamaConfig.Preset(name); }
+        catch (ArgumentException) { throw new CliException($"--preset: unknown preset '{name}'; expected one of {string.Join(", ", LlamaConfig.PresetNames)}", isUsage: true); }
+    }
+
+    internal static ModelCheckpoint LoadCheckpoint(string path)
+    {
+        if (!File.Exists(path) && !Directory.Exists(path)) throw new CliException($"--model: {path} does not exist");
+        return Checkpoint.Load(path);
+    }
+
+    internal static LlamaForCausalLM LoadModel(string path)
+    {
+        var ckpt = LoadCheckpoint(path);
+        var model = LlamaForCausalLM.FromWeights(ckpt.Config, ckpt.Weights);
+        model.Eval();
+        return model;
+    }
+
+    private static bool HasTokenizer(string modelPath, string? tokenizerPath) =>
+        tokenizerPath is not null || (Directory.Exists(modelPath) && (File.Exists(Path.Combine(modelPath, "tokenizer.model")) || File.Exists(Path.Combine(modelPath, "tokenizer.json"))));
+
+    internal static ITextTokenizer LoadTokenizer(string modelPath, string? tokenizerPath)
+    {
+        string? path = tokenizerPath;
+        if (path is null && Directory.Exists(modelPath)) path = modelPath;
+        if (path is null) throw new CliException($"--tokenizer is needed: {modelPath} is a llama2.c file with no tokenizer beside it", isUsage: true);
+        return TokenizerLoader.Load(path);
+    }
+}
+
+/// <summary>Scores a token sequence: mean NLL of ids[1..] given their prefixes.</summary>
+internal static class Perplexity
+{
+    public static (double MeanNll, int Count) MeanNll(LlamaForCausalLM model, IReadOnlyList<int> ids)
+    {
+        if (ids.Count < 2) throw new CliException("perplexity needs at least one token after BOS");
+        if (ids.Count > model.Config.MaxPositionEmbeddings)
+            throw new CliException($"text is {ids.Count} tokens; the model's context is {model.Config.MaxPositionEmbeddings}");
+        using var _ = GradMode.NoGrad();
+        var input = Tensor.FromArray(ids.Take(ids.Count - 1).ToArray(), [1, ids.Count - 1]);
+        var targets = Tensor.FromArray(ids.Skip(1).ToArray(), [1, ids.Count - 1]);
+        var loss = Functional.CrossEntropy(model.Forward(input).To(DType.F64), targets);
+        return (loss.Item(), ids.Count - 1);
+    }
+}

@@ -1,0 +1,59 @@
+// Basic layers: Linear (y = x W^T + b, W stored [out, in] as in PyTorch), Embedding, RMSNorm.
+// Initialisation follows PyTorch's defaults unless stated; all draws come from a seeded Generator.
+using TinyLlama.Tensors;
+
+namespace TinyLlama.NN;
+
+/// <summary>y = x W^T + b with W [outFeatures, inFeatures].</summary>
+public class Linear : Module
+{
+    /// <param name="init">False leaves the weights zero (the caller initialises or loads them).</param>
+    public Linear(int inFeatures, int outFeatures, bool bias = false, Generator? generator = null, DType dtype = DType.F32, Device? device = null, bool init = true)
+    {
+        InFeatures = inFeatures;
+        OutFeatures = outFeatures;
+        // PyTorch's kaiming_uniform(a = sqrt(5)) reduces to U(-1/sqrt(in), 1/sqrt(in)).
+        double bound = 1.0 / Math.Sqrt(inFeatures);
+        Weight = RegisterParameter("weight", init ? Tensor.Rand([outFeatures, inFeatures], generator, dtype, device, -bound, bound) : Tensor.Zeros([outFeatures, inFeatures], dtype, device));
+        if (bias) Bias = RegisterParameter("bias", init ? Tensor.Rand([outFeatures], generator, dtype, device, -bound, bound) : Tensor.Zeros([outFeatures], dtype, device));
+    }
+
+    public int InFeatures { get; }
+    public int OutFeatures { get; }
+
+    /// <summary>[out, in].</summary>
+    public Tensor Weight { get; private set; }
+
+    /// <summary>[out] or null.</summary>
+    public Tensor? Bias { get; private set; }
+
+    /// <summary>x [..., in] -> [..., out]. W^T is a transposed view; the GEMM reads it in place.</summary>
+    public virtual Tensor Forward(Tensor x)
+    {
+        var y = Tensor.MatMul(x, Weight.MT);
+        return Bias is null ? y : y + Bias;
+    }
+
+    protected override void OnParameterReplaced(string name, Tensor value)
+    {
+        if (name == "weight") Weight = value;
+        else if (name == "bias") Bias = value;
+    }
+}
+
+/// <summary>A lookup table of vectors: ids [...] -> [..., dim].</summary>
+public sealed class Embedding : Module
+{
+    /// <param name="init">False leaves the table zero (the caller initialises or loads it).</param>
+    public Embedding(int numEmbeddings, int dim, Generator? generator = null, DType dtype = DType.F32, Device? device = null, bool init = true)
+    {
+        Weight = RegisterParameter("weight", init ? Tensor.RandN([numEmbeddings, dim], generator, dtype, device) : Tensor.Zeros([numEmbeddings, dim], dtype, device));
+    }
+
+    /// <summary>[V, dim].</summary>
+    public Tensor Weight { get; private set; }
+
+    public Tensor Forward(Tensor ids) => Functional.Embedding(ids, Weight);
+
+    protected override void OnParameterReplaced(string name, Tensor value) => Weight = value;
+}

@@ -1,0 +1,87 @@
+// Next-token sampling from logits, in the order Hugging Face's generate applies its processors:
+// repetition penalty (CTRL, Keskar et al. 2019) -> temperature -> top-k -> top-p (nucleus, Holtzman
+// et al. 2020) -> draw. Temperature 0 is greedy (argmax, first index on ties).
+namespace TinyLlama.Generation;
+
+/// <summary>Sampling settings.</summary>
+/// <param name="Temperature">0 for greedy decoding; otherwise logits are divided by it.</param>
+/// <param name="TopK">Keep only the k most likely tokens (0 = all).</param>
+/// <param name="TopP">Keep the smallest set of most likely tokens whose probability reaches p (1 = all).</param>
+/// <param name="RepetitionPenalty">Divides positive (multiplies negative) logits of tokens already present (1 = off).</param>
+/// <param name="Seed">Seed of the sampling generator: the same seed gives the same text.</param>
+public sealed record SamplingOptions(double Temperature = 0, int TopK = 0, double TopP = 1.0, double RepetitionPenalty = 1.0, ulong Seed = 0)
+{
+    /// <summary>Greedy decoding.</summary>
+    public static SamplingOptions Greedy { get; } = new();
+
+    /// <summary>Throws a one-line ArgumentException naming the bad setting.</summary>
+    public void Validate()
+    {
+        if (!(Temperature >= 0) || double.IsInfinity(Temperature)) throw new ArgumentException($"temperature must be >= 0, got {Temperature}");
+        if (TopK < 0) throw new ArgumentException($"top-k must be >= 0, got {TopK}");
+        if (!(TopP > 0 && TopP <= 1)) throw new ArgumentException($"top-p must be in (0, 1], got {TopP}");
+        if (!(RepetitionPenalty > 0) || double.IsInfinity(RepetitionPenalty)) throw new ArgumentException($"repetition penalty must be > 0, got {RepetitionPenalty}");
+    }
+}
+
+/// <summary>Turns one position's logits into a token id.</summary>
+public sealed class Sampler
+{
+    private readonly SamplingOptions options;
+    private readonly Generator rng;
+    private double[] scratch = [];
+    private int[] order = [];
+
+    public Sampler(SamplingOptions options)
+    {
+        options.Validate();
+        this.options = options;
+        rng = new Generator(options.Seed);
+    }
+
+    /// <summary>Picks the next token from logits [V]; <paramref name="previous"/> are the ids seen so far (for the repetition penalty).</summary>
+    public int Sample(ReadOnlySpan<float> logits, IReadOnlyCollection<int>? previous = null)
+    {
+        int v = logits.Length;
+        if (scratch.Length != v) { scratch = new double[v]; order = new int[v]; }
+        var x = scratch;
+        for (int i = 0; i < v; i++) x[i] = logits[i];
+        if (options.RepetitionPenalty != 1.0 && previous is not null)
+        {
+            foreach (int id in previous.Distinct())
+                if ((uint)id < (uint)v) x[id] = x[id] > 0 ? x[id] / options.RepetitionPenalty : x[id] * options.RepetitionPenalty;
+        }
+        if (options.Temperature == 0)
+        {
+            int best = 0;
+            for (int i = 1; i < v; i++) if (x[i] > x[best]) best = i;
+            return best;
+        }
+        double max = double.NegativeInfinity;
+        for (int i = 0; i < v; i++) { x[i] /= options.Temperature; max = Math.Max(max, x[i]); }
+        // Candidates sorted by logit, descending (stable on ties: lower id first).
+        for (int i = 0; i < v; i++) order[i] = i;
+        Array.Sort(order, (a, b) => x[b].CompareTo(x[a]) is int c && c != 0 ? c : a.CompareTo(b));
+        int keep = options.TopK > 0 ? Math.Min(options.TopK, v) : v;
+        double total = 0;
+        for (int r = 0; r < keep; r++) total += Math.Exp(x[order[r]] - max);
+        if (options.TopP < 1.0)
+        {
+            double cumulative = 0;
+            for (int r = 0; r < keep; r++)
+            {
+                cumulative += Math.Exp(x[order[r]] - max) / total;
+                if (cumulative >= options.TopP) { keep = r + 1; break; }
+            }
+            total = 0;
+            for (int r = 0; r < keep; r++) total += Math.Exp(x[order[r]] - max);
+        }
+        double u = rng.NextDouble() * total, acc = 0;
+        for (int r = 0; r < keep; r++)
+        {
+            acc += Math.Exp(x[order[r]] - max);
+            if (u < acc) return order[r];
+        }
+        return order[keep - 1];
+    }
+}

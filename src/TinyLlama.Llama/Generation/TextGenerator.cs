@@ -1,0 +1,41 @@
+// Autoregressive generation with a KV cache: prefill the prompt in one forward pass, then decode one
+// token per step, streaming each id to the caller as soon as it is chosen.
+using TinyLlama.Autograd;
+using TinyLlama.Model;
+
+namespace TinyLlama.Generation;
+
+/// <summary>Generates token ids from a model.</summary>
+public static class TextGenerator
+{
+    /// <summary>
+    /// Yields up to maxNewTokens ids after the prompt, stopping after an id in <paramref name="stopIds"/>
+    /// (which is yielded) or when the context is full.
+    /// </summary>
+    public static IEnumerable<int> Generate(LlamaForCausalLM model, IReadOnlyList<int> prompt, int maxNewTokens, SamplingOptions options, IReadOnlyCollection<int>? stopIds = null)
+    {
+        if (prompt.Count == 0) throw new ArgumentException("generation needs at least one prompt token (e.g. BOS)");
+        if (maxNewTokens < 0) throw new ArgumentException($"max tokens must be >= 0, got {maxNewTokens}");
+        int vocab = model.Config.VocabSize;
+        foreach (int id in prompt)
+            if ((uint)id >= (uint)vocab) throw new ArgumentException($"prompt id {id} is out of range for a vocabulary of {vocab}");
+        var sampler = new Sampler(options);
+        int capacity = Math.Min(model.Config.MaxPositionEmbeddings, prompt.Count + maxNewTokens);
+        if (prompt.Count > capacity || prompt.Count > model.Config.MaxPositionEmbeddings)
+            throw new ArgumentException($"prompt of {prompt.Count} tokens exceeds the context of {model.Config.MaxPositionEmbeddings}");
+        var cache = model.NewCache(1, capacity);
+        var seen = new List<int>(prompt);
+        var input = prompt.ToArray();
+        for (int step = 0; step < maxNewTokens && cache.Length + input.Length <= capacity; step++)
+        {
+            float[] logits;
+            using (GradMode.NoGrad())
+                logits = model.Forward(Tensor.FromArray(input, [1, input.Length]), cache, lastOnly: true).ToArray<float>();
+            int next = sampler.Sample(logits, seen);
+            yield return next;
+            seen.Add(next);
+            if (stopIds is not null && stopIds.Contains(next)) yield break;
+            input = [next];
+        }
+    }
+}

@@ -1,0 +1,288 @@
+// LLaMA (Touvron et al., 2023; Llama 2 adds grouped-query attention), laid out as Hugging Face's
+// LlamaForCausalLM so that parameter names match checkpoints exactly:
+//
+//   model.embed_tokens -> N x LlamaDecoderLayer -> model.norm -> lm_head
+//   LlamaDecoderLayer:  x = x + self_attn(input_layernorm(x))
+//                       x = x + mlp(post_attention_layernorm(x))
+//   self_attn: q/k/v projections, RoPE (rotate-half layout) on q and k, causal grouped-query attention
+//              (NKV key/value heads shared by NH / NKV query heads each), o projection
+//   mlp:       down_proj(silu(gate_proj(x)) * up_proj(x))                         (SwiGLU)
+//
+// Sizes: B batch, T new tokens, S = cached + new tokens, C hidden, NH heads, NKV kv heads, HS head dim,
+// V vocabulary. The same Forward serves training (no cache, full sequence, autograd) and inference
+// (a KvCache: prefill the prompt, then decode one token at a time).
+using TinyLlama.Autograd;
+using TinyLlama.Backends;
+using TinyLlama.NN;
+using TinyLlama.Tensors;
+
+namespace TinyLlama.Model;
+
+/// <summary>RMSNorm with a learned per-feature scale (initialised to 1).</summary>
+public sealed class RmsNorm : Module
+{
+    public RmsNorm(int dim, double eps, DType dtype = DType.F32, Device? device = null)
+    {
+        Eps = eps;
+        Weight = RegisterParameter("weight", Tensor.Ones([dim], dtype, device));
+    }
+
+    public double Eps { get; }
+
+    /// <summary>[C].</summary>
+    public Tensor Weight { get; private set; }
+
+    /// <summary>x [..., C] -> x / rms(x) * weight.</summary>
+    public Tensor Forward(Tensor x) => Functional.RmsNorm(x, Weight, Eps);
+
+    protected override void OnParameterReplaced(string name, Tensor value) => Weight = value;
+}
+
+/// <summary>Causal self-attention with grouped-query heads and rotary position embeddings.</summary>
+public sealed class LlamaAttention : Module
+{
+    private readonly LlamaConfig config;
+
+    public LlamaAttention(LlamaConfig config, Generator? gen, DType dtype, Device device)
+    {
+        this.config = config;
+        int c = config.HiddenSize, hs = config.HeadDim;
+        QProj = RegisterModule("q_proj", new Linear(c, config.NumAttentionHeads * hs, false, gen, dtype, device, init: false));
+        KProj = RegisterModule("k_proj", new Linear(c, config.NumKeyValueHeads * hs, false, gen, dtype, device, init: false));
+        VProj = RegisterModule("v_proj", new Linear(c, config.NumKeyValueHeads * hs, false, gen, dtype, device, init: false));
+        OProj = RegisterModule("o_proj", new Linear(config.NumAttentionHeads * hs, c, false, gen, dtype, device, init: false));
+    }
+
+    public Linear QProj { get; }
+    public Linear KProj { get; }
+    public Linear VProj { get; }
+    public Linear OProj { get; }
+
+    /// <summary>x (B, T, C) at positions start..start+T-1 -> (B, T, C). With a cache, keys/values of earlier tokens come from it.</summary>
+    public Tensor Forward(Tensor x, RotaryEmbedding rope, int start, KvCache? cache, int layer)
+    {
+        int b = x.Size(0), t = x.Size(1);
+        int nh = config.NumAttentionHeads, nkv = config.NumKeyValueHeads, hs = config.HeadDim;
+        var q = QProj.Forward(x).View(b, t, nh, hs);   // (B, T, NH, HS)
+        var k = KProj.Forward(x).View(b, t, nkv, hs);  // (B, T, NKV, HS)
+        var v = VProj.Forward(x).View(b, t, nkv, hs);  // (B, T, NKV, HS)
+        var (cos, sin) = rope.Tables(start, t);        // (T, HS/2) each
+        q = Functional.Rope(q, cos, sin, RopeLayout.RotateHalf).Transpose(1, 2); // (B, NH, T, HS)
+        k = Functional.Rope(k, cos, sin, RopeLayout.RotateHalf).Transpose(1, 2); // (B, NKV, T, HS)
+        v = v.Transpose(1, 2);                                                   // (B, NKV, T, HS)
+        if (cache is not null) (k, v) = cache.Append(layer, k, v, start);        // (B, NKV, S, HS)
+        var y = Functional.ScaledDotProductAttention(q, k, v, causal: true);     // (B, NH, T, HS)
+        return OProj.Forward(y.Transpose(1, 2).Reshape(b, t, nh * hs));
+    }
+}
+
+/// <summary>The SwiGLU feed-forward block.</summary>
+public sealed class LlamaMlp : Module
+{
+    public LlamaMlp(LlamaConfig config, Generator? gen, DType dtype, Device device)
+    {
+        GateProj = RegisterModule("gate_proj", new Linear(config.HiddenSize, config.IntermediateSize, false, gen, dtype, device, init: false));
+        UpProj = RegisterModule("up_proj", new Linear(config.HiddenSize, config.IntermediateSize, false, gen, dtype, device, init: false));
+        DownProj = RegisterModule("down_proj", new Linear(config.IntermediateSize, config.HiddenSize, false, gen, dtype, device, init: false));
+    }
+
+    public Linear GateProj { get; }
+    public Linear UpProj { get; }
+    public Linear DownProj { get; }
+
+    /// <summary>x (B, T, C) -> (B, T, C).</summary>
+    public Tensor Forward(Tensor x) => DownProj.Forward(Functional.SwiGlu(GateProj.Forward(x), UpProj.Forward(x)));
+}
+
+/// <summary>One pre-norm transformer block.</summary>
+public sealed class LlamaDecoderLayer : Module
+{
+    public LlamaDecoderLayer(LlamaConfig config, Generator? gen, DType dtype, Device device)
+    {
+        SelfAttn = RegisterModule("self_attn", new LlamaAttention(config, gen, dtype, device));
+        Mlp = RegisterModule("mlp", new LlamaMlp(config, gen, dtype, device));
+        InputLayernorm = RegisterModule("input_layernorm", new RmsNorm(config.HiddenSize, config.RmsNormEps, dtype, device));
+        PostAttentionLayernorm = RegisterModule("post_attention_layernorm", new RmsNorm(config.HiddenSize, config.RmsNormEps, dtype, device));
+    }
+
+    public LlamaAttention SelfAttn { get; }
+    public LlamaMlp Mlp { get; }
+    public RmsNorm InputLayernorm { get; }
+    public RmsNorm PostAttentionLayernorm { get; }
+
+    /// <summary>x (B, T, C) -> (B, T, C): the residual stream, spelled out.</summary>
+    public Tensor Forward(Tensor x, RotaryEmbedding rope, int start, KvCache? cache, int layer)
+    {
+        x = x + SelfAttn.Forward(InputLayernorm.Forward(x), rope, start, cache, layer);
+        x = x + Mlp.Forward(PostAttentionLayernorm.Forward(x));
+        return x;
+    }
+}
+
+/// <summary>The decoder stack without the language-model head ("model." in checkpoints).</summary>
+public sealed class LlamaModel : Module
+{
+    public LlamaModel(LlamaConfig config, Generator? gen, DType dtype, Device device)
+    {
+        EmbedTokens = RegisterModule("embed_tokens", new Embedding(config.VocabSize, config.HiddenSize, gen, dtype, device, init: false));
+        Layers = RegisterModule("layers", new ModuleList<LlamaDecoderLayer>(
+            Enumerable.Range(0, config.NumHiddenLayers).Select(_ => new LlamaDecoderLayer(config, gen, dtype, device))));
+        Norm = RegisterModule("norm", new RmsNorm(config.HiddenSize, config.RmsNormEps, dtype, device));
+    }
+
+    public Embedding EmbedTokens { get; }
+    public ModuleList<LlamaDecoderLayer> Layers { get; }
+    public RmsNorm Norm { get; }
+}
+
+/// <summary>LLaMA with its language-model head: token ids in, next-token logits out.</summary>
+public sealed class LlamaForCausalLM : Module
+{
+    private readonly RotaryEmbedding rope;
+
+    /// <summary>
+    /// A model with random weights (normal(0, 0.02) as HF's initializer_range, norms 1) from a seeded
+    /// generator; with <paramref name="initialize"/> false the weights stay zero (for loading).
+    /// </summary>
+    public LlamaForCausalLM(LlamaConfig config, Generator? generator = null, DType dtype = DType.F32, Device? device = null, bool initialize = true)
+    {
+        Config = config;
+        var dev = device ?? Device.Cpu;
+        Model = RegisterModule("model", new LlamaModel(config, generator, dtype, dev));
+        if (!config.TieWordEmbeddings)
+            LmHead = RegisterModule("lm_head", new Linear(config.HiddenSize, config.VocabSize, false, generator, dtype, dev, init: false));
+        rope = new RotaryEmbedding(config, dtype, dev);
+        if (initialize) InitWeights(generator ?? Generator.Default);
+    }
+
+    public LlamaConfig Config { get; }
+    public LlamaModel Model { get; }
+
+    /// <summary>Null when the head is tied to the embedding.</summary>
+    public Linear? LmHead { get; }
+
+    private void InitWeights(Generator gen)
+    {
+        using var _ = GradMode.NoGrad();
+        foreach (var (name, p) in NamedParameters())
+        {
+            if (name.EndsWith("layernorm.weight", StringComparison.Ordinal) || name == "model.norm.weight") continue;
+            p.CopyFrom_(Tensor.RandN(p.Shape, gen, DType.F32, p.Device, 0, 0.02));
+        }
+    }
+
+    /// <summary>
+    /// ids (B, T) int32 -> logits (B, T, V); with <paramref name="lastOnly"/>, (B, 1, V) for the last
+    /// position only (generation needs no more). With a cache, the ids continue the cached sequence and
+    /// the cache grows by T.
+    /// </summary>
+    public Tensor Forward(Tensor ids, KvCache? cache = null, bool lastOnly = false)
+    {
+        if (ids.DType != DType.I32 || ids.Rank != 2) throw new ArgumentException($"Forward expects int32 ids of shape (B, T), got {ids.DType.Name()} {Shapes.Format(ids.Shape)}");
+        int t = ids.Size(1);
+        int start = cache?.Length ?? 0;
+        if (start + t > Config.MaxPositionEmbeddings)
+            throw new ArgumentException($"sequence of {start + t} tokens exceeds max_position_embeddings {Config.MaxPositionEmbeddings}");
+        var h = Model.EmbedTokens.Forward(ids);                 // (B, T, C)
+        for (int i = 0; i < Model.Layers.Count; i++)
+            h = Model.Layers[i].Forward(h, rope, start, cache, i);
+        if (cache is not null) cache.Length = start + t;
+        if (lastOnly) h = h.Narrow(1, t - 1, 1);
+        h = Model.Norm.Forward(h);
+        return LmHead is not null ? LmHead.Forward(h) : Tensor.MatMul(h, Model.EmbedTokens.Weight.MT); // (B, T, V)
+    }
+
+    /// <summary>A cache sized for batch and maxTokens (at most max_position_embeddings).</summary>
+    public KvCache NewCache(int batch = 1, int? maxTokens = null)
+    {
+        var p = Model.EmbedTokens.Weight;
+        return new KvCache(Config, batch, Math.Min(maxTokens ?? Config.MaxPositionEmbeddings, Config.MaxPositionEmbeddings), p.DType.IsHalf() ? DType.F32 : p.DType, p.Device);
+    }
+
+    /// <summary>
+    /// Builds a model and takes its weights from a checkpoint's tensors (HF names). f32 tensors are used
+    /// in place (no copy); 16-bit ones are converted to <paramref name="dtype"/>.
+    /// </summary>
+    public static LlamaForCausalLM FromWeights(LlamaConfig config, IReadOnlyDictionary<string, Tensor> weights, DType dtype = DType.F32, Device? device = null)
+    {
+        var model = new LlamaForCausalLM(config, null, dtype, device, initialize: false);
+        var state = new Dictionary<string, Tensor>();
+        foreach (var (name, _) in model.NamedParameters())
+        {
+            if (!weights.TryGetValue(name, out var w)) throw new InvalidDataException($"checkpoint is missing tensor '{name}'");
+            state[name] = w.DType == dtype && w.Device == (device ?? Device.Cpu) ? w.Detach() : w.Detach().To(dtype).To(device ?? Device.Cpu);
+        }
+        foreach (var name in weights.Keys)
+            if (!state.ContainsKey(name) && !(config.TieWordEmbeddings && name == "lm_head.weight") && !name.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal))
+                throw new InvalidDataException($"checkpoint has unexpected tensor '{name}'");
+        model.LoadStateDict(state, strict: true, copy: false);
+        return model;
+    }
+}
+
+/// <summary>Precomputed RoPE cos/sin tables for every position (angles in f64, as the references do).</summary>
+public sealed class RotaryEmbedding
+{
+    private readonly Tensor cos, sin; // (maxPos, HS/2)
+
+    public RotaryEmbedding(LlamaConfig config, DType dtype, Device device)
+    {
+        var invFreq = config.RopeInverseFrequencies();
+        int half = invFreq.Length, n = config.MaxPositionEmbeddings;
+        var c = new double[n * half];
+        var s = new double[n * half];
+        for (int p = 0; p < n; p++)
+            for (int i = 0; i < half; i++)
+            {
+                double angle = p * invFreq[i];
+                c[p * half + i] = Math.Cos(angle);
+                s[p * half + i] = Math.Sin(angle);
+            }
+        var ct = dtype.IsHalf() ? DType.F32 : dtype;
+        cos = Tensor.FromDoubles(c, [n, half], ct, device);
+        sin = Tensor.FromDoubles(s, [n, half], ct, device);
+    }
+
+    /// <summary>Rows start..start+count-1 of the cos and sin tables (views).</summary>
+    public (Tensor Cos, Tensor Sin) Tables(int start, int count) => (cos.Narrow(0, start, count), sin.Narrow(0, start, count));
+}
+
+/// <summary>Keys and values of the tokens seen so far, per layer: (B, NKV, maxTokens, HS) each.</summary>
+public sealed class KvCache
+{
+    private readonly Tensor[] keys, values;
+
+    public KvCache(LlamaConfig config, int batch, int maxTokens, DType dtype, Device device)
+    {
+        MaxTokens = maxTokens;
+        keys = new Tensor[config.NumHiddenLayers];
+        values = new Tensor[config.NumHiddenLayers];
+        for (int i = 0; i < keys.Length; i++)
+        {
+            keys[i] = Tensor.Zeros([batch, config.NumKeyValueHeads, maxTokens, config.HeadDim], dtype, device);
+            values[i] = Tensor.Zeros([batch, config.NumKeyValueHeads, maxTokens, config.HeadDim], dtype, device);
+        }
+    }
+
+    /// <summary>Tokens cached so far.</summary>
+    public int Length { get; internal set; }
+
+    /// <summary>Capacity in tokens.</summary>
+    public int MaxTokens { get; }
+
+    /// <summary>Stores k, v (B, NKV, T, HS) at positions start.. and returns all cached keys/values (B, NKV, start+T, HS).</summary>
+    internal (Tensor K, Tensor V) Append(int layer, Tensor k, Tensor v, int start)
+    {
+        int t = k.Size(2);
+        if (start + t > MaxTokens) throw new InvalidOperationException($"KV cache full: {start + t} tokens > capacity {MaxTokens}");
+        using (GradMode.NoGrad())
+        {
+            keys[layer].Narrow(2, start, t).CopyFrom_(k);
+            values[layer].Narrow(2, start, t).CopyFrom_(v);
+        }
+        return (keys[layer].Narrow(2, 0, start + t), values[layer].Narrow(2, 0, start + t));
+    }
+
+    /// <summary>Forgets everything (the buffers are reused).</summary>
+    public void Reset() => Length = 0;
+}
