@@ -10,6 +10,7 @@
 // (safetensors tensors view the memory-mapped files; llama2.c tensors are f32 arrays), and Load checks
 // them against the config, so the model can index the dictionary without further checks.
 using System.Text.Json;
+using System.Text.Unicode;
 using TinyLlama.Model;
 using TinyLlama.Tensors;
 
@@ -132,10 +133,13 @@ public static class Checkpoint
 
     private static Dictionary<string, string> ReadWeightMap(string indexPath)
     {
+        byte[] bytes = File.ReadAllBytes(indexPath);
+        if (!Utf8.IsValid(bytes))
+            throw new InvalidDataException($"{indexPath}: not valid JSON (it is not valid UTF-8)");
         JsonDocument doc;
         try
         {
-            doc = JsonDocument.Parse(File.ReadAllBytes(indexPath));
+            doc = JsonDocument.Parse(bytes);
         }
         catch (JsonException e)
         {

@@ -37,7 +37,7 @@ namespace TinyLlama.Formats;
 public static class Llama2CFile
 {
     private const int HeaderInts = 7;
-    private const int Magic = 0x616b3432; // "ak42" as a little-endian int32: export.py versions 1 and 2
+    private const int Magic = 0x616b3432; // "ak42" spelled in hex: the uint32 export.py versions 1 and 2 write first
 
     /// <summary>
     /// Loads a .bin: the config (RMSNorm eps 1e-5, θ 10000, BOS 1, EOS 2, as run.c hard-codes; tied when the

@@ -20,6 +20,7 @@
 // correctly, so this is a performance question, not a correctness one; we do not copy to realign.
 using System.Buffers.Binary;
 using System.Text.Json;
+using System.Text.Unicode;
 using TinyLlama.Tensors;
 
 namespace TinyLlama.Formats;
@@ -122,6 +123,10 @@ public sealed unsafe class SafetensorsFile
 
     private static (Dictionary<string, SafetensorsEntry>, List<string>, Dictionary<string, string>) ParseHeader(string path, byte[] header, long dataLength)
     {
+        // JsonDocument accepts invalid UTF-8 inside strings and only fails when a string is decoded, with an
+        // InvalidOperationException; validating first keeps every failure an InvalidDataException.
+        if (!Utf8.IsValid(header))
+            throw new InvalidDataException($"{path}: header is not valid JSON (it is not valid UTF-8)");
         JsonDocument doc;
         try
         {
@@ -130,10 +135,6 @@ public sealed unsafe class SafetensorsFile
         catch (JsonException e)
         {
             throw new InvalidDataException($"{path}: header is not valid JSON ({e.Message.ReplaceLineEndings(" ")})");
-        }
-        catch (ArgumentException e) // invalid UTF-8 surfaces here on some paths
-        {
-            throw new InvalidDataException($"{path}: header is not valid UTF-8 JSON ({e.Message.ReplaceLineEndings(" ")})");
         }
 
         using (doc)
