@@ -90,6 +90,33 @@ public class SafetensorsTests
     }
 
     [Fact]
+    public void MappingIsReleasedWhenUnreachable()
+    {
+        // The mapping's finalizer releases the view once the file object and its tensors are garbage;
+        // this exercises that path (a fault there would take the test process down).
+        using var dir = new TempDir();
+        string path = dir.File("gc.safetensors");
+        Safetensors.Save(path, new Dictionary<string, Tensor> { ["a"] = Tensor.Arange(1000) });
+        var weak = OpenAndDrop(path);
+        for (int i = 0; i < 5 && weak.IsAlive; i++)
+        {
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+        }
+        Assert.False(weak.IsAlive, "the mapped storage was not collected");
+        File.Delete(path);
+        Assert.False(File.Exists(path));
+    }
+
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    private static WeakReference OpenAndDrop(string path)
+    {
+        var t = SafetensorsFile.Open(path).Get("a");
+        Assert.Equal(999f, t.ToArray<float>()[999]);
+        return new WeakReference(t.Storage);
+    }
+
+    [Fact]
     public void SaveReplacesAnExistingFileAtomically()
     {
         using var dir = new TempDir();
