@@ -1,0 +1,168 @@
+// The one entry point from a path on disk to (LlamaConfig, weights): a Hugging Face model directory
+// (config.json plus model.safetensors, or model.safetensors.index.json and its shards), a single
+// .safetensors file with config.json beside it, or a llama2.c .bin.
+//
+// Sharded checkpoints follow transformers' convention (modeling_utils.py, SAFE_WEIGHTS_INDEX_NAME):
+// model.safetensors.index.json = {"metadata": {...}, "weight_map": {tensor name: shard file name}},
+// the shards sitting beside the index.
+//
+// Every loader returns the weights under the names in LlamaWeightNames, in their stored dtype
+// (safetensors tensors view the memory-mapped files; llama2.c tensors are f32 arrays), and Load checks
+// them against the config, so the model can index the dictionary without further checks.
+using System.Text.Json;
+using System.Text.Unicode;
+using TinyLlama.Model;
+using TinyLlama.Tensors;
+
+namespace TinyLlama.Formats;
+
+/// <summary>A model's configuration and its weights by Hugging Face name.</summary>
+/// <param name="Config">The hyper-parameters.</param>
+/// <param name="Weights">Tensors by name (see <see cref="LlamaWeightNames"/>); shapes match <paramref name="Config"/>.</param>
+public sealed record ModelCheckpoint(LlamaConfig Config, IReadOnlyDictionary<string, Tensor> Weights);
+
+/// <summary>Loads LLaMA checkpoints from disk, whatever their format.</summary>
+public static class Checkpoint
+{
+    /// <summary>File name of a single-file safetensors checkpoint in an HF directory.</summary>
+    public const string SafetensorsName = "model.safetensors";
+
+    /// <summary>File name of the shard index of a sharded HF checkpoint.</summary>
+    public const string IndexName = "model.safetensors.index.json";
+
+    /// <summary>File name of the HF configuration.</summary>
+    public const string ConfigName = "config.json";
+
+    /// <summary>
+    /// Loads <paramref name="path"/>: an HF directory, a .safetensors file (config.json beside it), or a
+    /// llama2.c .bin. The weights are checked against the config: every expected tensor present with the
+    /// expected shape and a floating-point dtype (tensors the model does not use are kept, unchecked).
+    /// </summary>
+    public static ModelCheckpoint Load(string path)
+    {
+        ModelCheckpoint checkpoint;
+        if (Directory.Exists(path))
+        {
+            var config = LlamaConfig.FromJson(RequireFile(Path.Combine(path, ConfigName), $"{path}: no {ConfigName} in the model directory"));
+            checkpoint = new ModelCheckpoint(config, LoadDirectory(path));
+        }
+        else if (File.Exists(path) && path.EndsWith(".bin", StringComparison.OrdinalIgnoreCase))
+        {
+            checkpoint = Llama2CFile.Load(path);
+        }
+        else if (File.Exists(path) && path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
+        {
+            string dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
+            var config = LlamaConfig.FromJson(RequireFile(Path.Combine(dir, ConfigName), $"{path}: no {ConfigName} beside the safetensors file"));
+            checkpoint = new ModelCheckpoint(config, SafetensorsFile.Open(path).GetAll());
+        }
+        else if (File.Exists(path) && path.EndsWith(IndexName, StringComparison.OrdinalIgnoreCase))
+        {
+            string dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
+            var config = LlamaConfig.FromJson(RequireFile(Path.Combine(dir, ConfigName), $"{path}: no {ConfigName} beside the index"));
+            checkpoint = new ModelCheckpoint(config, LoadSharded(path));
+        }
+        else if (File.Exists(path))
+        {
+            throw new InvalidDataException($"{path}: not a checkpoint this engine reads (expected a model directory, a .safetensors file or a llama2.c .bin)");
+        }
+        else
+        {
+            throw new FileNotFoundException($"{path}: no such file or directory", path);
+        }
+        CheckWeights(checkpoint.Config, checkpoint.Weights, path);
+        return checkpoint;
+    }
+
+    /// <summary>
+    /// The safetensors weights of an HF directory: model.safetensors if present, else the shards listed in
+    /// model.safetensors.index.json. Tensors view the memory-mapped files.
+    /// </summary>
+    public static IReadOnlyDictionary<string, Tensor> LoadDirectory(string directory)
+    {
+        string single = Path.Combine(directory, SafetensorsName);
+        if (File.Exists(single)) return SafetensorsFile.Open(single).GetAll();
+        string index = Path.Combine(directory, IndexName);
+        if (File.Exists(index)) return LoadSharded(index);
+        throw new InvalidDataException($"{directory}: neither {SafetensorsName} nor {IndexName} is in the directory");
+    }
+
+    /// <summary>Loads the tensors a model.safetensors.index.json lists from its shards (beside the index).</summary>
+    public static IReadOnlyDictionary<string, Tensor> LoadSharded(string indexPath)
+    {
+        string dir = Path.GetDirectoryName(Path.GetFullPath(indexPath))!;
+        var weightMap = ReadWeightMap(indexPath);
+        var shards = new Dictionary<string, SafetensorsFile>(StringComparer.Ordinal);
+        var weights = new Dictionary<string, Tensor>(weightMap.Count, StringComparer.Ordinal);
+        foreach (var (name, shardName) in weightMap)
+        {
+            if (!shards.TryGetValue(shardName, out var shard))
+            {
+                string shardPath = Path.Combine(dir, shardName);
+                if (!File.Exists(shardPath))
+                    throw new InvalidDataException($"{indexPath}: shard file '{shardName}' (holding '{name}') is missing from {dir}");
+                shards[shardName] = shard = SafetensorsFile.Open(shardPath);
+            }
+            if (!shard.Contains(name))
+                throw new InvalidDataException($"{indexPath}: tensor '{name}' is mapped to shard '{shardName}', which does not contain it");
+            weights[name] = shard.Get(name);
+        }
+        return weights;
+    }
+
+    /// <summary>
+    /// Checks that <paramref name="weights"/> hold every tensor <paramref name="config"/> needs with the right
+    /// shape and a floating-point dtype; a one-line <see cref="InvalidDataException"/> naming
+    /// <paramref name="source"/> and the tensor otherwise.
+    /// </summary>
+    public static void CheckWeights(LlamaConfig config, IReadOnlyDictionary<string, Tensor> weights, string source)
+    {
+        foreach (var (name, shape) in LlamaWeightNames.Expected(config))
+        {
+            if (!weights.TryGetValue(name, out var t))
+                throw new InvalidDataException($"{source}: tensor '{name}' is missing (the config needs shape {Shapes.Format(shape)})");
+            if (!t.Shape.AsSpan().SequenceEqual(shape))
+                throw new InvalidDataException($"{source}: tensor '{name}' has shape {Shapes.Format(t.Shape)}, but the config needs {Shapes.Format(shape)}");
+            if (!t.DType.IsFloat())
+                throw new InvalidDataException($"{source}: tensor '{name}' has dtype {t.DType.Name()}; weights must be floating-point");
+        }
+    }
+
+    private static string RequireFile(string path, string message) =>
+        File.Exists(path) ? path : throw new InvalidDataException(message);
+
+    private static Dictionary<string, string> ReadWeightMap(string indexPath)
+    {
+        byte[] bytes = File.ReadAllBytes(indexPath);
+        if (!Utf8.IsValid(bytes))
+            throw new InvalidDataException($"{indexPath}: not valid JSON (it is not valid UTF-8)");
+        JsonDocument doc;
+        try
+        {
+            doc = JsonDocument.Parse(bytes);
+        }
+        catch (JsonException e)
+        {
+            throw new InvalidDataException($"{indexPath}: not valid JSON ({e.Message.ReplaceLineEndings(" ")})");
+        }
+        using (doc)
+        {
+            if (doc.RootElement.ValueKind != JsonValueKind.Object
+                || !doc.RootElement.TryGetProperty("weight_map", out var map) || map.ValueKind != JsonValueKind.Object)
+                throw new InvalidDataException($"{indexPath}: no 'weight_map' object");
+            var result = new Dictionary<string, string>(StringComparer.Ordinal);
+            foreach (var p in map.EnumerateObject())
+            {
+                if (p.Value.ValueKind != JsonValueKind.String)
+                    throw new InvalidDataException($"{indexPath}: weight_map entry '{p.Name}' must be a shard file name, found {p.Value.ValueKind}");
+                string shard = p.Value.GetString()!;
+                // Shards live beside the index; a name with a directory part could reach anywhere on disk.
+                if (shard.Length == 0 || shard.IndexOfAny(['/', '\\']) >= 0 || shard != Path.GetFileName(shard) || shard is "." or "..")
+                    throw new InvalidDataException($"{indexPath}: weight_map entry '{p.Name}' names shard '{shard}', which is not a plain file name");
+                if (!result.TryAdd(p.Name, shard))
+                    throw new InvalidDataException($"{indexPath}: weight_map lists tensor '{p.Name}' twice");
+            }
+            return result;
+        }
+    }
+}
