@@ -1,4 +1,4 @@
-// A read-only memory mapping of a whole file, used as the owner object of the CpuStorages that
+// A private (copy-on-write) memory mapping of a whole file, used as the owner object of the CpuStorages that
 // checkpoint tensors view in place (System.IO.MemoryMappedFiles; mmap(2) on Linux, MapViewOfFile on Windows).
 //
 // Why an owner object: a tensor handed out by a checkpoint reader points straight into the mapping,
@@ -36,14 +36,17 @@ internal sealed unsafe class MappedFile
     /// <summary>File size in bytes.</summary>
     public long Length { get; }
 
-    /// <summary>Maps an existing non-empty file read-only (an empty file cannot be mapped; callers check the length first).</summary>
+    /// <summary>Maps an existing non-empty file copy-on-write (an empty file cannot be mapped; callers check the length first).</summary>
     public static MappedFile Open(string path, long length)
     {
-        var map = MemoryMappedFile.CreateFromFile(path, FileMode.Open, mapName: null, capacity: 0, MemoryMappedFileAccess.Read);
+        // Copy-on-write (MAP_PRIVATE): the file is opened read-only and never modified, but a tensor over
+        // the mapping may still be updated in place (fine-tuning a loaded model): the touched pages become
+        // private copies instead of faulting.
+        var map = MemoryMappedFile.CreateFromFile(path, FileMode.Open, mapName: null, capacity: 0, MemoryMappedFileAccess.CopyOnWrite);
         MemoryMappedViewAccessor? view = null;
         try
         {
-            view = map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
+            view = map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.CopyOnWrite);
             byte* p = null;
             view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
             // The view starts at a page boundary at or below offset 0, i.e. at offset 0 itself, but add

@@ -34,7 +34,7 @@ namespace TinyLlama.Formats;
 public sealed record SafetensorsEntry(string Name, DType DType, int[] Shape, long Begin, long End);
 
 /// <summary>
-/// One safetensors file, memory-mapped read-only. The header is parsed and validated by <see cref="Open"/>;
+/// One safetensors file, memory-mapped copy-on-write (the file itself is never written). The header is parsed and validated by <see cref="Open"/>;
 /// <see cref="Get"/> returns tensors over the mapped bytes without copying.
 /// </summary>
 public sealed unsafe class SafetensorsFile
@@ -77,8 +77,8 @@ public sealed unsafe class SafetensorsFile
         entries.TryGetValue(name, out var e) ? e : throw new InvalidDataException($"{Path}: tensor '{name}' is not in the file ({entries.Count} tensors)");
 
     /// <summary>
-    /// The tensor in its stored dtype, viewing the mapped file (no copy; treat it as read-only — the
-    /// mapping is read-only and a write would fault).
+    /// The tensor in its stored dtype, viewing the mapped file (no copy). Writes to it are allowed and
+    /// stay private to this process (copy-on-write); the file is never modified.
     /// </summary>
     public Tensor Get(string name)
     {
