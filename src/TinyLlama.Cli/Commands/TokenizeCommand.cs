@@ -66,8 +66,13 @@ internal static class TokenizeCommand
         }
         catch (JsonException e)
         {
-            // JsonException messages end with position details on the same line; keep one line.
-            throw new CliException($"{path}:{lineNumber}: malformed JSON: {e.Message.ReplaceLineEndings(" ")}");
+            // System.Text.Json appends " LineNumber: 0 | BytePositionInLine: n." (positions within
+            // this one line); report the column instead, next to the file's line number.
+            string message = e.Message.ReplaceLineEndings(" ");
+            int cut = message.IndexOf(" LineNumber:", StringComparison.Ordinal);
+            if (cut >= 0) message = message[..cut];
+            string column = e.BytePositionInLine is long b ? string.Create(CultureInfo.InvariantCulture, $" (column {b + 1})") : "";
+            throw new CliException($"{path}:{lineNumber}: malformed JSON{column}: {message}");
         }
     }
 }

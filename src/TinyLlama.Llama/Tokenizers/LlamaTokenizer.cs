@@ -48,6 +48,10 @@ public sealed class TokenizerOptions
     internal bool SplitBeforeSpaceSymbol { get; init; }
     // Hugging Face's fuse_unk: consecutive unknown characters become one <unk> before merging.
     internal bool FuseUnknown { get; init; } = true;
+    // Break score ties toward the rightmost pair instead of SentencePiece's leftmost. Only for tests:
+    // Microsoft.ML.Tokenizers 2.0.1 does this, and the oracle test uses it to show that this is the
+    // only way that implementation differs from ours ("###" -> "#" "##" there, "##" "#" in SentencePiece).
+    internal bool TiesGoRight { get; init; }
 }
 
 /// <summary>
@@ -458,7 +462,7 @@ public sealed class LlamaTokenizer
             var merged = text.AsSpan(symbols[l].Start, len);
             // Only pieces a merge may produce: NORMAL, USER_DEFINED, UNUSED (SentencePiece's pieces_).
             if (!_idsBySpan.TryGetValue(merged, out int id) || _types[id] is TokenType.Control or TokenType.Unknown or TokenType.Byte) return;
-            queue.Push(new MergeCandidate { Key = MergeQueue.ScoreKey(_scores[id], l), Left = l, Right = r, Length = len, Id = id });
+            queue.Push(new MergeCandidate { Key = MergeQueue.ScoreKey(_scores[id], _options.TiesGoRight ? int.MaxValue - l : l), Left = l, Right = r, Length = len, Id = id });
             if (_types[id] == TokenType.Unused)
             {
                 // An UNUSED piece may be formed but is never output: remember how it was made so the

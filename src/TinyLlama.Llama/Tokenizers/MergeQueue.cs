@@ -26,8 +26,8 @@ internal sealed class MergeQueue(int capacity)
     private MergeCandidate[] _heap = new MergeCandidate[Math.Max(capacity, 4)];
     private int _count;
 
-    /// <summary>Key for SentencePiece: higher score first, then leftmost.</summary>
-    public static long ScoreKey(float score, int left)
+    /// <summary>Key for SentencePiece: higher score first, then smaller <paramref name="position"/> (the left index: leftmost).</summary>
+    public static long ScoreKey(float score, int position)
     {
         // Map the float to an int with the same order (flip the magnitude bits of negatives), then
         // invert it (~) so that the highest score gets the smallest key. -0 counts as +0, as in
@@ -35,7 +35,7 @@ internal sealed class MergeQueue(int capacity)
         if (score == 0) score = 0;
         int bits = BitConverter.SingleToInt32Bits(score);
         int ordered = bits >= 0 ? bits : bits ^ 0x7FFFFFFF;
-        return ((long)~ordered << 32) | (uint)left;
+        return ((long)~ordered << 32) | (uint)position;
     }
 
     /// <summary>Key for Hugging Face merges: lowest rank first, then leftmost.</summary>
