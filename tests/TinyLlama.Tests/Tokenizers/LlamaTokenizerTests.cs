@@ -75,6 +75,8 @@ public class LlamaTokenizerTests(ITestOutputHelper output)
         Assert.Equal("Hello world", tok.Decode([1, 15043, 3186, 2]));
         // Only one leading '▁' goes: " leading" keeps its space (ids of " leading space").
         Assert.Equal(" leading space", tok.Decode([1, 29871, 8236, 2913]));
+        // "▁" alone takes the dummy prefix; after it (even past a control piece) spaces stay.
+        Assert.Equal(" leading", tok.Decode([29871, 1, 8236]));
         // After text, a '▁' is a space again.
         Assert.Equal("Hello Hello", tok.Decode([15043, 1, 15043]));
         // <unk> decodes to SentencePiece's unknown surface.
@@ -160,6 +162,20 @@ public class LlamaTokenizerTests(ITestOutputHelper output)
         Assert.Equal([4, 6, 5], tok.Encode("a<sep>ab"));
         Assert.Equal("a<sep>ab", tok.Decode([4, 6, 5]));
         Assert.Throws<InvalidOperationException>(() => tok.Encode("a", addBos: true));
+    }
+
+    [Fact]
+    public void FromVocabulary_UnusedPieces_AreFormedButSplitAgainOnOutput()
+    {
+        // "ab" is UNUSED: merges may build it (and build on it), but it is never emitted itself;
+        // SentencePiece re-splits it into the pair that formed it (bpe_model.cc's rev_merge).
+        string[] pieces = ["<unk>", "▁", "a", "b", "ab", "abb"];
+        float[] scores = [0, -5, -5, -5, -1, -2];
+        TokenType[] types = [TokenType.Unknown, TokenType.Normal, TokenType.Normal, TokenType.Normal, TokenType.Unused, TokenType.Normal];
+        var tok = LlamaTokenizer.FromVocabulary(pieces, scores, types, new TokenizerOptions { BosId = -1, EosId = -1 });
+        Assert.Equal([1, 2, 3], tok.Encode("ab"));
+        Assert.Equal([1, 5], tok.Encode("abb"));
+        Assert.Equal([1, 5, 1, 2, 3], tok.Encode("abb ab"));
     }
 
     [Fact]
