@@ -12,7 +12,8 @@
 //     of by score (tokenizers/src/models/bpe/word.rs, Word::merge_all); that path is implemented too;
 //   - decoding: SentencePieceProcessor::Decode: '▁' back to ' ', byte pieces reassembled into UTF-8
 //     (invalid bytes become U+FFFD one byte at a time), control pieces (<s>, </s>) invisible, and the
-//     space that add_dummy_prefix put in front of the text removed again.
+//     space that add_dummy_prefix put in front of the text removed again: exactly one leading '▁' of
+//     the first piece that produces text (its is_bos_ws / bos_ws_seen logic), so " x" round-trips.
 //
 // The same class serves three sources: tokenizer.model (SentencePiece), tokenizer.json (Hugging Face)
 // and plain arrays of pieces, scores and token types (what a GGUF file stores).

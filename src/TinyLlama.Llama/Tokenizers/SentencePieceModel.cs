@@ -37,6 +37,9 @@ public enum TokenType
 }
 
 /// <summary>One vocabulary entry of a SentencePiece model.</summary>
+/// <param name="Piece">The piece text, with U+2581 '▁' for a space.</param>
+/// <param name="Score">Merge priority for BPE (higher merges first); log-probability for unigram models.</param>
+/// <param name="Type">What kind of piece it is.</param>
 public readonly record struct SentencePieceEntry(string Piece, float Score, TokenType Type);
 
 /// <summary>

@@ -138,6 +138,17 @@ public sealed class HuggingFaceJsonTests : IDisposable
     }
 
     [Fact]
+    public void FromVocabularyWithMerges_EqualsTheTokenizerJsonPath()
+    {
+        var json = LlamaTokenizer.Load(Write("tokenizer.json", TokenizerJson(TinyVocab, TinyMerges)));
+        TokenType[] types = [TokenType.Unknown, TokenType.Control, TokenType.Control, TokenType.Byte, TokenType.Byte, .. Enumerable.Repeat(TokenType.Normal, 9)];
+        var arrays = LlamaTokenizer.FromVocabularyWithMerges(TinyVocab, types, [.. TinyMerges.Select(m => (m[0], m[1]))]);
+        Assert.True(arrays.UsesMergeRanks);
+        foreach (string text in (string[])["abc", "b a", " a", "abcabc bc a b c", "é ab", "xyz!a", ""])
+            Assert.Equal(json.Encode(text), arrays.Encode(text));
+    }
+
+    [Fact]
     public void TinyVocabulary_Metaspace_PrefixesOnlyWhenAbsent_AndCanSplitWords()
     {
         var split = LlamaTokenizer.Load(Write("split.json", TokenizerJson(TinyVocab, TinyMerges,
