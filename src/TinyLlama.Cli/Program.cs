@@ -14,6 +14,7 @@ public static class Program
     {
         var root = new RootCommand("TinyLlama: tensors, autograd, LLaMA models and fine-tuning in pure C#.");
         root.Subcommands.Add(BenchCommand.Create());
+        root.Subcommands.Add(TokenizeCommand.Create());
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {
