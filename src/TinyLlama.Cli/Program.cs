@@ -15,6 +15,9 @@ public static class Program
         var root = new RootCommand("TinyLlama: tensors, autograd, LLaMA models and fine-tuning in pure C#.");
         root.Subcommands.Add(BenchCommand.Create());
         root.Subcommands.Add(TokenizeCommand.Create());
+        root.Subcommands.Add(ModelCommands.CreateInfo());
+        root.Subcommands.Add(ModelCommands.CreatePerplexity());
+        root.Subcommands.Add(ModelCommands.CreateGenerate());
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {

@@ -11,6 +11,7 @@ using TinyLlama.Formats;
 using TinyLlama.Generation;
 using TinyLlama.Model;
 using TinyLlama.Tensors;
+using TinyLlama.Tokenizers;
 
 namespace TinyLlama.Cli.Commands;
 
@@ -125,7 +126,7 @@ internal static class ModelCommands
             var lm = LoadModel(path);
             bool asJson = parse.GetValue(json);
             var tokPath = parse.GetValue(tokenizer);
-            ITextTokenizer? tok = p is not null || !asJson || HasTokenizer(path, tokPath) ? LoadTokenizer(path, tokPath) : null;
+            LlamaTokenizer? tok = p is not null || !asJson || HasTokenizer(path, tokPath) ? LoadTokenizer(path, tokPath) : null;
             var ids = new List<int>();
             if (p is not null)
             {
@@ -134,7 +135,7 @@ internal static class ModelCommands
             }
             else ids.AddRange(ParseIds(pIds!));
             var output = parse.InvocationConfiguration.Output;
-            var stream = !asJson ? tok!.NewStreamDecoder() : null;
+            var stream = !asJson ? tok!.CreateStreamDecoder() : null;
             var generated = new List<int>();
             var sw = Stopwatch.StartNew();
             foreach (int id in TextGenerator.Generate(lm, ids, max, options, lm.Config.EosTokenIds.ToArray()))
@@ -193,12 +194,12 @@ internal static class ModelCommands
     private static bool HasTokenizer(string modelPath, string? tokenizerPath) =>
         tokenizerPath is not null || (Directory.Exists(modelPath) && (File.Exists(Path.Combine(modelPath, "tokenizer.model")) || File.Exists(Path.Combine(modelPath, "tokenizer.json"))));
 
-    internal static ITextTokenizer LoadTokenizer(string modelPath, string? tokenizerPath)
+    internal static LlamaTokenizer LoadTokenizer(string modelPath, string? tokenizerPath)
     {
         string? path = tokenizerPath;
         if (path is null && Directory.Exists(modelPath)) path = modelPath;
         if (path is null) throw new CliException($"--tokenizer is needed: {modelPath} is a llama2.c file with no tokenizer beside it", isUsage: true);
-        return TokenizerLoader.Load(path);
+        return LlamaTokenizer.Load(path);
     }
 }
 
