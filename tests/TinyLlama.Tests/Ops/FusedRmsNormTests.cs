@@ -18,7 +18,8 @@ public class FusedRmsNormTests
             data.Add(1, 1, dtype);
             data.Add(5, 7, dtype);
             data.Add(3, 67, dtype);
-            data.Add(300, 67, dtype);
+            data.Add(300, 200, dtype);   // 3 dWeight chunks
+            data.Add(1000, 67, dtype);   // 4 dWeight chunks
             data.Add(33, 768, dtype);
         }
         return data;
