@@ -248,10 +248,10 @@ public sealed partial class CpuBackend
             for (int i = 0; i < dv; i += w)
             {
                 var x = Vector256.LoadUnsafe(ref ar, (nuint)i);
-                s0 += x * Vector256.LoadUnsafe(ref r0, (nuint)i);
-                s1 += x * Vector256.LoadUnsafe(ref r1, (nuint)i);
-                s2 += x * Vector256.LoadUnsafe(ref r2, (nuint)i);
-                s3 += x * Vector256.LoadUnsafe(ref r3, (nuint)i);
+                s0 = MulAdd(x, Vector256.LoadUnsafe(ref r0, (nuint)i), s0);
+                s1 = MulAdd(x, Vector256.LoadUnsafe(ref r1, (nuint)i), s1);
+                s2 = MulAdd(x, Vector256.LoadUnsafe(ref r2, (nuint)i), s2);
+                s3 = MulAdd(x, Vector256.LoadUnsafe(ref r3, (nuint)i), s3);
             }
             T t0 = Vector256.Sum(s0), t1 = Vector256.Sum(s1), t2 = Vector256.Sum(s2), t3 = Vector256.Sum(s3);
             for (int i = dv; i < d; i++)
@@ -272,7 +272,7 @@ public sealed partial class CpuBackend
             ref T r0 = ref Unsafe.Add(ref rr, c * d);
             var s0 = Vector256<T>.Zero;
             for (int i = 0; i < dv; i += w)
-                s0 += Vector256.LoadUnsafe(ref ar, (nuint)i) * Vector256.LoadUnsafe(ref r0, (nuint)i);
+                s0 = MulAdd(Vector256.LoadUnsafe(ref ar, (nuint)i), Vector256.LoadUnsafe(ref r0, (nuint)i), s0);
             T t0 = Vector256.Sum(s0);
             for (int i = dv; i < d; i++) t0 += Unsafe.Add(ref ar, i) * Unsafe.Add(ref r0, i);
             scores[c] = t0 * scale;
@@ -304,10 +304,10 @@ public sealed partial class CpuBackend
                 {
                     var wc = Vector256.Create(Unsafe.Add(ref wr, c));
                     ref T row = ref Unsafe.Add(ref rr, c * d + i);
-                    a0 += wc * Vector256.LoadUnsafe(ref row);
-                    a1 += wc * Vector256.LoadUnsafe(ref row, (nuint)w);
-                    a2 += wc * Vector256.LoadUnsafe(ref row, (nuint)(2 * w));
-                    a3 += wc * Vector256.LoadUnsafe(ref row, (nuint)(3 * w));
+                    a0 = MulAdd(wc, Vector256.LoadUnsafe(ref row), a0);
+                    a1 = MulAdd(wc, Vector256.LoadUnsafe(ref row, (nuint)w), a1);
+                    a2 = MulAdd(wc, Vector256.LoadUnsafe(ref row, (nuint)(2 * w)), a2);
+                    a3 = MulAdd(wc, Vector256.LoadUnsafe(ref row, (nuint)(3 * w)), a3);
                 }
                 a0.StoreUnsafe(ref yr, (nuint)i);
                 a1.StoreUnsafe(ref yr, (nuint)(i + w));
@@ -318,7 +318,7 @@ public sealed partial class CpuBackend
             {
                 var a0 = Vector256.LoadUnsafe(ref yr, (nuint)i);
                 for (int c = 0; c < n; c++)
-                    a0 += Vector256.Create(Unsafe.Add(ref wr, c)) * Vector256.LoadUnsafe(ref rr, (nuint)(c * d + i));
+                    a0 = MulAdd(Vector256.Create(Unsafe.Add(ref wr, c)), Vector256.LoadUnsafe(ref rr, (nuint)(c * d + i)), a0);
                 a0.StoreUnsafe(ref yr, (nuint)i);
             }
         }
@@ -328,5 +328,16 @@ public sealed partial class CpuBackend
             for (int c = 0; c < n; c++) a0 += Unsafe.Add(ref wr, c) * Unsafe.Add(ref rr, c * d + i);
             Unsafe.Add(ref yr, i) = a0;
         }
+    }
+
+    /// <summary>a * b + c, fused into one FMA instruction where the CPU has one (else a multiply and an add).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<T> MulAdd<T>(Vector256<T> a, Vector256<T> b, Vector256<T> c) where T : unmanaged
+    {
+        if (typeof(T) == typeof(float))
+            return Vector256.MultiplyAddEstimate(a.AsSingle(), b.AsSingle(), c.AsSingle()).As<float, T>();
+        if (typeof(T) == typeof(double))
+            return Vector256.MultiplyAddEstimate(a.AsDouble(), b.AsDouble(), c.AsDouble()).As<double, T>();
+        return a * b + c;
     }
 }
