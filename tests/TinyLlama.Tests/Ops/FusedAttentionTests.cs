@@ -54,11 +54,12 @@ public class FusedAttentionTests
         AttentionRef.Forward(qd, kd, vd, b, h, kvh, t, s, d, scale, causal, oRef, lseRef);
         AttentionRef.Backward(qd, kd, vd, gd, b, h, kvh, t, s, d, scale, causal, dqRef, dkRef, dvRef);
 
-        // f64: online softmax and tiled sums reorder the arithmetic; 1e-11 is ~1e5 ulps of margin.
+        // f64: online softmax and tiled sums only reorder the arithmetic (observed errors ~3e-15): 1e-13.
         // f32: scores are D-term dot products of N(0, 1) values (error ~ sqrt(D) * 6e-8 * |score|), exp
-        // amplifies an absolute score error into a relative one, and o, dk, dv sum up to S (or G * T)
-        // such terms: 5e-5 absolute on O(1) outputs. A wrong mask or a missed GQA head is off by O(0.1).
-        double tol = dtype == DType.F64 ? 1e-11 : 5e-5;
+        // turns an absolute score error into a relative one, and dk, dv sum up to G * T such terms
+        // (observed errors up to 1.2e-6 on these cases): 1e-5 on O(1) outputs. A wrong mask or a missed
+        // GQA head is off by O(0.1).
+        double tol = dtype == DType.F64 ? 1e-13 : 1e-5;
         FusedAssert.Close(oRef, o.ToArray<double>(), tol, tol, "o");
         FusedAssert.Close(lseRef, lse.ToArray<double>(), tol, tol, "lse");
         FusedAssert.Close(dqRef, dq.ToArray<double>(), tol, tol, "dq");

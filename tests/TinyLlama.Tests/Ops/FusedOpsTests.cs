@@ -1,6 +1,7 @@
 // Checks shared by the fused-op tests (FusedRmsNormTests, FusedRopeTests, FusedAttentionTests,
 // FusedSwiGluTests), and the tests that run every fused op the same way: 16-bit inputs computed in f32
 // and rounded back, and gradients that reach only the inputs that ask for them.
+using TinyLlama.Autograd;
 using TinyLlama.Backends;
 using TinyLlama.Tensors;
 using static TinyLlama.Tests.Infrastructure.GradCheck;
@@ -135,11 +136,11 @@ public class FusedOpsTests
         // sigmoid) must be rejected by GradCheck.Check with the tolerances used in these files.
         static Tensor Wrong(Tensor[] t)
         {
-            var g = t[0];
-            var y = Functional.SwiGlu(g.Detach(), t[1]);
-            // y + g*0 routes a gradient to g of dy * sigmoid(g) * up via a detached product: wrong on purpose.
-            return y + (g * (g.Detach().Sigmoid() * t[1].Detach())) - (g.Detach() * (g.Detach().Sigmoid() * t[1].Detach()));
+            var (g, u) = (t[0].Detach(), t[1].Detach());
+            return Engine.Record(Functional.SwiGlu(g, u), "WrongSwiGluBackward", [t[0], t[1]],
+                dy => [dy * u * g.Sigmoid(), dy * g.Silu()]);
         }
-        Assert.ThrowsAny<Exception>(() => Check(Wrong, [RandN(1, 3, 4), RandN(2, 3, 4)]));
+        var e = Assert.ThrowsAny<Xunit.Sdk.XunitException>(() => Check(Wrong, [RandN(1, 3, 4), RandN(2, 3, 4)]));
+        Assert.Contains("input 0", e.Message);   // the gate's gradient is the wrong one; up's is right
     }
 }
