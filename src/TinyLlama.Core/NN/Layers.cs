@@ -7,7 +7,7 @@ namespace TinyLlama.NN;
 /// <summary>y = x W^T + b with W [outFeatures, inFeatures].</summary>
 public class Linear : Module
 {
-    /// <param name="init">False leaves the weights zero (the caller initialises or loads them).</param>
+    /// <summary>A layer with U(-1/sqrt(in), 1/sqrt(in)) weights, or zeros when <paramref name="init"/> is false (the caller initialises or loads them).</summary>
     public Linear(int inFeatures, int outFeatures, bool bias = false, Generator? generator = null, DType dtype = DType.F32, Device? device = null, bool init = true)
     {
         InFeatures = inFeatures;
@@ -44,7 +44,7 @@ public class Linear : Module
 /// <summary>A lookup table of vectors: ids [...] -> [..., dim].</summary>
 public sealed class Embedding : Module
 {
-    /// <param name="init">False leaves the table zero (the caller initialises or loads it).</param>
+    /// <summary>A table of standard-normal vectors, or zeros when <paramref name="init"/> is false (the caller initialises or loads it).</summary>
     public Embedding(int numEmbeddings, int dim, Generator? generator = null, DType dtype = DType.F32, Device? device = null, bool init = true)
     {
         Weight = RegisterParameter("weight", init ? Tensor.RandN([numEmbeddings, dim], generator, dtype, device) : Tensor.Zeros([numEmbeddings, dim], dtype, device));

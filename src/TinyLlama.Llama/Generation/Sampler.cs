@@ -1,6 +1,8 @@
 // Next-token sampling from logits, in the order Hugging Face's generate applies its processors:
 // repetition penalty (CTRL, Keskar et al. 2019) -> temperature -> top-k -> top-p (nucleus, Holtzman
 // et al. 2020) -> draw. Temperature 0 is greedy (argmax, first index on ties).
+using TinyLlama.Tensors;
+
 namespace TinyLlama.Generation;
 
 /// <summary>Sampling settings.</summary>
