@@ -15,14 +15,12 @@ internal static class FusedAssert
     public static void Close(double[] expected, double[] actual, double atol, double rtol, string what)
     {
         Assert.True(expected.Length == actual.Length, $"{what}: {actual.Length} values, expected {expected.Length}");
-        double worst = 0;
         for (int i = 0; i < expected.Length; i++)
         {
             double e = expected[i], a = actual[i];
             if (double.IsInfinity(e) && e == a) continue;
             double err = Math.Abs(a - e);
             Assert.True(err <= atol + rtol * Math.Abs(e), $"{what}[{i}]: {a:G10}, expected {e:G10} (error {err:G3}, atol {atol:G2}, rtol {rtol:G2})");
-            worst = Math.Max(worst, err);
         }
     }
 
