@@ -13,6 +13,7 @@ internal static class BenchCommand
     {
         var bench = new Command("bench", "Measure the speed of kernels and models.");
         bench.Subcommands.Add(CreateGemm());
+        bench.Subcommands.Add(BenchGenerateCommand.Create());
         return bench;
     }
 

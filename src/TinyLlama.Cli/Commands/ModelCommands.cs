@@ -5,7 +5,6 @@ using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;
-using System.Text.Json;
 using TinyLlama.Autograd;
 using TinyLlama.Formats;
 using TinyLlama.Generation;
@@ -17,8 +16,6 @@ namespace TinyLlama.Cli.Commands;
 
 internal static class ModelCommands
 {
-    private static readonly JsonSerializerOptions Json = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
-
     public static Option<string> ModelOption(bool required = true) => new("--model")
     {
         Description = "A Hugging Face model directory or a llama2.c .bin file",
@@ -90,7 +87,7 @@ internal static class ModelCommands
             var (meanNll, count) = Perplexity.MeanNll(lm, ids);
             var output = parse.InvocationConfiguration.Output;
             if (parse.GetValue(json))
-                output.WriteLine(JsonSerializer.Serialize(new { tokens = ids.Count, mean_nll = meanNll, perplexity = Math.Exp(meanNll) }, Json));
+                output.WriteLine(JsonLine.Format(("tokens", ids.Count), ("mean_nll", meanNll), ("perplexity", Math.Exp(meanNll))));
             else
                 output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"tokens: {ids.Count}  mean NLL: {meanNll:F6}  perplexity: {Math.Exp(meanNll):F4}  ({count} predicted)"));
             return ExitCodes.Success;
@@ -122,6 +119,7 @@ internal static class ModelCommands
             catch (ArgumentException e) { throw new CliException(e.Message, isUsage: true); }
             int max = parse.GetValue(maxTokens);
             if (max < 0) throw new CliException("--max-tokens must be >= 0", isUsage: true);
+            var parsedIds = pIds is not null ? ParseIds(pIds) : null; // usage errors before any file is read
             var path = parse.GetValue(model)!;
             var lm = LoadModel(path);
             bool asJson = parse.GetValue(json);
@@ -133,7 +131,7 @@ internal static class ModelCommands
                 ids.Add(tok!.BosId);
                 ids.AddRange(tok.Encode(p));
             }
-            else ids.AddRange(ParseIds(pIds!));
+            else ids.AddRange(parsedIds!);
             var output = parse.InvocationConfiguration.Output;
             var stream = !asJson ? tok!.CreateStreamDecoder() : null;
             var generated = new List<int>();
@@ -154,7 +152,7 @@ internal static class ModelCommands
                 return ExitCodes.Success;
             }
             var text = tok?.Decode(generated) ?? "";
-            output.WriteLine(JsonSerializer.Serialize(new { ids = generated, text, tokens_per_second = generated.Count / Math.Max(seconds, 1e-9) }, Json));
+            output.WriteLine(JsonLine.Format(("ids", generated), ("text", text), ("tokens_per_second", generated.Count / Math.Max(seconds, 1e-9))));
             return ExitCodes.Success;
         });
         return cmd;

@@ -1,0 +1,81 @@
+// `tinyllama bench generate`: prefill and decode tokens/s of a model with a KV cache.
+// Prefill: one forward over P prompt tokens; decode: N single-token steps (greedy), each reading the
+// whole cache. Each figure is the median over repeats after a warm-up run.
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using TinyLlama.Autograd;
+using TinyLlama.Generation;
+using TinyLlama.Model;
+using TinyLlama.Tensors;
+
+namespace TinyLlama.Cli.Commands;
+
+internal static class BenchGenerateCommand
+{
+    public static Command Create()
+    {
+        var model = ModelCommands.ModelOption(required: false);
+        var preset = new Option<string?>("--preset") { Description = "Random weights of a built-in shape: stories15M, stories110M, ..." };
+        var promptTokens = new Option<int>("--prompt-tokens") { Description = "Prompt length P", DefaultValueFactory = _ => 128 };
+        var tokens = new Option<int>("--tokens") { Description = "Tokens to decode N", DefaultValueFactory = _ => 128 };
+        var repeats = new Option<int>("--repeats") { Description = "Timed runs (medians are reported)", DefaultValueFactory = _ => 3 };
+        var json = new Option<bool>("--json") { Description = "Print {\"prefill_tokens_per_second\": x, \"decode_tokens_per_second\": y}" };
+        var cmd = new Command("generate", "Prefill and decode throughput with a KV cache.") { model, preset, promptTokens, tokens, repeats, json };
+        cmd.SetAction(parse =>
+        {
+            string? path = parse.GetValue(model), presetName = parse.GetValue(preset);
+            if ((path is null) == (presetName is null)) throw new CliException("give exactly one of --model or --preset", isUsage: true);
+            int p = parse.GetValue(promptTokens), n = parse.GetValue(tokens), reps = parse.GetValue(repeats);
+            if (p < 1 || n < 1 || reps < 1) throw new CliException("--prompt-tokens, --tokens and --repeats must be at least 1", isUsage: true);
+            var lm = path is not null ? ModelCommands.LoadModel(path) : new LlamaForCausalLM(ModelCommands.Preset(presetName!), new Generator(0));
+            lm.Eval();
+            if (p + n > lm.Config.MaxPositionEmbeddings)
+                throw new CliException($"--prompt-tokens + --tokens = {p + n} exceeds the model's context of {lm.Config.MaxPositionEmbeddings}", isUsage: true);
+            var (prefill, decode) = Measure(lm, p, n, reps);
+            var output = parse.InvocationConfiguration.Output;
+            if (parse.GetValue(json))
+                output.WriteLine(JsonLine.Format(("prefill_tokens_per_second", Math.Round(prefill, 2)), ("decode_tokens_per_second", Math.Round(decode, 2))));
+            else
+                output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"{lm.Config.ParameterCount():N0} parameters, {Environment.ProcessorCount} threads: prefill {p} tokens {prefill:F1} tokens/s, decode {n} tokens {decode:F1} tokens/s (medians of {reps})"));
+            return ExitCodes.Success;
+        });
+        return cmd;
+    }
+
+    /// <summary>Median prefill and decode tokens/s over reps runs after a warm-up.</summary>
+    internal static (double Prefill, double Decode) Measure(LlamaForCausalLM model, int promptTokens, int newTokens, int reps)
+    {
+        var gen = new Generator(1);
+        var prompt = new int[promptTokens];
+        for (int i = 0; i < prompt.Length; i++) prompt[i] = gen.NextInt(model.Config.VocabSize);
+        var cache = model.NewCache(1, promptTokens + newTokens);
+        var sampler = new Sampler(SamplingOptions.Greedy);
+        var prefill = new double[reps];
+        var decode = new double[reps];
+        using var _ = GradMode.NoGrad();
+        for (int r = -1; r < reps; r++)
+        {
+            cache.Reset();
+            int steps = r < 0 ? Math.Min(newTokens, 4) : newTokens;
+            long t0 = Stopwatch.GetTimestamp();
+            var logits = model.Forward(Tensor.FromArray(prompt, [1, promptTokens]), cache, lastOnly: true).ToArray<float>();
+            double tp = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+            int next = sampler.Sample(logits);
+            t0 = Stopwatch.GetTimestamp();
+            for (int s = 0; s < steps; s++)
+            {
+                logits = model.Forward(Tensor.FromArray(new[] { next }, [1, 1]), cache, lastOnly: true).ToArray<float>();
+                next = sampler.Sample(logits);
+            }
+            double td = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+            if (r < 0) continue;
+            prefill[r] = promptTokens / tp;
+            decode[r] = steps / td;
+        }
+        Array.Sort(prefill);
+        Array.Sort(decode);
+        return (prefill[reps / 2], decode[reps / 2]);
+    }
+}

@@ -1,0 +1,110 @@
+// The model verbs through the real CLI entry point: exact JSON layouts, agreement with the library,
+// and one-line errors with the documented exit codes (2 usage, 1 failure).
+using System.Text.Json;
+using TinyLlama.Tests.Infrastructure;
+
+namespace TinyLlama.Tests.Cli;
+
+public class ModelCommandTests
+{
+    [SkippableFact]
+    public void PerplexityPrintsTheDocumentedJsonAndMatchesTheReference()
+    {
+        var dir = SharedData.Require("tiny-random-llama");
+        var expected = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "expected.json"))).RootElement.GetProperty("forward")[0];
+        var (code, output, err) = CliRunner.Run("perplexity", "--model", dir, "--text", expected.GetProperty("text").GetString()!, "--json");
+        Assert.True(code == 0, err);
+        var line = output.Trim();
+        Assert.Matches(@"^\{""tokens"": \d+, ""mean_nll"": [-0-9.eE+]+, ""perplexity"": [-0-9.eE+]+\}$", line);
+        var json = JsonDocument.Parse(line).RootElement;
+        Assert.Equal(expected.GetProperty("ids").GetArrayLength(), json.GetProperty("tokens").GetInt32());
+        double refNll = expected.GetProperty("mean_nll").GetDouble();
+        Assert.True(Math.Abs(json.GetProperty("mean_nll").GetDouble() - refNll) <= 1e-4 * refNll);
+        Assert.Equal(Math.Exp(json.GetProperty("mean_nll").GetDouble()), json.GetProperty("perplexity").GetDouble(), 6);
+    }
+
+    [SkippableFact]
+    public void GenerateJsonFromPromptIdsEqualsRunCGreedy()
+    {
+        var bin = SharedData.Require("stories260K/stories260K.bin");
+        var greedy = JsonDocument.Parse(File.ReadAllText(SharedData.Require("stories260K/greedy.json"))).RootElement
+            .GetProperty("greedy_ids").EnumerateArray().Select(e => e.GetInt32()).Take(16).ToArray();
+        var (code, output, err) = CliRunner.Run("generate", "--model", bin, "--prompt-ids", "1", "--max-tokens", "16", "--json");
+        Assert.True(code == 0, err);
+        var json = JsonDocument.Parse(output.Trim()).RootElement;
+        Assert.Equal(greedy, json.GetProperty("ids").EnumerateArray().Select(e => e.GetInt32()).ToArray());
+        Assert.True(json.GetProperty("tokens_per_second").GetDouble() > 0);
+        Assert.StartsWith("{\"ids\": [", output);
+    }
+
+    [SkippableFact]
+    public void GenerateWithTheSameSeedGivesTheSameText()
+    {
+        var dir = SharedData.Require("tiny-random-llama");
+        string[] args = ["generate", "--model", dir, "--prompt", "Once upon a time", "--max-tokens", "12", "--temperature", "0.9", "--top-k", "50", "--top-p", "0.95", "--seed", "7", "--json"];
+        var a = JsonDocument.Parse(CliRunner.Run(args).Out).RootElement;
+        var b = JsonDocument.Parse(CliRunner.Run(args).Out).RootElement;
+        Assert.Equal(a.GetProperty("ids").ToString(), b.GetProperty("ids").ToString());
+        Assert.Equal(a.GetProperty("text").GetString(), b.GetProperty("text").GetString());
+        args[^2] = "8";
+        var c = JsonDocument.Parse(CliRunner.Run(args).Out).RootElement;
+        Assert.NotEqual(a.GetProperty("ids").ToString(), c.GetProperty("ids").ToString());
+        // Streaming (no --json) prints the same text as the JSON's "text".
+        var streamed = CliRunner.Run(args[..^1]);
+        Assert.Equal(0, streamed.Code);
+        Assert.Equal(c.GetProperty("text").GetString(), streamed.Out.TrimEnd('\n'));
+    }
+
+    [Fact]
+    public void InfoOnAPresetShowsParametersAndBytes()
+    {
+        var (code, output, _) = CliRunner.Run("info", "--preset", "tinyllama-1.1b");
+        Assert.Equal(0, code);
+        Assert.Contains("parameters: 1,100,048,384", output);
+        Assert.Contains("\"num_key_value_heads\": 4", output);
+    }
+
+    [Fact]
+    public void BenchGeneratePrintsTheDocumentedJson()
+    {
+        var (code, output, err) = CliRunner.Run("bench", "generate", "--preset", "stories260K", "--prompt-tokens", "8", "--tokens", "4", "--repeats", "1", "--json");
+        Assert.True(code == 0, err);
+        Assert.Matches(@"^\{""prefill_tokens_per_second"": [0-9.]+, ""decode_tokens_per_second"": [0-9.]+\}$", output.Trim());
+    }
+
+    [Theory]
+    [InlineData(2, "generate", "--model", "x", "--max-tokens", "3")]                       // neither --prompt nor --prompt-ids
+    [InlineData(2, "generate", "--model", "x", "--prompt", "a", "--prompt-ids", "1", "--max-tokens", "3")]
+    [InlineData(2, "generate", "--model", "x", "--prompt-ids", "1,a", "--max-tokens", "3")]
+    [InlineData(2, "generate", "--model", "x", "--prompt-ids", "1", "--max-tokens", "3", "--top-p", "0")]
+    [InlineData(2, "perplexity", "--model", "x", "--text", "a", "--bogus")]
+    [InlineData(2, "info", "--preset", "nope")]
+    [InlineData(2, "frobnicate")]
+    [InlineData(1, "perplexity", "--model", "/nonexistent/model", "--text", "a")]
+    [InlineData(1, "info", "--model", "/nonexistent/model")]
+    public void BadInputGivesOneLineAndTheDocumentedExitCode(int expectedCode, params string[] args)
+    {
+        var (code, _, err) = CliRunner.Run(args);
+        Assert.Equal(expectedCode, code);
+        var lines = err.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Single(lines);
+        Assert.StartsWith("tinyllama: ", lines[0]);
+        Assert.DoesNotContain(" at ", lines[0]);
+    }
+
+    [Fact]
+    public void CorruptCheckpointIsOneLineNamingTheFile()
+    {
+        var dir = Directory.CreateTempSubdirectory("tinyllama-bad-");
+        try
+        {
+            File.WriteAllText(Path.Combine(dir.FullName, "config.json"), "{\"model_type\": \"llama\", \"vocab_size\": 10, \"hidden_size\": 8, \"intermediate_size\": 8, \"num_hidden_layers\": 1, \"num_attention_heads\": 2}");
+            File.WriteAllBytes(Path.Combine(dir.FullName, "model.safetensors"), [1, 2, 3]);
+            var (code, _, err) = CliRunner.Run("perplexity", "--model", dir.FullName, "--text", "a");
+            Assert.Equal(1, code);
+            Assert.Contains("model.safetensors", err);
+            Assert.Single(err.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        }
+        finally { dir.Delete(true); }
+    }
+}
