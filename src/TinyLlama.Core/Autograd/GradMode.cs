@@ -16,6 +16,23 @@ public static class GradMode
         return new Scope();
     }
 
+    /// <summary>
+    /// Enables recording until the returned scope is disposed, even inside a NoGrad scope (activation
+    /// checkpointing recomputes a block with autograd while the outer backward runs without it).
+    /// </summary>
+    public static EnableScope Enable()
+    {
+        var scope = new EnableScope(disabledDepth);
+        disabledDepth = 0;
+        return scope;
+    }
+
+    /// <summary>Restores the previous state when disposed.</summary>
+    public readonly struct EnableScope(int saved) : IDisposable
+    {
+        public void Dispose() => disabledDepth = saved;
+    }
+
     /// <summary>Restores recording when disposed.</summary>
     public readonly struct Scope : IDisposable
     {

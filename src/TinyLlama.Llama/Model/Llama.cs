@@ -158,6 +158,15 @@ public sealed class LlamaForCausalLM : Module
     public LlamaConfig Config { get; }
     public LlamaModel Model { get; }
 
+    /// <summary>
+    /// Recompute each decoder layer in the backward pass instead of keeping its activations
+    /// (training only; memory per layer drops to its input, compute rises by one forward).
+    /// </summary>
+    public bool GradientCheckpointing { get; set; }
+
+    /// <summary>The generator any dropout inside the layers draws from, rewound for recomputation.</summary>
+    public Generator? CheckpointRng { get; set; }
+
     /// <summary>Null when the head is tied to the embedding.</summary>
     public Linear? LmHead { get; }
 
@@ -185,7 +194,13 @@ public sealed class LlamaForCausalLM : Module
             throw new ArgumentException($"sequence of {start + t} tokens exceeds max_position_embeddings {Config.MaxPositionEmbeddings}");
         var h = Model.EmbedTokens.Forward(ids);                 // (B, T, C)
         for (int i = 0; i < Model.Layers.Count; i++)
-            h = Model.Layers[i].Forward(h, rope, start, cache, i);
+        {
+            var layer = Model.Layers[i];
+            int index = i;
+            h = GradientCheckpointing && cache is null && GradMode.IsEnabled
+                ? ActivationCheckpoint.Run(x => layer.Forward(x, rope, start, null, index), h, layer.Parameters().ToList(), CheckpointRng)
+                : layer.Forward(h, rope, start, cache, i);
+        }
         if (cache is not null) cache.Length = start + t;
         if (lastOnly) h = h.Narrow(1, t - 1, 1);
         h = Model.Norm.Forward(h);
