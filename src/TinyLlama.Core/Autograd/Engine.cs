@@ -67,6 +67,8 @@ public static class Engine
                 var gi = inputGrads[j];
                 var input = inputs[j];
                 if (gi is null || !input.RequiresGrad) continue;
+                // Type promotion can hand back a wider gradient; a tensor's gradient has its own dtype.
+                if (gi.DType != input.DType) gi = gi.To(input.DType);
                 if (!gi.shape.AsSpan().SequenceEqual(input.shape))
                     throw new InvalidOperationException($"{node.Name} returned a gradient of shape {Shapes.Format(gi.shape)} for input {j} of shape {Shapes.Format(input.shape)}");
                 grads[input] = grads.TryGetValue(input, out var acc) ? acc + gi : gi;

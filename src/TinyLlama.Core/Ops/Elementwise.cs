@@ -21,11 +21,24 @@ public sealed partial class Tensor
         return y.CastRaw(x.DType);
     }
 
+    /// <summary>
+    /// PyTorch's type promotion among float dtypes: f64 > f32 > {f16, bf16}; f16 with bf16 gives f32.
+    /// </summary>
+    public static DType PromoteTypes(DType a, DType b, string op)
+    {
+        if (a == b) return a;
+        if (!a.IsFloat() || !b.IsFloat())
+            throw new ArgumentException($"{op}: dtype mismatch, {a.Name()} and {b.Name()}; convert one with To()");
+        if (a == DType.F64 || b == DType.F64) return DType.F64;
+        return DType.F32;
+    }
+
     internal static Tensor BinaryRaw(BinaryOp op, Tensor a, Tensor b)
     {
         string name = op.ToString().ToLowerInvariant();
-        if (a.DType != b.DType)
-            throw new ArgumentException($"{name}: dtype mismatch, {a.DType.Name()} and {b.DType.Name()}; convert one with To()");
+        var promoted = PromoteTypes(a.DType, b.DType, name);
+        if (a.DType != promoted) a = a.CastRaw(promoted);
+        if (b.DType != promoted) b = b.CastRaw(promoted);
         if (!a.DType.IsFloat()) throw new ArgumentException($"{name}: expected floating-point tensors, got {a.DType.Name()}");
         if (a.Device != b.Device) throw new ArgumentException($"{name}: tensors on different devices, {a.Device} and {b.Device}");
         var outShape = Shapes.Broadcast(a.shape, b.shape, name);
@@ -222,7 +235,9 @@ public sealed partial class Tensor
     /// <summary>cond != 0 ? a : b elementwise, with broadcasting; gradients flow to the chosen side.</summary>
     public static Tensor Where(Tensor cond, Tensor a, Tensor b)
     {
-        if (a.DType != b.DType) throw new ArgumentException($"where: dtype mismatch, {a.DType.Name()} and {b.DType.Name()}");
+        var promoted = PromoteTypes(a.DType, b.DType, "where");
+        if (a.DType != promoted) a = a.To(promoted);
+        if (b.DType != promoted) b = b.To(promoted);
         var outShape = Shapes.Broadcast(Shapes.Broadcast(cond.shape, a.shape, "where"), b.shape, "where");
         var ct = ComputeType(a.DType);
         var y = new Tensor(outShape, ct, a.Device);

@@ -17,6 +17,13 @@ public sealed partial class Tensor
         if (a.Rank == 1 && b.Rank == 1) return (a * b).Sum();
         if (a.Rank == 1) return MatMul(a.Unsqueeze(0), b).Squeeze(-2);
         if (b.Rank == 1) return MatMul(a, b.Unsqueeze(-1)).Squeeze(-1);
+        if (Autocast.Current is DType half)
+        {
+            // Mixed precision: 16-bit inputs, f32 accumulation, 16-bit output; the casts are recorded so
+            // f32 parameters get f32 gradients.
+            if (a.DType == DType.F32) a = a.To(half);
+            if (b.DType == DType.F32) b = b.To(half);
+        }
         if (a.DType != b.DType) throw new ArgumentException($"matmul: dtype mismatch, {a.DType.Name()} and {b.DType.Name()}");
         if (!a.DType.IsFloat()) throw new ArgumentException($"matmul: expected floating-point tensors, got {a.DType.Name()}");
         int m = a.shape[^2], k = a.shape[^1], k2 = b.shape[^2], n = b.shape[^1];
