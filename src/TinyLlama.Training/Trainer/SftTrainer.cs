@@ -64,7 +64,10 @@ public sealed class SftTrainer
     private readonly LrSchedule schedule;
     private readonly DynamicLossScaler? scaler;
 
-    /// <param name="rng">The generator dropout draws from (saved in checkpoints), if any.</param>
+    /// <summary>
+    /// A trainer for the parameters of <paramref name="model"/> that require grad; <paramref name="rng"/>
+    /// is the generator dropout draws from (saved in checkpoints), if any.
+    /// </summary>
     public SftTrainer(LlamaForCausalLM model, SftDataLoader train, SftOptions options, ITrainingLoss? loss = null, ICollective? collective = null, Generator? rng = null)
     {
         if (options.Steps < 0) throw new ArgumentException($"steps must be >= 0, got {options.Steps}");
@@ -157,21 +160,16 @@ public sealed class SftTrainer
     public (double Loss, double Perplexity) Evaluate(IReadOnlyList<SftExample> examples, int batchSize, int padId, int maxLength)
     {
         if (examples.Count == 0) throw new ArgumentException("evaluation set is empty");
-        var loader = new SftDataLoader(examples, batchSize, shuffle: false, seed: 0, padId, maxLength);
         double sum = 0, count = 0;
         bool wasTraining = model.Training;
         model.Eval();
         using (GradMode.NoGrad())
         {
-            for (int seen = 0; seen < examples.Count; seen += batchSize)
+            for (int start = 0; start < examples.Count; start += batchSize)
             {
-                var batch = loader.Next();
-                int take = Math.Min(batchSize, examples.Count - seen);
-                if (take < batch.InputIds.Size(0))
-                {
-                    // The last batch wraps around to the start; score only the rows not yet seen.
-                    batch = new SftBatch(batch.InputIds.Narrow(0, 0, take).Contiguous(), batch.Targets.Narrow(0, 0, take).Contiguous());
-                }
+                var rows = examples.Skip(start).Take(batchSize).ToList();
+                var batch = SftDataLoader.Collate(rows, padId, maxLength);
+                if (batch.TargetCount == 0) continue;
                 using (Autocast.Enable(options.ComputeDType))
                     sum += new CrossEntropyLoss().SumLoss(model, batch).Item();
                 count += batch.TargetCount;
