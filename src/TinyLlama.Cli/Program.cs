@@ -18,6 +18,7 @@ public static class Program
         root.Subcommands.Add(ModelCommands.CreateInfo());
         root.Subcommands.Add(ModelCommands.CreatePerplexity());
         root.Subcommands.Add(ModelCommands.CreateGenerate());
+        root.Subcommands.Add(SftCommand.Create());
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {

@@ -1,0 +1,217 @@
+// `tinyllama sft`: supervised fine-tuning (Alpaca or ShareGPT data; full or LoRA; mixed precision;
+// distillation; exact resume). The output directory is a Hugging Face model directory, or a PEFT
+// adapter directory with LoRA, that every other verb loads. With --json: one line per optimizer step,
+// {"step": n, "loss": x, "lr": y, "tokens_per_second": z}.
+using System.CommandLine;
+using System.Globalization;
+using TinyLlama.Formats;
+using TinyLlama.Model;
+using TinyLlama.Optim;
+using TinyLlama.Tensors;
+using TinyLlama.Tokenizers;
+using TinyLlama.Training.Data;
+using TinyLlama.Training.Lora;
+using TinyLlama.Training.Reporting;
+using TinyLlama.Training.Trainer;
+
+namespace TinyLlama.Cli.Commands;
+
+internal static class SftCommand
+{
+    public static Command Create()
+    {
+        var model = ModelCommands.ModelOption();
+        var tokenizer = ModelCommands.TokenizerOption();
+        var data = new Option<string>("--data") { Description = "Training data: a JSON array or JSONL file", Required = true };
+        var format = new Option<string>("--format") { Description = "alpaca or sharegpt", Required = true };
+        var outDir = new Option<string>("--out") { Description = "Output directory (model, or adapter with LoRA; checkpoint/ and loss.png inside)", Required = true };
+        var steps = new Option<int?>("--steps") { Description = "Optimizer steps" };
+        var epochs = new Option<double?>("--epochs") { Description = "Passes over the data (instead of --steps)" };
+        var batchSize = new Option<int>("--batch-size") { Description = "Sequences per micro-batch", Required = true };
+        var lr = new Option<double>("--lr") { Description = "Peak learning rate", Required = true };
+        var warmup = new Option<int>("--warmup") { Description = "Linear warmup steps" };
+        var schedule = new Option<string>("--schedule") { Description = "constant or cosine", DefaultValueFactory = _ => "constant" };
+        var weightDecay = new Option<double>("--weight-decay") { Description = "AdamW decoupled weight decay (default 0)" };
+        var gradClip = new Option<double>("--grad-clip") { Description = "Clip the global gradient norm (0 or absent = off)" };
+        var gradAccum = new Option<int>("--grad-accum") { Description = "Micro-batches per optimizer step", DefaultValueFactory = _ => 1 };
+        var noShuffle = new Option<bool>("--no-shuffle") { Description = "Consecutive records in file order" };
+        var seed = new Option<ulong>("--seed") { Description = "Seed for shuffling, LoRA init and dropout" };
+        var dtype = new Option<string>("--dtype") { Description = "f32, or bf16/f16 mixed precision (f32 master weights)", DefaultValueFactory = _ => "f32" };
+        var maxLength = new Option<int>("--max-length") { Description = "Truncate sequences to this many tokens (default: the model's context)" };
+        var loraRank = new Option<int>("--lora-rank") { Description = "Train LoRA adapters of this rank instead of all weights" };
+        var loraAlpha = new Option<double?>("--lora-alpha") { Description = "LoRA alpha (default 2 x rank)" };
+        var loraDropout = new Option<double>("--lora-dropout") { Description = "Dropout on the LoRA input" };
+        var loraTargets = new Option<string>("--lora-targets") { Description = "Comma-separated: q,k,v,o,gate,up,down", DefaultValueFactory = _ => "q,v" };
+        var teacher = new Option<string?>("--teacher") { Description = "A teacher model for knowledge distillation" };
+        var distillT = new Option<double>("--distill-temperature") { Description = "Softmax temperature of the distillation term", DefaultValueFactory = _ => 2.0 };
+        var distillW = new Option<double>("--distill-weight") { Description = "Weight of the distillation term (the rest is cross-entropy)", DefaultValueFactory = _ => 0.5 };
+        var resume = new Option<string?>("--resume") { Description = "Continue a run from its output directory (or its checkpoint/)" };
+        var valFraction = new Option<double>("--val-fraction") { Description = "Hold out this fraction of the data for validation" };
+        var evalEvery = new Option<int>("--eval-every") { Description = "Validation loss every N steps (needs --val-fraction)" };
+        var saveEvery = new Option<int>("--save-every") { Description = "Write a resumable checkpoint every N steps (always at the end)" };
+        var checkpointing = new Option<bool>("--activation-checkpointing") { Description = "Recompute layer activations in the backward pass (less memory)" };
+        var json = new Option<bool>("--json") { Description = "One JSON line per step: {\"step\": n, \"loss\": x, \"lr\": y, \"tokens_per_second\": z}" };
+        var cmd = new Command("sft", "Supervised fine-tuning on instruction or conversation data.")
+        {
+            model, tokenizer, data, format, outDir, steps, epochs, batchSize, lr, warmup, schedule, weightDecay, gradClip, gradAccum,
+            noShuffle, seed, dtype, maxLength, loraRank, loraAlpha, loraDropout, loraTargets, teacher, distillT, distillW, resume,
+            valFraction, evalEvery, saveEvery, checkpointing, json,
+        };
+        cmd.SetAction(parse =>
+        {
+            // ---- validate flags before touching any file ----
+            int? nSteps = parse.GetValue(steps);
+            double? nEpochs = parse.GetValue(epochs);
+            if (nSteps is null == nEpochs is null) throw new CliException("give exactly one of --steps or --epochs", isUsage: true);
+            if (nSteps is < 0) throw new CliException("--steps must be >= 0", isUsage: true);
+            if (nEpochs is not null && !(nEpochs > 0)) throw new CliException("--epochs must be > 0", isUsage: true);
+            int b = parse.GetValue(batchSize), k = parse.GetValue(gradAccum);
+            if (b < 1) throw new CliException("--batch-size must be >= 1", isUsage: true);
+            if (k < 1) throw new CliException("--grad-accum must be >= 1", isUsage: true);
+            if (!SftDataset.TryParseFormat(parse.GetValue(format)!, out _)) throw new CliException($"--format: expected alpaca or sharegpt, got '{parse.GetValue(format)}'", isUsage: true);
+            LrScheduleKind scheduleKind;
+            try { scheduleKind = LrSchedule.ParseKind(parse.GetValue(schedule)!); }
+            catch (ArgumentException e) { throw new CliException("--schedule: " + e.Message, isUsage: true); }
+            DType computeType;
+            try { computeType = DTypes.Parse(parse.GetValue(dtype)!); }
+            catch (ArgumentException e) { throw new CliException("--dtype: " + e.Message, isUsage: true); }
+            if (computeType is not (DType.F32 or DType.BF16 or DType.F16)) throw new CliException("--dtype must be f32, bf16 or f16", isUsage: true);
+            double valFrac = parse.GetValue(valFraction);
+            if (valFrac is < 0 or >= 1) throw new CliException("--val-fraction must be in [0, 1)", isUsage: true);
+            int rank = parse.GetValue(loraRank);
+            if (rank < 0) throw new CliException("--lora-rank must be >= 0", isUsage: true);
+            var loraTargetList = parse.GetValue(loraTargets)!.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+
+            var output = parse.InvocationConfiguration.Output;
+            bool asJson = parse.GetValue(json);
+            string modelPath = parse.GetValue(model)!;
+            var dataPath = parse.GetValue(data)!;
+            if (!File.Exists(dataPath)) throw new CliException($"--data: {dataPath} does not exist");
+
+            // ---- model, tokenizer, data ----
+            var lm = ModelCommands.LoadModel(modelPath);
+            var tok = ModelCommands.LoadTokenizer(modelPath, parse.GetValue(tokenizer));
+            int maxLen = parse.GetValue(maxLength) is int m && m > 0 ? Math.Min(m, lm.Config.MaxPositionEmbeddings) : lm.Config.MaxPositionEmbeddings;
+            var dataset = SftDataset.Load(dataPath, parse.GetValue(format)!, tok, maxLen);
+            ulong s = parse.GetValue(seed);
+            IReadOnlyList<SftExample> trainSet = dataset.Examples, valSet = [];
+            if (valFrac > 0) (trainSet, valSet) = SftDataset.SplitValidation(dataset.Examples, valFrac, s);
+            if (trainSet.Count == 0) throw new CliException($"{dataPath}: no training examples");
+            int totalSteps = nSteps ?? (int)Math.Ceiling(nEpochs!.Value * trainSet.Count / (double)(b * k));
+            int padId = SftDataLoader.InputPadId(tok);
+            var loader = new SftDataLoader(trainSet, b, !parse.GetValue(noShuffle), s, padId, maxLen);
+
+            // ---- LoRA, loss, trainer ----
+            var rng = new Generator(s ^ 0x10CA);
+            LoraConfig? lora = null;
+            if (rank > 0)
+            {
+                lora = new LoraConfig(rank, parse.GetValue(loraAlpha) ?? 2.0 * rank, parse.GetValue(loraDropout), loraTargetList);
+                TinyLlama.Training.Lora.Lora.Apply(lm, lora, rng);
+            }
+            lm.GradientCheckpointing = parse.GetValue(checkpointing);
+            lm.CheckpointRng = rng;
+            ITrainingLoss loss = new CrossEntropyLoss();
+            if (parse.GetValue(teacher) is string teacherPath)
+                loss = new DistillationLoss(ModelCommands.LoadModel(teacherPath), parse.GetValue(distillT), parse.GetValue(distillW));
+            var options = new SftOptions
+            {
+                Steps = totalSteps, Lr = parse.GetValue(lr), Warmup = parse.GetValue(warmup), Schedule = scheduleKind,
+                WeightDecay = parse.GetValue(weightDecay), GradClip = parse.GetValue(gradClip), GradAccum = k, ComputeDType = computeType,
+            };
+            var trainer = new SftTrainer(lm, loader, options, loss, rng: rng);
+            var outPath = parse.GetValue(outDir)!;
+            Directory.CreateDirectory(outPath);
+            var checkpointDir = Path.Combine(outPath, "checkpoint");
+            if (parse.GetValue(resume) is string resumeDir)
+            {
+                var dir = Directory.Exists(Path.Combine(resumeDir, "checkpoint")) ? Path.Combine(resumeDir, "checkpoint") : resumeDir;
+                if (!Directory.Exists(dir)) throw new CliException($"--resume: {resumeDir} does not exist");
+                trainer.LoadCheckpoint(dir);
+            }
+            if (!asJson)
+                output.WriteLine($"{dataset.Summary()}; {trainSet.Count} train / {valSet.Count} validation examples; {trainer.Trainable.Sum(p => (long)p.Param.Numel):N0} trainable parameters; {totalSteps} steps");
+
+            // ---- the loop ----
+            int evalEvery = parse.GetValue(evalEvery), saveEvery = parse.GetValue(saveEvery);
+            var progress = asJson ? null : new ProgressLine(output, totalSteps);
+            while (trainer.Step < totalSteps)
+            {
+                var log = trainer.TrainStep();
+                if (asJson)
+                    output.WriteLine(JsonLine.Format(("step", log.Step), ("loss", log.Loss), ("lr", log.Lr), ("tokens_per_second", Math.Round(log.TokensPerSecond, 2))));
+                else progress!.Report(log);
+                if (valSet.Count > 0 && evalEvery > 0 && log.Step % evalEvery == 0)
+                {
+                    var (vl, ppl) = trainer.Evaluate(valSet, b, padId, maxLen);
+                    trainer.ValidationHistory.Add((log.Step, vl));
+                    if (!asJson) output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"step {log.Step}: validation loss {vl:F4}, perplexity {ppl:F2}"));
+                }
+                if (saveEvery > 0 && log.Step % saveEvery == 0 && log.Step < totalSteps) trainer.SaveCheckpoint(checkpointDir);
+            }
+            progress?.Done();
+            if (valSet.Count > 0 && (evalEvery <= 0 || trainer.Step % evalEvery != 0))
+            {
+                var (vl, ppl) = trainer.Evaluate(valSet, b, padId, maxLen);
+                trainer.ValidationHistory.Add((trainer.Step, vl));
+                if (!asJson) output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"final validation loss {vl:F4}, perplexity {ppl:F2}"));
+            }
+
+            // ---- outputs ----
+            trainer.SaveCheckpoint(checkpointDir);
+            SaveResult(outPath, modelPath, lm, lora, parse.GetValue(tokenizer));
+            LossCurve.Save(Path.Combine(outPath, "loss.png"), trainer.History.Select(h => (h.Step, h.Loss)).ToList(), trainer.ValidationHistory, $"sft {Path.GetFileName(Path.GetFullPath(dataPath))}");
+            if (!asJson) output.WriteLine($"wrote {(lora is null ? "model" : "LoRA adapter")} to {outPath} (resumable checkpoint in {checkpointDir}, loss curve in loss.png)");
+            return ExitCodes.Success;
+        });
+        return cmd;
+    }
+
+    /// <summary>Writes the trained model (HF layout) or adapter (PEFT layout), with the tokenizer beside it.</summary>
+    internal static void SaveResult(string outPath, string baseModelPath, LlamaForCausalLM lm, LoraConfig? lora, string? tokenizerPath)
+    {
+        if (lora is not null)
+        {
+            PeftAdapter.Save(outPath, lm, lora, Path.GetFullPath(baseModelPath));
+        }
+        else
+        {
+            Safetensors.Save(Path.Combine(outPath, Checkpoint.SafetensorsName), lm.StateDict().ToDictionary(p => p.Key, p => p.Value.Detach()), new Dictionary<string, string> { ["format"] = "pt" });
+            AtomicFile.WriteAllText(Path.Combine(outPath, Checkpoint.ConfigName), lm.Config.ToJson());
+        }
+        var tokSource = tokenizerPath ?? (Directory.Exists(baseModelPath) ? baseModelPath : null);
+        if (tokSource is not null)
+        {
+            foreach (var name in new[] { "tokenizer.model", "tokenizer.json" })
+            {
+                var src = Directory.Exists(tokSource) ? Path.Combine(tokSource, name) : (Path.GetFileName(tokSource) == name ? tokSource : null);
+                if (src is not null && File.Exists(src)) AtomicFile.Copy(src, Path.Combine(outPath, name));
+            }
+        }
+    }
+}
+
+/// <summary>A one-line progress display: step, loss, tokens/s and ETA, rewritten in place on a terminal.</summary>
+internal sealed class ProgressLine(TextWriter output, int total)
+{
+    private readonly System.Diagnostics.Stopwatch clock = System.Diagnostics.Stopwatch.StartNew();
+    private readonly bool interactive = ReferenceEquals(output, Console.Out) && !Console.IsOutputRedirected;
+    private int first = -1;
+
+    public void Report(StepLog log)
+    {
+        if (first < 0) first = log.Step - 1;
+        double perStep = clock.Elapsed.TotalSeconds / Math.Max(1, log.Step - first);
+        var eta = TimeSpan.FromSeconds(perStep * (total - log.Step));
+        int width = 24, filled = total == 0 ? width : (int)(width * (double)log.Step / total);
+        string line = string.Create(CultureInfo.InvariantCulture,
+            $"[{new string('#', filled)}{new string('.', width - filled)}] step {log.Step}/{total}  loss {log.Loss:F4}  lr {log.Lr:G3}  {log.TokensPerSecond:F0} tok/s  ETA {eta:hh\\:mm\\:ss}{(log.Skipped ? "  (skipped: overflow)" : "")}");
+        if (interactive) output.Write("\r" + line);
+        else if (log.Step == total || log.Step % Math.Max(1, total / 20) == 0) output.WriteLine(line);
+    }
+
+    public void Done()
+    {
+        if (interactive) output.WriteLine();
+    }
+}
