@@ -183,6 +183,17 @@ internal static class ModelCommands
 
     internal static LlamaForCausalLM LoadModel(string path)
     {
+        if (Directory.Exists(path) && TinyLlama.Training.Lora.PeftAdapter.IsAdapterDirectory(path))
+        {
+            // A PEFT adapter directory: load its base model, then the adapter on top.
+            var (_, basePath) = TinyLlama.Training.Lora.PeftAdapter.ReadConfig(path);
+            if (basePath is null || (!Directory.Exists(basePath) && !File.Exists(basePath)))
+                throw new CliException($"{Path.Combine(path, "adapter_config.json")}: base_model_name_or_path '{basePath}' is not a model on this machine");
+            var baseModel = LoadModel(basePath);
+            TinyLlama.Training.Lora.PeftAdapter.Load(path, baseModel);
+            baseModel.Eval();
+            return baseModel;
+        }
         var ckpt = LoadCheckpoint(path);
         var model = LlamaForCausalLM.FromWeights(ckpt.Config, ckpt.Weights);
         model.Eval();

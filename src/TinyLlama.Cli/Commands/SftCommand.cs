@@ -133,7 +133,7 @@ internal static class SftCommand
                 output.WriteLine($"{dataset.Summary()}; {trainSet.Count} train / {valSet.Count} validation examples; {trainer.Trainable.Sum(p => (long)p.Param.Numel):N0} trainable parameters; {totalSteps} steps");
 
             // ---- the loop ----
-            int evalEvery = parse.GetValue(evalEvery), saveEvery = parse.GetValue(saveEvery);
+            int evalInterval = parse.GetValue(evalEvery), saveInterval = parse.GetValue(saveEvery);
             var progress = asJson ? null : new ProgressLine(output, totalSteps);
             while (trainer.Step < totalSteps)
             {
@@ -141,16 +141,16 @@ internal static class SftCommand
                 if (asJson)
                     output.WriteLine(JsonLine.Format(("step", log.Step), ("loss", log.Loss), ("lr", log.Lr), ("tokens_per_second", Math.Round(log.TokensPerSecond, 2))));
                 else progress!.Report(log);
-                if (valSet.Count > 0 && evalEvery > 0 && log.Step % evalEvery == 0)
+                if (valSet.Count > 0 && evalInterval > 0 && log.Step % evalInterval == 0)
                 {
                     var (vl, ppl) = trainer.Evaluate(valSet, b, padId, maxLen);
                     trainer.ValidationHistory.Add((log.Step, vl));
                     if (!asJson) output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"step {log.Step}: validation loss {vl:F4}, perplexity {ppl:F2}"));
                 }
-                if (saveEvery > 0 && log.Step % saveEvery == 0 && log.Step < totalSteps) trainer.SaveCheckpoint(checkpointDir);
+                if (saveInterval > 0 && log.Step % saveInterval == 0 && log.Step < totalSteps) trainer.SaveCheckpoint(checkpointDir);
             }
             progress?.Done();
-            if (valSet.Count > 0 && (evalEvery <= 0 || trainer.Step % evalEvery != 0))
+            if (valSet.Count > 0 && (evalInterval <= 0 || trainer.Step % evalInterval != 0))
             {
                 var (vl, ppl) = trainer.Evaluate(valSet, b, padId, maxLen);
                 trainer.ValidationHistory.Add((trainer.Step, vl));

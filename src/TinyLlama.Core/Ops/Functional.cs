@@ -57,7 +57,9 @@ public static partial class Functional
         var lse = Tensor.Zeros([n], ct, logits.Device);
         logits.Backend.CrossEntropy(x, t, ignoreIndex, losses, lse);
         int count = t.ToArray<int>().Count(id => id != ignoreIndex);
-        var sum = losses.Sum().CastRaw(logits.DType);
+        // The loss stays in the compute type (f32 for 16-bit logits, as autocast does): a bf16 loss would
+        // round the summed value to 8 significant bits.
+        var sum = losses.Sum();
         sum = Engine.Record(sum, "CrossEntropyBackward", [logits], g =>
         {
             double scale = g.Item();

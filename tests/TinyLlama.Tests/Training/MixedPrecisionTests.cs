@@ -55,3 +55,19 @@ public class MixedPrecisionTests
         Assert.NotEqual(full.Loss, mixed.Loss); // autocast really changed the arithmetic
     }
 }
+
+public class HalfLossTests
+{
+    [Fact]
+    public void CrossEntropyOfHalfLogitsIsComputedAndReturnedInF32()
+    {
+        var logits = Tensor.RandN([3, 7], new Generator(1)).To(DType.BF16).RequiresGrad_();
+        var targets = Tensor.FromArray(new[] { 1, 5, 6 });
+        var loss = Functional.CrossEntropy(logits, targets);
+        Assert.Equal(DType.F32, loss.DType);
+        var reference = Functional.CrossEntropy(logits.Detach().To(DType.F32), targets).Item();
+        Assert.Equal(reference, loss.Item(), 6);
+        loss.Backward();
+        Assert.Equal(DType.BF16, logits.Grad!.DType);
+    }
+}
