@@ -14,6 +14,7 @@ internal static class BenchCommand
         var bench = new Command("bench", "Measure the speed of kernels and models.");
         bench.Subcommands.Add(CreateGemm());
         bench.Subcommands.Add(BenchGenerateCommand.Create());
+        bench.Subcommands.Add(BenchTrainCommand.Create());
         return bench;
     }
 

@@ -1,0 +1,66 @@
+// `tinyllama bench train`: training throughput (forward + backward + AdamW) of a preset with random
+// weights on random token batches; the median tokens/s over timed steps after warm-up steps.
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using TinyLlama.Autograd;
+using TinyLlama.Model;
+using TinyLlama.Optim;
+using TinyLlama.Tensors;
+using TinyLlama.Training.Lora;
+
+namespace TinyLlama.Cli.Commands;
+
+internal static class BenchTrainCommand
+{
+    public static Command Create()
+    {
+        var preset = new Option<string>("--preset") { Description = "Model shape with random weights (stories15M, stories110M, ...)", DefaultValueFactory = _ => "stories15M" };
+        var batch = new Option<int>("--batch-size") { Description = "Sequences per step", DefaultValueFactory = _ => 4 };
+        var seqLen = new Option<int>("--seq-len") { Description = "Tokens per sequence", DefaultValueFactory = _ => 256 };
+        var loraRank = new Option<int>("--lora-rank") { Description = "Train rank-R LoRA adapters on q,k,v,o instead of all weights" };
+        var steps = new Option<int>("--steps") { Description = "Timed steps (the median is reported)", DefaultValueFactory = _ => 5 };
+        var warmup = new Option<int>("--warmup") { Description = "Untimed warm-up steps", DefaultValueFactory = _ => 1 };
+        var dtype = new Option<string>("--dtype") { Description = "f32, or bf16/f16 autocast", DefaultValueFactory = _ => "f32" };
+        var json = new Option<bool>("--json") { Description = "Print {\"tokens_per_second\": x}" };
+        var cmd = new Command("train", "Training tokens/s (forward + backward + AdamW).") { preset, batch, seqLen, loraRank, steps, warmup, dtype, json };
+        cmd.SetAction(parse =>
+        {
+            int b = parse.GetValue(batch), t = parse.GetValue(seqLen), n = parse.GetValue(steps), w = parse.GetValue(warmup), r = parse.GetValue(loraRank);
+            if (b < 1 || t < 2 || n < 1 || w < 0 || r < 0) throw new CliException("--batch-size, --steps must be >= 1, --seq-len >= 2, --warmup and --lora-rank >= 0", isUsage: true);
+            DType computeType;
+            try { computeType = DTypes.Parse(parse.GetValue(dtype)!); }
+            catch (ArgumentException e) { throw new CliException("--dtype: " + e.Message, isUsage: true); }
+            var config = ModelCommands.Preset(parse.GetValue(preset)!);
+            if (t > config.MaxPositionEmbeddings) throw new CliException($"--seq-len {t} exceeds the preset's context of {config.MaxPositionEmbeddings}", isUsage: true);
+            var model = new LlamaForCausalLM(config, new Generator(0));
+            if (r > 0) Lora.Apply(model, new LoraConfig(r, 2.0 * r, 0, ["q", "k", "v", "o"]), new Generator(1));
+            var optimizer = new AdamW(model.Parameters().Where(p => p.RequiresGrad), 1e-4, weightDecay: 0);
+            var gen = new Generator(2);
+            var ids = new int[b * t];
+            for (int i = 0; i < ids.Length; i++) ids[i] = gen.NextInt(config.VocabSize);
+            var input = Tensor.FromArray(ids, [b, t]).Narrow(1, 0, t - 1).Contiguous();
+            var targets = Tensor.FromArray(ids, [b, t]).Narrow(1, 1, t - 1).Contiguous();
+            var rates = new double[n];
+            for (int s = -w; s < n; s++)
+            {
+                long t0 = Stopwatch.GetTimestamp();
+                optimizer.ZeroGrad();
+                Tensor loss;
+                using (Autocast.Enable(computeType)) loss = Functional.CrossEntropy(model.Forward(input), targets);
+                loss.Backward();
+                optimizer.Step();
+                double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+                if (s >= 0) rates[s] = input.Numel / seconds;
+            }
+            Array.Sort(rates);
+            double median = rates[n / 2];
+            var output = parse.InvocationConfiguration.Output;
+            if (parse.GetValue(json)) output.WriteLine(JsonLine.Format(("tokens_per_second", Math.Round(median, 2))));
+            else output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"{config.ParameterCount():N0} parameters ({(r > 0 ? $"LoRA rank {r}" : "full")}), batch {b} x {t - 1} tokens, {Environment.ProcessorCount} threads: {median:F1} tokens/s (median of {n})"));
+            return ExitCodes.Success;
+        });
+        return cmd;
+    }
+}
