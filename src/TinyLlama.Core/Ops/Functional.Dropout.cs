@@ -52,6 +52,14 @@ public static partial class Functional
     {
         int n = Shapes.Numel(shape);
         double scale = 1.0 / (1.0 - p);
+        if (dtype == DType.F32)
+        {
+            // The common case, built directly in f32 (half the host memory of a double staging array).
+            var f = new float[n];
+            float fs = (float)scale;
+            for (int i = 0; i < n; i++) f[i] = generator.NextDouble() >= p ? fs : 0f;
+            return Tensor.FromArray(f, shape, device);
+        }
         var values = new double[n];
         for (int i = 0; i < n; i++) values[i] = generator.NextDouble() >= p ? scale : 0.0;
         return Tensor.FromDoubles(values, shape, dtype, device);

@@ -21,7 +21,6 @@ using System.Text.Json;
 using TinyLlama.Autograd;
 using TinyLlama.Formats;
 using TinyLlama.Model;
-using TinyLlama.NN;
 using TinyLlama.Tensors;
 
 namespace TinyLlama.Training.Lora;
