@@ -116,6 +116,18 @@ public class DataAlpacaTests
     }
 
     [Fact]
+    public void ByteOrderMarkAndCrlfLineEnds_AreAccepted()
+    {
+        string lines = "{\"instruction\": \"A\", \"output\": \"x\"}\r\n\r\n{\"instruction\": \"B\", \"output\": \"y\"}\r\n";
+        var plain = Parse(lines, SftFormat.Alpaca);
+        var bom = Parse("\uFEFF" + lines, SftFormat.Alpaca);
+        Assert.Equal(["data.jsonl:1", "data.jsonl:3"], bom.Examples.Select(e => e.Source));
+        Assert.Equal(plain.Examples[1].InputIds, bom.Examples[1].InputIds);
+        var array = Parse("\uFEFF[\r\n{\"instruction\": \"A\", \"output\": \"x\"},\r\n{\"instruction\": \"B\", \"output\": \"y\"}]", SftFormat.Alpaca, name: "a.json");
+        Assert.Equal(["a.json:2", "a.json:3"], array.Examples.Select(e => e.Source));
+    }
+
+    [Fact]
     public void Quality_GoodAndBad_PutTheirMarkerBeforeThePrompt()
     {
         string plain = AlpacaTemplate.Prompt("Q", "");

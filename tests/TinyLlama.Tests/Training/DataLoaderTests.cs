@@ -34,6 +34,8 @@ public class DataLoaderTests
         var batch = loader.Next();
         Assert.Equal([2, 4], batch.InputIds.Shape);   // T = longest (5) - 1, not maxLength
         Assert.Equal([2, 4], batch.Targets.Shape);
+        Assert.Equal(2, batch.BatchSize);
+        Assert.Equal(4, batch.SequenceLength);
         Assert.Equal(TinyLlama.Tensors.DType.I32, batch.InputIds.DType);
         Assert.Equal(TinyLlama.Tensors.DType.I32, batch.Targets.DType);
         Assert.Equal([1, 5, 6, 7, /**/ 1, 8, 0, 0], batch.InputIds.ToArray<int>());       // pad -1 -> 0
