@@ -36,14 +36,14 @@ public sealed class SftBatch
     /// <summary>Number of targets that are not -100: the denominator of the batch's mean loss.</summary>
     public required int TargetCount { get; init; }
 
-    /// <summary>Where each row came from (<see cref="SftExample.Source"/>), for logs and debugging.</summary>
-    public required string[] Sources { get; init; }
+    /// <summary>Where each row came from (<see cref="SftExample.Source"/>), for logs and debugging (empty if not given).</summary>
+    public string[] Sources { get; init; } = [];
 
-    /// <summary>Real (unpadded) length of each row after the shift: the example's length, cut to maxLength, minus one.</summary>
-    public required int[] Lengths { get; init; }
+    /// <summary>Real (unpadded) length of each row after the shift: the example's length, cut to maxLength, minus one (empty if not given).</summary>
+    public int[] Lengths { get; init; } = [];
 
     /// <summary>Batch size B.</summary>
-    public int BatchSize => Lengths.Length;
+    public int BatchSize => InputIds.Size(0);
 
     /// <summary>Sequence length T.</summary>
     public int SequenceLength => InputIds.Size(1);

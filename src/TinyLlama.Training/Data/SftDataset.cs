@@ -195,7 +195,7 @@ public sealed class SftDataset
             if (turns.Count == 0 && role == ChatRole.Assistant) continue; // FastChat skips a leading model turn
             var expected = turns.Count % 2 == 0 ? ChatRole.User : ChatRole.Assistant;
             if (role != expected)
-                throw ctx.Error($"{at}.{roleKey}", $"is \"{roleName}\" but a {(expected == ChatRole.User ? "user" : "assistant")} turn was expected (turns must alternate)");
+                throw ctx.Error($"{at}.{roleKey}", $"is \"{roleName}\" but {(expected == ChatRole.User ? "a user" : "an assistant")} turn was expected (turns must alternate)");
             turns.Add(new ChatMessage(role, content));
         }
         if (turns.Count % 2 == 1) turns.RemoveAt(turns.Count - 1); // an unanswered last question teaches nothing

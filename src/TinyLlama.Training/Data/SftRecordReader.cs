@@ -133,7 +133,7 @@ internal static class SftRecordReader
 
     private static void ForEachInArray(byte[] content, int start, string file, Action<JsonElement, RecordContext> visit)
     {
-        var reader = new Utf8JsonReader(content.AsSpan(start), new JsonReaderOptions { CommentHandling = JsonCommentHandling.Skip });
+        var reader = new Utf8JsonReader(content.AsSpan(start)); // strict RFC 8259, as JsonDocument.Parse is for JSON Lines
         // Incremental byte offset -> line: offsets only grow, so count the newlines since the last one.
         int lineAtOffset = 1, countedTo = 0;
         int LineOf(long offset)
