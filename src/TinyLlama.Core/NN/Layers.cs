@@ -12,7 +12,6 @@
 // nothing; W (and b) are frozen. The merged weight W + s B A is never formed in the forward pass: the two
 // thin products cost 2 r (in + out) multiply-adds per row instead of in * out, and the gradient reaches
 // A and B through them. MergeLora folds s B A into W once training is done and removes the adapter.
-using System.Runtime.CompilerServices;
 using TinyLlama.Autograd;
 using TinyLlama.Tensors;
 
@@ -134,8 +133,8 @@ public class Linear : Module
     public void RemoveLora()
     {
         if (lora is null) throw new InvalidOperationException("RemoveLora: this Linear has no LoRA adapter");
-        var children = ModuleChildren(this);
-        children.RemoveAll(c => ReferenceEquals(c.Value, LoraA) || ReferenceEquals(c.Value, LoraB));
+        UnregisterModule("lora_A");
+        UnregisterModule("lora_B");
         LoraA = null;
         LoraB = null;
         lora = null;
@@ -151,13 +150,6 @@ public class Linear : Module
         var d = LoraB!.Forward(a.Forward(h) * (settings.Alpha / settings.Rank)); // [..., out]
         return d.DType == outType ? d : d.To(outType);
     }
-
-    // Module can register a submodule but not unregister one. Until it offers that (a protected
-    // UnregisterModule(name)), MergeLora and RemoveLora reach its private list of children through an
-    // UnsafeAccessor: bound at JIT time to the field by name, no run-time reflection. A rename of the
-    // field fails loudly (MissingFieldException) in the LoRA merge tests.
-    [UnsafeAccessor(UnsafeAccessorKind.Field, Name = "children")]
-    private static extern ref List<(string Name, Module Value)> ModuleChildren(Module module);
 }
 
 /// <summary>A lookup table of vectors: ids [...] -> [..., dim].</summary>

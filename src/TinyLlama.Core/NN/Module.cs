@@ -32,6 +32,9 @@ public abstract class Module
         return module;
     }
 
+    /// <summary>Removes a registered submodule; false when there is none of that name.</summary>
+    protected bool UnregisterModule(string name) => children.RemoveAll(c => c.Name == name) > 0;
+
     /// <summary>This module's own parameters, in registration order.</summary>
     protected IReadOnlyList<(string Name, Tensor Value)> OwnParameters => parameters;
 
