@@ -1,0 +1,91 @@
+// GEMM packing: copies a block of a strided operand into the micro-panel layout the micro-kernels
+// read (Goto & van de Geijn 2008, section 5; BLIS "packm"), converting the storage type (f32, f16,
+// bf16, f64) to the compute type on the way. Packing is where all the generality lives: any row and
+// column stride (transposed and expanded views included) and any dtype, so the kernels see only
+// dense, aligned, zero-padded panels.
+//
+// One routine packs both operands, because an A micro-panel and a B micro-panel have the same shape
+// once we name their dims "width" (the MR rows of A, or the NR columns of B) and "k":
+//   dst[p * R + i] = src[i * sw + p * sk]  for i < w, p < kc;  dst[p * R + i] = 0 for w <= i < R
+// where for A: R = MR, sw = A's row stride, sk = A's column stride;
+//   and for B: R = NR, sw = B's column stride, sk = B's row stride.
+// The zero padding lets the kernels always compute full tiles; the driver drops the padded part.
+using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using TinyLlama.Tensors;
+
+namespace TinyLlama.Backends.Cpu;
+
+internal static unsafe partial class Gemm
+{
+    /// <summary>
+    /// Packs one micro-panel (see the file header): dst [kc, r] from the w x kc block of a TS-typed
+    /// source at src, element (i, p) at src[i * sw + p * sk].
+    /// </summary>
+    private static void PackPanel<TS, T>(TS* src, nint sw, nint sk, int w, int kc, int r, T* dst)
+        where TS : unmanaged where T : unmanaged
+    {
+        if (sw == 1)
+        {
+            // The panel's width is contiguous in memory (B row-major, or A transposed): one
+            // converting copy of w elements per k step.
+            for (int p = 0; p < kc; p++)
+            {
+                ConvertRow(src + p * sk, dst + (nint)p * r, w);
+                for (int i = w; i < r; i++) dst[(nint)p * r + i] = default;
+            }
+            return;
+        }
+        // General case (A row-major: k is contiguous; or any other strides). Reading across w
+        // streams at once, each walked sequentially along k, suits the hardware prefetchers.
+        for (int p = 0; p < kc; p++)
+        {
+            TS* s = src + p * sk;
+            T* d = dst + (nint)p * r;
+            int i = 0;
+            for (; i < w; i++) d[i] = Convert<TS, T>(s[i * sw]);
+            for (; i < r; i++) d[i] = default;
+        }
+    }
+
+    /// <summary>Converts count contiguous elements, vectorised for the common type pairs.</summary>
+    private static void ConvertRow<TS, T>(TS* src, T* dst, int count) where TS : unmanaged where T : unmanaged
+    {
+        if (typeof(TS) == typeof(T))
+        {
+            Unsafe.CopyBlockUnaligned(dst, src, (uint)(count * sizeof(T)));
+            return;
+        }
+        int i = 0;
+        if (typeof(TS) == typeof(BFloat16) && typeof(T) == typeof(float) && Vector256.IsHardwareAccelerated)
+        {
+            // bf16 -> f32 is exact: the bf16 bits become the high half of the f32 bits.
+            for (; i <= count - 8; i += 8)
+            {
+                var bits = Vector256.WidenLower(Vector128.Load((ushort*)src + i).ToVector256Unsafe());
+                Vector256.ShiftLeft(bits, 16).AsSingle().Store((float*)dst + i);
+            }
+        }
+        else if (typeof(TS) == typeof(Half) && typeof(T) == typeof(float))
+        {
+            TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(src, count), new Span<float>(dst, count));
+            return;
+        }
+        for (; i < count; i++) dst[i] = Convert<TS, T>(src[i]);
+    }
+
+    /// <summary>One element from the storage type to the compute type (exact for f16/bf16 -> f32).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static T Convert<TS, T>(TS v) where TS : unmanaged where T : unmanaged
+    {
+        if (typeof(TS) == typeof(T)) return Unsafe.As<TS, T>(ref v);
+        if (typeof(T) == typeof(float))
+        {
+            float f = Scalar.ToSingle(v);
+            return Unsafe.As<float, T>(ref f);
+        }
+        double d = Scalar.ToDouble(v);
+        return Unsafe.As<double, T>(ref d);
+    }
+}
