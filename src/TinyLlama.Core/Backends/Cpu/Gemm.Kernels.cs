@@ -21,6 +21,7 @@ using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using static TinyLlama.Backends.Cpu.GemmKernelHelpers;
 
 namespace TinyLlama.Backends.Cpu;
 
@@ -64,6 +65,7 @@ internal readonly unsafe struct Avx512Kernel<T> : IGemmKernel<T> where T : unman
         int w = Vector512<T>.Count;
         Vector512<T> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default;
         Vector512<T> c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
+        PrefetchTile(c, ldc, 6, 2 * w * sizeof(T));
         for (nint p = 0; p < kc; p++)
         {
             // One k step: c[i, :] += a[p, i] * b[p, :] for the 6 rows.
@@ -116,6 +118,7 @@ internal readonly unsafe struct Avx2Kernel<T> : IGemmKernel<T> where T : unmanag
         int w = Vector256<T>.Count;
         Vector256<T> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default;
         Vector256<T> c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
+        PrefetchTile(c, ldc, 6, 2 * w * sizeof(T));
         for (nint p = 0; p < kc; p++)
         {
             var b0 = Vector256.Load(b);
@@ -189,5 +192,27 @@ internal readonly unsafe struct PortableKernel<T> : IGemmKernel<T> where T : unm
         c10.Store(c + ldc); c11.Store(c + ldc + w);
         c20.Store(c + 2 * ldc); c21.Store(c + 2 * ldc + w);
         c30.Store(c + 3 * ldc); c31.Store(c + 3 * ldc + w);
+    }
+}
+
+/// <summary>Helpers shared by the x86 kernels.</summary>
+internal static unsafe class GemmKernelHelpers
+{
+    /// <summary>
+    /// Starts fetching the C tile (rows x rowBytes, row stride ldc elements) into L1 while the K loop
+    /// runs, so the final load/store of C does not stall on a cache miss. C rows are far apart
+    /// (ldc), so the hardware prefetchers do not see them coming; the K loop is long enough
+    /// (kc steps of several cycles) to hide the latency.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void PrefetchTile<T>(T* c, nint ldc, int rows, int rowBytes) where T : unmanaged
+    {
+        if (!Sse.IsSupported) return;
+        for (int i = 0; i < rows; i++)
+        {
+            byte* row = (byte*)(c + i * ldc);
+            Sse.Prefetch0(row);
+            Sse.Prefetch0(row + rowBytes - 1);
+        }
     }
 }

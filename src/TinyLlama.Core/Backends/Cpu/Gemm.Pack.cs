@@ -23,6 +23,7 @@ internal static unsafe partial class Gemm
     /// Packs one micro-panel (see the file header): dst [kc, r] from the w x kc block of a TS-typed
     /// source at src, element (i, p) at src[i * sw + p * sk].
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void PackPanel<TS, T>(TS* src, nint sw, nint sk, int w, int kc, int r, T* dst)
         where TS : unmanaged where T : unmanaged
     {
@@ -50,6 +51,7 @@ internal static unsafe partial class Gemm
     }
 
     /// <summary>Converts count contiguous elements, vectorised for the common type pairs.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void ConvertRow<TS, T>(TS* src, T* dst, int count) where TS : unmanaged where T : unmanaged
     {
         if (typeof(TS) == typeof(T))

@@ -157,6 +157,7 @@ internal static unsafe partial class Gemm
     }
 
     /// <summary>Packs one micro-panel from a source of any supported storage dtype.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void PackPanelFrom<T>(void* storage, DType type, nint offset, nint sw, nint sk, int w, int kc, int r, T* dst)
         where T : unmanaged
     {
@@ -184,23 +185,27 @@ internal static unsafe partial class Gemm
             finally { job.Busy = false; job.Args = default; }
         }
 
-        /// <summary>One call's state and its reusable pack buffers; its delegates are created once so Parallel.For gets no new closures.</summary>
+        /// <summary>Each thread's A block buffer [mc / MR, kc, MR]: packed by the thread that multiplies it, so it lands in that core's L2.</summary>
+        [ThreadStatic] private static T[]? aBlockBuffer;
+
+        /// <summary>One call's state and its reusable B pack buffer; its delegates are created once so Parallel.For gets no new closures.</summary>
         private sealed class Job
         {
             public bool Busy;
             public GemmArgs Args;
-            private T[]? aBuffer, bBuffer;      // pinned; aPack / bPack are their 64-byte aligned starts
-            private T* aPack, bPack;            // aPack [ceil(M / MR), kc, MR]; bPack [ceil(nc / NR), kc, NR]
+            private T[]? bBuffer;               // pinned; bPack is its 64-byte aligned start
+            private T* bPack;                   // [ceil(nc / NR), kc, NR]
             private int jc, pc, kcCur, ncCur;   // current (jc, pc) block and its extents
-            private int mc, mBlocks, jParts, aPanels, bPanels, packChunks;
+            private int mc, mBlocks, jParts, bPanels, packChunks;
             private readonly Action<int> packTask, computeTask;
 
             public Job()
             {
-                packTask = PackTask;
+                packTask = PackBTask;
                 computeTask = ComputeTask;
             }
 
+            [MethodImpl(MethodImplOptions.AggressiveOptimization)]
             public void Execute(ref GemmArgs args)
             {
                 Args = args;
@@ -208,9 +213,9 @@ internal static unsafe partial class Gemm
                 var o = args.Options;
                 // Blocking: a [KC, NR] B micro-panel is 16 KiB (f32 with NR 16, half of a 32 KiB L1d)
                 // and an [MC, KC] A block 120-240 KiB (inside a 512 KiB L2); B's [KC, NC] block is a few MiB of L3.
-                int kcMax = o.KC > 0 ? o.KC : 256;
-                int mcMax = RoundUp(o.MC > 0 ? o.MC : sizeof(T) == 4 ? 144 : 96, mr);
-                int ncMax = RoundUp(o.NC > 0 ? o.NC : sizeof(T) == 4 ? 4096 : 2048, nr);
+                int kcMax = o.KC > 0 ? o.KC : TuneEnv("KC", 256);
+                int mcMax = RoundUp(o.MC > 0 ? o.MC : TuneEnv("MC", sizeof(T) == 4 ? 144 : 96), mr);
+                int ncMax = RoundUp(o.NC > 0 ? o.NC : TuneEnv("NC", sizeof(T) == 4 ? 4096 : 2048), nr);
                 int threads = Environment.ProcessorCount;
                 bool parallel = args.Parallel && threads > 1 && 2L * m * n * k >= ParallelMinFlops;
 
@@ -218,10 +223,8 @@ internal static unsafe partial class Gemm
                 mBlocks = (m + mcMax - 1) / mcMax;
                 mc = RoundUp((m + mBlocks - 1) / mBlocks, mr);
                 mBlocks = (m + mc - 1) / mc;
-                aPanels = (m + mr - 1) / mr;
 
                 int kcAlloc = Math.Min(kcMax, k), ncAlloc = Math.Min(ncMax, n);
-                aPack = Ensure(ref aBuffer, (long)aPanels * mr * kcAlloc);
                 bPack = Ensure(ref bBuffer, (long)((ncAlloc + nr - 1) / nr) * nr * kcAlloc);
 
                 for (jc = 0; jc < n; jc += ncMax)
@@ -240,10 +243,9 @@ internal static unsafe partial class Gemm
                     for (pc = 0; pc < k; pc += kcMax)
                     {
                         kcCur = Math.Min(kcMax, k - pc);
-                        long packElements = (long)(aPanels * mr + bPanels * nr) * kcCur;
-                        packChunks = parallel && packElements >= 1 << 16 ? 2 * threads : 1;
+                        packChunks = parallel && (long)bPanels * nr * kcCur >= 1 << 15 ? Math.Min(bPanels, 2 * threads) : 1;
                         if (packChunks > 1) System.Threading.Tasks.Parallel.For(0, packChunks, packTask);
-                        else PackTask(0);
+                        else PackBTask(0);
                         int tasks = mBlocks * jParts;
                         if (parallel && tasks > 1) System.Threading.Tasks.Parallel.For(0, tasks, computeTask);
                         else for (int t = 0; t < tasks; t++) ComputeTask(t);
@@ -251,33 +253,27 @@ internal static unsafe partial class Gemm
                 }
             }
 
-            /// <summary>Packs chunk <paramref name="chunk"/> of packChunks of the B panels followed by the A panels.</summary>
-            private void PackTask(int chunk)
+            /// <summary>Packs chunk <paramref name="chunk"/> of packChunks of the B micro-panels of the current block.</summary>
+            [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+            private void PackBTask(int chunk)
             {
                 ref readonly var g = ref Args;
-                int mr = TK.MR, nr = TK.NR;
-                int total = bPanels + aPanels;
-                int start = (int)((long)total * chunk / packChunks), end = (int)((long)total * (chunk + 1) / packChunks);
+                int nr = TK.NR;
+                int start = (int)((long)bPanels * chunk / packChunks), end = (int)((long)bPanels * (chunk + 1) / packChunks);
                 for (int q = start; q < end; q++)
                 {
-                    if (q < bPanels)
-                    {
-                        // B panel: columns jc + q NR .. ; B[p, j] at BOffset + p * BRowStride + j * BColStride.
-                        int j0 = jc + q * nr;
-                        PackPanelFrom(g.B, g.BType, g.BOffset + pc * g.BRowStride + j0 * g.BColStride, g.BColStride, g.BRowStride,
-                                      Math.Min(nr, ncCur - q * nr), kcCur, nr, bPack + (nint)q * nr * kcCur);
-                    }
-                    else
-                    {
-                        // A panel: rows i0 .. i0 + MR; A[i, p] at AOffset + i * ARowStride + p * AColStride.
-                        int ip = q - bPanels, i0 = ip * mr;
-                        PackPanelFrom(g.A, g.AType, g.AOffset + i0 * g.ARowStride + pc * g.AColStride, g.ARowStride, g.AColStride,
-                                      Math.Min(mr, g.M - i0), kcCur, mr, aPack + (nint)ip * mr * kcCur);
-                    }
+                    // Columns jc + q NR ..; B[p, j] is at BOffset + p * BRowStride + j * BColStride.
+                    int j0 = jc + q * nr;
+                    PackPanelFrom(g.B, g.BType, g.BOffset + pc * g.BRowStride + j0 * g.BColStride, g.BColStride, g.BRowStride,
+                                  Math.Min(nr, ncCur - q * nr), kcCur, nr, bPack + (nint)q * nr * kcCur);
                 }
             }
 
-            /// <summary>Runs the micro-kernel over tile task t: A block t / jParts against B panel range t % jParts.</summary>
+            /// <summary>
+            /// Tile task t: packs A block t / jParts (rows i0 .. i0 + mc, the current K block) and runs the
+            /// micro-kernel over it against B micro-panel range t % jParts.
+            /// </summary>
+            [MethodImpl(MethodImplOptions.AggressiveOptimization)]
             private void ComputeTask(int t)
             {
                 ref readonly var g = ref Args;
@@ -287,6 +283,13 @@ internal static unsafe partial class Gemm
                 int q0 = (int)((long)bPanels * jp / jParts), q1 = (int)((long)bPanels * (jp + 1) / jParts);
                 bool add = g.Accumulate || pc > 0;
                 nint kc = kcCur, ldc = g.Ldc;
+
+                // A[i, p] is at AOffset + i * ARowStride + p * AColStride.
+                T* aBlock = Ensure(ref aBlockBuffer, (long)RoundUp(mcCur, mr) * kc);
+                for (int ir = 0; ir < mcCur; ir += mr)
+                    PackPanelFrom(g.A, g.AType, g.AOffset + (i0 + ir) * g.ARowStride + pc * g.AColStride, g.ARowStride, g.AColStride,
+                                  Math.Min(mr, mcCur - ir), kcCur, mr, aBlock + ir * kc);
+
                 T* c = (T*)g.C;
                 T* scratch = stackalloc T[TK.MR * TK.NR]; // [MR, NR] tile for edges
                 for (int q = q0; q < q1; q++)
@@ -295,9 +298,9 @@ internal static unsafe partial class Gemm
                     int cols = Math.Min(nr, ncCur - q * nr), j = jc + q * nr;
                     for (int ir = 0; ir < mcCur; ir += mr)
                     {
-                        int i = i0 + ir, rows = Math.Min(mr, mcCur - ir);
-                        T* aPanel = aPack + (nint)(i / mr) * mr * kc;
-                        T* cTile = c + i * ldc + j;
+                        int rows = Math.Min(mr, mcCur - ir);
+                        T* aPanel = aBlock + ir * kc;
+                        T* cTile = c + (i0 + ir) * ldc + j;
                         if (rows == mr && cols == nr)
                         {
                             TK.Run(kc, aPanel, bPanel, cTile, ldc, add);
@@ -324,6 +327,7 @@ internal static unsafe partial class Gemm
     }
 
     /// <summary>c[:rows, :cols] (=|+=) tile[:rows, :cols]; c has row stride ldc, tile ldt.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void MergeTile<T>(T* tile, nint ldt, T* c, nint ldc, int rows, int cols, bool add) where T : unmanaged
     {
         for (int i = 0; i < rows; i++)
@@ -343,6 +347,9 @@ internal static unsafe partial class Gemm
             }
         }
     }
+
+    // TUNING ONLY (remove before commit)
+    internal static int TuneEnv(string name, int dflt) { var v = Environment.GetEnvironmentVariable("TLG_" + name); return v is null ? dflt : int.Parse(v); }
 
     private static int RoundUp(int x, int multiple) => (x + multiple - 1) / multiple * multiple;
 }
