@@ -66,12 +66,46 @@ internal readonly unsafe struct Avx512Kernel<T> : IGemmKernel<T> where T : unman
         Vector512<T> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default;
         Vector512<T> c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
         PrefetchTile(c, ldc, 6, 2 * w * sizeof(T));
-        for (nint p = 0; p < kc; p++)
+        nint p = 0;
+        Vector512<T> b0, b1, ai;
+        for (; p <= kc - 4; p += 4)
         {
-            // One k step: c[i, :] += a[p, i] * b[p, :] for the 6 rows.
-            var b0 = Vector512.Load(b);
-            var b1 = Vector512.Load(b + w);
-            var ai = Vector512.Create(a[0]); c00 = Fmadd(ai, b0, c00); c01 = Fmadd(ai, b1, c01);
+            // Four k steps: c[i, :] += a[p, i] * b[p, :] for the 6 rows.
+            b0 = Vector512.Load(b); b1 = Vector512.Load(b + w);
+            ai = Vector512.Create(a[0]); c00 = Fmadd(ai, b0, c00); c01 = Fmadd(ai, b1, c01);
+            ai = Vector512.Create(a[1]); c10 = Fmadd(ai, b0, c10); c11 = Fmadd(ai, b1, c11);
+            ai = Vector512.Create(a[2]); c20 = Fmadd(ai, b0, c20); c21 = Fmadd(ai, b1, c21);
+            ai = Vector512.Create(a[3]); c30 = Fmadd(ai, b0, c30); c31 = Fmadd(ai, b1, c31);
+            ai = Vector512.Create(a[4]); c40 = Fmadd(ai, b0, c40); c41 = Fmadd(ai, b1, c41);
+            ai = Vector512.Create(a[5]); c50 = Fmadd(ai, b0, c50); c51 = Fmadd(ai, b1, c51);
+            b0 = Vector512.Load(b + 1 * 2 * w); b1 = Vector512.Load(b + 1 * 2 * w + w);
+            ai = Vector512.Create(a[6]); c00 = Fmadd(ai, b0, c00); c01 = Fmadd(ai, b1, c01);
+            ai = Vector512.Create(a[7]); c10 = Fmadd(ai, b0, c10); c11 = Fmadd(ai, b1, c11);
+            ai = Vector512.Create(a[8]); c20 = Fmadd(ai, b0, c20); c21 = Fmadd(ai, b1, c21);
+            ai = Vector512.Create(a[9]); c30 = Fmadd(ai, b0, c30); c31 = Fmadd(ai, b1, c31);
+            ai = Vector512.Create(a[10]); c40 = Fmadd(ai, b0, c40); c41 = Fmadd(ai, b1, c41);
+            ai = Vector512.Create(a[11]); c50 = Fmadd(ai, b0, c50); c51 = Fmadd(ai, b1, c51);
+            b0 = Vector512.Load(b + 2 * 2 * w); b1 = Vector512.Load(b + 2 * 2 * w + w);
+            ai = Vector512.Create(a[12]); c00 = Fmadd(ai, b0, c00); c01 = Fmadd(ai, b1, c01);
+            ai = Vector512.Create(a[13]); c10 = Fmadd(ai, b0, c10); c11 = Fmadd(ai, b1, c11);
+            ai = Vector512.Create(a[14]); c20 = Fmadd(ai, b0, c20); c21 = Fmadd(ai, b1, c21);
+            ai = Vector512.Create(a[15]); c30 = Fmadd(ai, b0, c30); c31 = Fmadd(ai, b1, c31);
+            ai = Vector512.Create(a[16]); c40 = Fmadd(ai, b0, c40); c41 = Fmadd(ai, b1, c41);
+            ai = Vector512.Create(a[17]); c50 = Fmadd(ai, b0, c50); c51 = Fmadd(ai, b1, c51);
+            b0 = Vector512.Load(b + 3 * 2 * w); b1 = Vector512.Load(b + 3 * 2 * w + w);
+            ai = Vector512.Create(a[18]); c00 = Fmadd(ai, b0, c00); c01 = Fmadd(ai, b1, c01);
+            ai = Vector512.Create(a[19]); c10 = Fmadd(ai, b0, c10); c11 = Fmadd(ai, b1, c11);
+            ai = Vector512.Create(a[20]); c20 = Fmadd(ai, b0, c20); c21 = Fmadd(ai, b1, c21);
+            ai = Vector512.Create(a[21]); c30 = Fmadd(ai, b0, c30); c31 = Fmadd(ai, b1, c31);
+            ai = Vector512.Create(a[22]); c40 = Fmadd(ai, b0, c40); c41 = Fmadd(ai, b1, c41);
+            ai = Vector512.Create(a[23]); c50 = Fmadd(ai, b0, c50); c51 = Fmadd(ai, b1, c51);
+            a += 4 * 6;
+            b += 4 * 2 * w;
+        }
+        for (; p < kc; p++)
+        {
+            b0 = Vector512.Load(b); b1 = Vector512.Load(b + w);
+            ai = Vector512.Create(a[0]); c00 = Fmadd(ai, b0, c00); c01 = Fmadd(ai, b1, c01);
             ai = Vector512.Create(a[1]); c10 = Fmadd(ai, b0, c10); c11 = Fmadd(ai, b1, c11);
             ai = Vector512.Create(a[2]); c20 = Fmadd(ai, b0, c20); c21 = Fmadd(ai, b1, c21);
             ai = Vector512.Create(a[3]); c30 = Fmadd(ai, b0, c30); c31 = Fmadd(ai, b1, c31);
@@ -119,11 +153,46 @@ internal readonly unsafe struct Avx2Kernel<T> : IGemmKernel<T> where T : unmanag
         Vector256<T> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default;
         Vector256<T> c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
         PrefetchTile(c, ldc, 6, 2 * w * sizeof(T));
-        for (nint p = 0; p < kc; p++)
+        nint p = 0;
+        Vector256<T> b0, b1, ai;
+        for (; p <= kc - 4; p += 4)
         {
-            var b0 = Vector256.Load(b);
-            var b1 = Vector256.Load(b + w);
-            var ai = Vector256.Create(a[0]); c00 = Fmadd(ai, b0, c00); c01 = Fmadd(ai, b1, c01);
+            // Four k steps: c[i, :] += a[p, i] * b[p, :] for the 6 rows.
+            b0 = Vector256.Load(b); b1 = Vector256.Load(b + w);
+            ai = Vector256.Create(a[0]); c00 = Fmadd(ai, b0, c00); c01 = Fmadd(ai, b1, c01);
+            ai = Vector256.Create(a[1]); c10 = Fmadd(ai, b0, c10); c11 = Fmadd(ai, b1, c11);
+            ai = Vector256.Create(a[2]); c20 = Fmadd(ai, b0, c20); c21 = Fmadd(ai, b1, c21);
+            ai = Vector256.Create(a[3]); c30 = Fmadd(ai, b0, c30); c31 = Fmadd(ai, b1, c31);
+            ai = Vector256.Create(a[4]); c40 = Fmadd(ai, b0, c40); c41 = Fmadd(ai, b1, c41);
+            ai = Vector256.Create(a[5]); c50 = Fmadd(ai, b0, c50); c51 = Fmadd(ai, b1, c51);
+            b0 = Vector256.Load(b + 1 * 2 * w); b1 = Vector256.Load(b + 1 * 2 * w + w);
+            ai = Vector256.Create(a[6]); c00 = Fmadd(ai, b0, c00); c01 = Fmadd(ai, b1, c01);
+            ai = Vector256.Create(a[7]); c10 = Fmadd(ai, b0, c10); c11 = Fmadd(ai, b1, c11);
+            ai = Vector256.Create(a[8]); c20 = Fmadd(ai, b0, c20); c21 = Fmadd(ai, b1, c21);
+            ai = Vector256.Create(a[9]); c30 = Fmadd(ai, b0, c30); c31 = Fmadd(ai, b1, c31);
+            ai = Vector256.Create(a[10]); c40 = Fmadd(ai, b0, c40); c41 = Fmadd(ai, b1, c41);
+            ai = Vector256.Create(a[11]); c50 = Fmadd(ai, b0, c50); c51 = Fmadd(ai, b1, c51);
+            b0 = Vector256.Load(b + 2 * 2 * w); b1 = Vector256.Load(b + 2 * 2 * w + w);
+            ai = Vector256.Create(a[12]); c00 = Fmadd(ai, b0, c00); c01 = Fmadd(ai, b1, c01);
+            ai = Vector256.Create(a[13]); c10 = Fmadd(ai, b0, c10); c11 = Fmadd(ai, b1, c11);
+            ai = Vector256.Create(a[14]); c20 = Fmadd(ai, b0, c20); c21 = Fmadd(ai, b1, c21);
+            ai = Vector256.Create(a[15]); c30 = Fmadd(ai, b0, c30); c31 = Fmadd(ai, b1, c31);
+            ai = Vector256.Create(a[16]); c40 = Fmadd(ai, b0, c40); c41 = Fmadd(ai, b1, c41);
+            ai = Vector256.Create(a[17]); c50 = Fmadd(ai, b0, c50); c51 = Fmadd(ai, b1, c51);
+            b0 = Vector256.Load(b + 3 * 2 * w); b1 = Vector256.Load(b + 3 * 2 * w + w);
+            ai = Vector256.Create(a[18]); c00 = Fmadd(ai, b0, c00); c01 = Fmadd(ai, b1, c01);
+            ai = Vector256.Create(a[19]); c10 = Fmadd(ai, b0, c10); c11 = Fmadd(ai, b1, c11);
+            ai = Vector256.Create(a[20]); c20 = Fmadd(ai, b0, c20); c21 = Fmadd(ai, b1, c21);
+            ai = Vector256.Create(a[21]); c30 = Fmadd(ai, b0, c30); c31 = Fmadd(ai, b1, c31);
+            ai = Vector256.Create(a[22]); c40 = Fmadd(ai, b0, c40); c41 = Fmadd(ai, b1, c41);
+            ai = Vector256.Create(a[23]); c50 = Fmadd(ai, b0, c50); c51 = Fmadd(ai, b1, c51);
+            a += 4 * 6;
+            b += 4 * 2 * w;
+        }
+        for (; p < kc; p++)
+        {
+            b0 = Vector256.Load(b); b1 = Vector256.Load(b + w);
+            ai = Vector256.Create(a[0]); c00 = Fmadd(ai, b0, c00); c01 = Fmadd(ai, b1, c01);
             ai = Vector256.Create(a[1]); c10 = Fmadd(ai, b0, c10); c11 = Fmadd(ai, b1, c11);
             ai = Vector256.Create(a[2]); c20 = Fmadd(ai, b0, c20); c21 = Fmadd(ai, b1, c21);
             ai = Vector256.Create(a[3]); c30 = Fmadd(ai, b0, c30); c31 = Fmadd(ai, b1, c31);

@@ -10,7 +10,6 @@
 // where for A: R = MR, sw = A's row stride, sk = A's column stride;
 //   and for B: R = NR, sw = B's column stride, sk = B's row stride.
 // The zero padding lets the kernels always compute full tiles; the driver drops the padded part.
-using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using TinyLlama.Tensors;
@@ -35,6 +34,32 @@ internal static unsafe partial class Gemm
             {
                 ConvertRow(src + p * sk, dst + (nint)p * r, w);
                 for (int i = w; i < r; i++) dst[(nint)p * r + i] = default;
+            }
+            return;
+        }
+        if (sk == 1 && typeof(TS) != typeof(T))
+        {
+            // k is contiguous (A row-major, or B = W^T of a row-major weight) and needs converting:
+            // convert each of the w rows with the vectorised converter into a small [w, chunk]
+            // buffer, then interleave. Scalar f16 -> f32 conversion is a software routine, ~10x slower.
+            const int Chunk = 128;
+            T* rowsBuf = stackalloc T[Chunk * 8];
+            int rowsPerPass = Math.Min(w, 8);
+            for (int p0 = 0; p0 < kc; p0 += Chunk)
+            {
+                int len = Math.Min(Chunk, kc - p0);
+                for (int i0 = 0; i0 < r; i0 += rowsPerPass)
+                {
+                    int rowsNow = Math.Min(rowsPerPass, r - i0);
+                    for (int i = 0; i < rowsNow; i++)
+                    {
+                        if (i0 + i < w) ConvertRow(src + (i0 + i) * sw + p0, rowsBuf + i * Chunk, len);
+                        else new Span<T>(rowsBuf + i * Chunk, len).Clear();
+                    }
+                    for (int p = 0; p < len; p++)
+                        for (int i = 0; i < rowsNow; i++)
+                            dst[(nint)(p0 + p) * r + i0 + i] = rowsBuf[i * Chunk + p];
+                }
             }
             return;
         }
@@ -69,12 +94,32 @@ internal static unsafe partial class Gemm
                 Vector256.ShiftLeft(bits, 16).AsSingle().Store((float*)dst + i);
             }
         }
-        else if (typeof(TS) == typeof(Half) && typeof(T) == typeof(float))
+        else if (typeof(TS) == typeof(Half) && typeof(T) == typeof(float) && Vector256.IsHardwareAccelerated)
         {
-            TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(src, count), new Span<float>(dst, count));
-            return;
+            // (TensorPrimitives.ConvertToSingle is slow for the 16-element rows of B panels.)
+            for (; i <= count - 8; i += 8)
+                HalfToSingle(Vector128.Load((ushort*)src + i)).Store((float*)dst + i);
         }
         for (; i < count; i++) dst[i] = Convert<TS, T>(src[i]);
+    }
+
+    /// <summary>
+    /// Eight f16 bit patterns widened exactly to f32 (F. Giesen, "half to float done quic", 2012):
+    /// move exponent and mantissa into place, rebias the exponent by 127 - 15, then fix up Inf/NaN
+    /// (exponent all ones) and subnormals (exponent zero, renormalised by a float subtraction).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> HalfToSingle(Vector128<ushort> bits)
+    {
+        var h = Vector256.WidenLower(bits.ToVector256Unsafe());                  // uint lanes
+        var o = Vector256.ShiftLeft(h & Vector256.Create(0x7FFFu), 13);          // exponent + mantissa
+        var exp = o & Vector256.Create(0x7C00u << 13);
+        o += Vector256.Create((127u - 15u) << 23);
+        o += Vector256.Equals(exp, Vector256.Create(0x7C00u << 13)) & Vector256.Create((128u - 16u) << 23);
+        var sub = ((o + Vector256.Create(1u << 23)).AsSingle() - Vector256.Create(113u << 23).AsSingle()).AsUInt32();
+        o = Vector256.ConditionalSelect(Vector256.Equals(exp, Vector256<uint>.Zero), sub, o);
+        o |= Vector256.ShiftLeft(h & Vector256.Create(0x8000u), 16);             // sign
+        return o.AsSingle();
     }
 
     /// <summary>One element from the storage type to the compute type (exact for f16/bf16 -> f32).</summary>

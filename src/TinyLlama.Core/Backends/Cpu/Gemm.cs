@@ -196,7 +196,7 @@ internal static unsafe partial class Gemm
             private T[]? bBuffer;               // pinned; bPack is its 64-byte aligned start
             private T* bPack;                   // [ceil(nc / NR), kc, NR]
             private int jc, pc, kcCur, ncCur;   // current (jc, pc) block and its extents
-            private int mc, mBlocks, jParts, bPanels, packChunks;
+            private int aPanels, mBlocks, jParts, bPanels, packChunks;
             private readonly Action<int> packTask, computeTask;
 
             public Job()
@@ -219,10 +219,11 @@ internal static unsafe partial class Gemm
                 int threads = Environment.ProcessorCount;
                 bool parallel = args.Parallel && threads > 1 && 2L * m * n * k >= ParallelMinFlops;
 
-                // Balance the A blocks: as few as MC allows, of equal height (a multiple of MR).
+                // A blocks: as few as MC allows (a multiple of the thread count when parallel, so
+                // whole blocks divide evenly), each given an equal share of the MR-row micro-panels.
+                aPanels = (m + mr - 1) / mr;
                 mBlocks = (m + mcMax - 1) / mcMax;
-                mc = RoundUp((m + mBlocks - 1) / mBlocks, mr);
-                mBlocks = (m + mc - 1) / mc;
+                if (parallel) mBlocks = Math.Min(RoundUp(mBlocks, threads), aPanels);
 
                 int kcAlloc = Math.Min(kcMax, k), ncAlloc = Math.Min(ncMax, n);
                 bPack = Ensure(ref bBuffer, (long)((ncAlloc + nr - 1) / nr) * nr * kcAlloc);
@@ -279,7 +280,7 @@ internal static unsafe partial class Gemm
                 ref readonly var g = ref Args;
                 int mr = TK.MR, nr = TK.NR;
                 int ib = t / jParts, jp = t % jParts;
-                int i0 = ib * mc, mcCur = Math.Min(mc, g.M - i0);
+                int i0 = (int)((long)aPanels * ib / mBlocks) * mr, mcCur = Math.Min((int)((long)aPanels * (ib + 1) / mBlocks) * mr, g.M) - i0;
                 int q0 = (int)((long)bPanels * jp / jParts), q1 = (int)((long)bPanels * (jp + 1) / jParts);
                 bool add = g.Accumulate || pc > 0;
                 nint kc = kcCur, ldc = g.Ldc;
