@@ -218,6 +218,52 @@ public class GemmTests
 
     [SkippableTheory]
     [MemberData(nameof(Kernels))]
+    public void F16AndBF16WideningIsExactForEveryBitPattern(string kernel)
+    {
+        // C [1, 65536] = [[1]] @ B [1, 65536] with B holding every 16-bit pattern: 1 * x is exact,
+        // so C must equal the widened value exactly (subnormals and infinities included; NaNs stay NaN). The rows of B are packed
+        // by the vectorised widening (unit column stride), the column view by the element path.
+        SkipUnsupported(kernel);
+        var one = MakeOperand(new Random(8), DType.F32, 1, 1, Layout.RowMajor);
+        one.Storage.AsSpan<float>()[0] = 1;
+        foreach (var dtype in new[] { DType.F16, DType.BF16 })
+        {
+            Array data;
+            var expected = new float[65536];
+            if (dtype == DType.F16)
+            {
+                var h = new Half[65536];
+                for (int i = 0; i < h.Length; i++) { h[i] = BitConverter.UInt16BitsToHalf((ushort)i); expected[i] = (float)h[i]; }
+                data = h;
+            }
+            else
+            {
+                var bf = new BFloat16[65536];
+                for (int i = 0; i < bf.Length; i++) { bf[i] = new BFloat16((ushort)i); expected[i] = bf[i].ToSingle(); }
+                data = bf;
+            }
+            var storage = new CpuStorage(dtype, data);
+            foreach (bool asRow in new[] { true, false })
+            {
+                var c = new CpuStorage(DType.F32, new float[65536]);
+                var options = new GemmOptions(Enum.Parse<GemmKernel>(kernel));
+                if (asRow) // B [1, 65536] with column stride 1
+                    Gemm.Run(1, 65536, 1, one.View, 0, new GemmOperand(storage, 65536, 1), 0, c, 0, 65536, false, false, options);
+                else       // B^T: C [65536, 1] = A [65536, 1] @ [[1]], A with row stride 1
+                    Gemm.Run(65536, 1, 1, new GemmOperand(storage, 1, 65536), 0, one.View, 0, c, 0, 1, false, false, options);
+                var got = c.AsSpan<float>();
+                for (int i = 0; i < 65536; i++)
+                {
+                    // Equal as values: a sum that starts from +0 turns -0 into +0, as in any GEMM.
+                    bool same = float.IsNaN(expected[i]) ? float.IsNaN(got[i]) : got[i] == expected[i];
+                    Assert.True(same, $"{dtype} bits 0x{i:X4} ({(asRow ? "row" : "column")}): got {got[i]:R}, expected {expected[i]:R}");
+                }
+            }
+        }
+    }
+
+    [SkippableTheory]
+    [MemberData(nameof(Kernels))]
     public void F64MatchesNaive(string kernel)
     {
         SkipUnsupported(kernel);
