@@ -278,6 +278,24 @@ public class GemmTests
     }
 
     [Fact]
+    public void SmallMPathMatchesNaive()
+    {
+        // M <= 4 with Auto reads B unpacked (Gemm.Small.cs): B row-major (axpy form), B transposed
+        // with A row-major (dot form), and layouts that fall back to the blocked path; N and K large
+        // enough for several column chunks run in parallel.
+        var rng = new Random(9);
+        foreach (var dtype in new[] { DType.F32, DType.F64 })
+            foreach (var (m, n, k) in new[] { (1, 1, 1), (1, 17, 3), (2, 1100, 300), (3, 513, 7), (4, 2000, 257), (4, 65, 1000) })
+                foreach (var (la, lb) in new[] { (Layout.RowMajor, Layout.RowMajor), (Layout.RowMajor, Layout.Transposed), (Layout.Transposed, Layout.Transposed), (Layout.Strided, Layout.Strided) })
+                {
+                    var a = MakeOperand(rng, dtype, m, k, la);
+                    var b = MakeOperand(rng, dtype, k, n, lb);
+                    CheckGemm(m, n, k, a, b, dtype, accumulate: false, parallel: true, "Auto");
+                    CheckGemm(m, n, k, a, b, dtype, accumulate: true, parallel: false, "Auto");
+                }
+    }
+
+    [Fact]
     public void EmptyKZeroesOrKeepsC()
     {
         var rng = new Random(7);

@@ -47,7 +47,11 @@ internal enum GemmKernel
     Portable,
 }
 
-/// <summary>Per-call tuning knobs; zero fields take the defaults. Tests shrink the blocks to exercise every loop on small inputs.</summary>
+/// <summary>
+/// Per-call tuning knobs; zero fields take the defaults. Tests shrink the blocks to exercise every
+/// loop on small inputs. A specific Kernel always runs the blocked path with that kernel; Auto may
+/// take the unpacked small-M path (Gemm.Small.cs).
+/// </summary>
 internal readonly record struct GemmOptions(GemmKernel Kernel = GemmKernel.Auto, int KC = 0, int MC = 0, int NC = 0);
 
 internal static unsafe partial class Gemm
@@ -120,6 +124,11 @@ internal static unsafe partial class Gemm
             // An empty sum: C = 0, or C unchanged when accumulating.
             if (!args.Accumulate)
                 for (int i = 0; i < args.M; i++) new Span<T>((T*)args.C + (nint)i * args.Ldc, args.N).Clear();
+            return;
+        }
+        if (UseSmallM<T>(in args))
+        {
+            RunSmallM<T>(ref args);
             return;
         }
         switch (Resolve(args.Options.Kernel))
