@@ -5,12 +5,12 @@
 // The algorithm is the GotoBLAS/BLIS layering (Goto & van de Geijn, "Anatomy of High-Performance
 // Matrix Multiplication", ACM TOMS 2008; Van Zee & van de Geijn, "BLIS", ACM TOMS 2015):
 //
-//   for jc in 0..N step NC                     B block [KC, NC] lives in L3
+//   for jc in 0..N step NC                                  B block [KC, NC] lives in L3
 //     for pc in 0..K step KC
-//       pack B[pc:+KC, jc:+NC] into NR-column micro-panels      (Gemm.Pack.cs)
-//       pack A[:, pc:+KC]      into MR-row micro-panels
-//       for ic in 0..M step MC        (parallel) A block [MC, KC] lives in L2
-//         for jr in 0..NC step NR                B micro-panel [KC, NR] lives in L1
+//       pack B[pc:+KC, jc:+NC] into NR-column micro-panels (shared; Gemm.Pack.cs)
+//       for ic in 0..M step MC                       (parallel)
+//         pack A[ic:+MC, pc:+KC] into MR-row micro-panels     A block [MC, KC] lives in L2
+//         for jr in 0..NC step NR                             B micro-panel [KC, NR] lives in L1
 //           for ir in 0..MC step MR
 //             C[ic+ir:+MR, jc+jr:+NR] (+)= micro-kernel(A panel, B panel)   (Gemm.Kernels.cs)
 //
@@ -18,13 +18,23 @@
 // full tile into a scratch tile and only the valid part is written to C. K is split into KC blocks;
 // the first block stores (or adds, when accumulating) and the later ones add.
 //
-// Threads: the packed B block is shared; the (ic, jr-range) tiles of one (jc, pc) step are handed
-// out by Parallel.For, with the A block height balanced so the tasks are of near equal size and
-// their number is a multiple of the thread count. Batched products of many small matrices are
-// split across matrices by CpuBackend.MatMul instead, each GEMM then running on one thread.
+// Threads: B's block is packed by all threads and shared. Each task of the parallel loop packs one
+// A block itself (so it sits in the L2 of the core that uses it) and sweeps it across all of B's
+// micro-panels, or across a share of them when there are too few A blocks for the threads. The A
+// blocks are an equal share of the MR-row micro-panels, and their number is a multiple of the
+// thread count, so the threads finish together. Batched products of many small matrices are split
+// across matrices by CpuBackend.MatMul instead, each GEMM then running on one thread. Products with
+// M <= 4 (decoding) skip packing altogether: Gemm.Small.cs.
 //
-// Memory: pack buffers are pinned arrays owned by a per-thread job object and reused, so a
-// steady-state call allocates no pack memory (Parallel.For itself allocates its small bookkeeping).
+// Blocking (f32, AVX2 6x16 kernel, Zen 3 with 32 KiB L1d / 512 KiB L2 per core / 32 MiB L3):
+// KC = 256 makes a B micro-panel 16 KiB (half of L1, leaving room for the A panel and C tile);
+// MC = 144 makes an A block 144 KiB of L2; NC = 4096 makes B's block 4 MiB of L3. f64 halves MC and
+// NC so the blocks hold about the same bytes. Measured alternatives (KC 192-512, MC 48-192) were
+// within noise of these on this machine; see benchmarks/RESULTS.md.
+//
+// Memory: the B pack buffer belongs to a per-thread job object and each thread keeps its own A
+// block buffer; both are pinned arrays, grown when needed and reused, so a steady-state call
+// allocates no pack memory (Parallel.For itself allocates its small bookkeeping objects).
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using TinyLlama.Tensors;
@@ -61,6 +71,15 @@ internal static unsafe partial class Gemm
     /// CpuBackend.MatMul). For tests and benchmarks that compare kernel paths; leave Auto otherwise.
     /// </summary>
     internal static GemmKernel KernelOverride { get; set; } = GemmKernel.Auto;
+
+    /// <summary>Default K block (see the file header); f32 and f64 alike.</summary>
+    internal const int DefaultKC = 256;
+
+    /// <summary>Default M block for f32 (rounded up to a multiple of MR; halved for f64).</summary>
+    internal const int DefaultMC = 144;
+
+    /// <summary>Default N block for f32 (rounded up to a multiple of NR; halved for f64).</summary>
+    internal const int DefaultNC = 4096;
 
     /// <summary>Below this many flops (2 M N K) a GEMM runs on the calling thread only.</summary>
     internal const long ParallelMinFlops = 1L << 21;
@@ -220,11 +239,10 @@ internal static unsafe partial class Gemm
                 Args = args;
                 int mr = TK.MR, nr = TK.NR, m = args.M, n = args.N, k = args.K;
                 var o = args.Options;
-                // Blocking: a [KC, NR] B micro-panel is 16 KiB (f32 with NR 16, half of a 32 KiB L1d)
-                // and an [MC, KC] A block 120-240 KiB (inside a 512 KiB L2); B's [KC, NC] block is a few MiB of L3.
-                int kcMax = o.KC > 0 ? o.KC : TuneEnv("KC", 256);
-                int mcMax = RoundUp(o.MC > 0 ? o.MC : TuneEnv("MC", sizeof(T) == 4 ? 144 : 96), mr);
-                int ncMax = RoundUp(o.NC > 0 ? o.NC : TuneEnv("NC", sizeof(T) == 4 ? 4096 : 2048), nr);
+                // Block sizes (see the file header): the same bytes for f32 and f64.
+                int kcMax = o.KC > 0 ? o.KC : DefaultKC;
+                int mcMax = RoundUp(o.MC > 0 ? o.MC : DefaultMC * 4 / sizeof(T), mr);
+                int ncMax = RoundUp(o.NC > 0 ? o.NC : DefaultNC * 4 / sizeof(T), nr);
                 int threads = Environment.ProcessorCount;
                 bool parallel = args.Parallel && threads > 1 && 2L * m * n * k >= ParallelMinFlops;
 
@@ -357,9 +375,6 @@ internal static unsafe partial class Gemm
             }
         }
     }
-
-    // TUNING ONLY (remove before commit)
-    internal static int TuneEnv(string name, int dflt) { var v = Environment.GetEnvironmentVariable("TLG_" + name); return v is null ? dflt : int.Parse(v); }
 
     private static int RoundUp(int x, int multiple) => (x + multiple - 1) / multiple * multiple;
 }
