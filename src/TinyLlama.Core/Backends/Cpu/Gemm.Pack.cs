@@ -12,6 +12,7 @@
 // The zero padding lets the kernels always compute full tiles; the driver drops the padded part.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using TinyLlama.Tensors;
 
 namespace TinyLlama.Backends.Cpu;
@@ -35,6 +36,13 @@ internal static unsafe partial class Gemm
                 ConvertRow(src + p * sk, dst + (nint)p * r, w);
                 for (int i = w; i < r; i++) dst[(nint)p * r + i] = default;
             }
+            return;
+        }
+        if (sk == 1 && typeof(TS) == typeof(float) && typeof(T) == typeof(float) && Avx.IsSupported && kc >= 8)
+        {
+            // k is contiguous and already f32 (A row-major, the usual activation layout; or B = W^T):
+            // transpose 8 x 8 blocks in registers instead of moving one element at a time.
+            PackTransposeF32((float*)src, sw, w, kc, r, (float*)dst);
             return;
         }
         if (sk == 1 && typeof(TS) != typeof(T))
@@ -72,6 +80,61 @@ internal static unsafe partial class Gemm
             int i = 0;
             for (; i < w; i++) d[i] = Convert<TS, T>(s[i * sw]);
             for (; i < r; i++) d[i] = default;
+        }
+    }
+
+    /// <summary>
+    /// dst [kc, r] from w rows of src (row i at src + i * sw, contiguous along k): for each block of 8
+    /// rows and 8 k steps, load the 8 x 8 block (rows past w read as zero), transpose it with the
+    /// classic unpack / shuffle / permute2f128 sequence (8 + 8 + 8 shuffles), and store row p of the
+    /// transpose (the 8 rows' values at k step p) at dst + p * r + i0.
+    /// When r &lt; 8 (r = 6 or 4) the 8-wide store of step p spills into step p + 1's slots, which
+    /// the next store overwrites; the very last step is stored element by element so nothing
+    /// outside this panel is touched. K steps past the last multiple of 8 are copied one by one.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void PackTransposeF32(float* src, nint sw, int w, int kc, int r, float* dst)
+    {
+        int kc8 = kc & ~7;
+        float* tmp = stackalloc float[8];
+        for (int i0 = 0; i0 < r; i0 += 8)
+        {
+            int rows = Math.Min(8, w - i0);     // real rows in this block (may be <= 0 for padding blocks)
+            int width = Math.Min(8, r - i0);    // slots of the panel this block fills
+            float* s = src + i0 * sw;
+            for (int p0 = 0; p0 < kc8; p0 += 8)
+            {
+                var r0 = rows > 0 ? Vector256.Load(s + p0) : Vector256<float>.Zero;
+                var r1 = rows > 1 ? Vector256.Load(s + sw + p0) : Vector256<float>.Zero;
+                var r2 = rows > 2 ? Vector256.Load(s + 2 * sw + p0) : Vector256<float>.Zero;
+                var r3 = rows > 3 ? Vector256.Load(s + 3 * sw + p0) : Vector256<float>.Zero;
+                var r4 = rows > 4 ? Vector256.Load(s + 4 * sw + p0) : Vector256<float>.Zero;
+                var r5 = rows > 5 ? Vector256.Load(s + 5 * sw + p0) : Vector256<float>.Zero;
+                var r6 = rows > 6 ? Vector256.Load(s + 6 * sw + p0) : Vector256<float>.Zero;
+                var r7 = rows > 7 ? Vector256.Load(s + 7 * sw + p0) : Vector256<float>.Zero;
+                var t0 = Avx.UnpackLow(r0, r1); var t1 = Avx.UnpackHigh(r0, r1);
+                var t2 = Avx.UnpackLow(r2, r3); var t3 = Avx.UnpackHigh(r2, r3);
+                var t4 = Avx.UnpackLow(r4, r5); var t5 = Avx.UnpackHigh(r4, r5);
+                var t6 = Avx.UnpackLow(r6, r7); var t7 = Avx.UnpackHigh(r6, r7);
+                var u0 = Avx.Shuffle(t0, t2, 0x44); var u1 = Avx.Shuffle(t0, t2, 0xEE);
+                var u2 = Avx.Shuffle(t1, t3, 0x44); var u3 = Avx.Shuffle(t1, t3, 0xEE);
+                var u4 = Avx.Shuffle(t4, t6, 0x44); var u5 = Avx.Shuffle(t4, t6, 0xEE);
+                var u6 = Avx.Shuffle(t5, t7, 0x44); var u7 = Avx.Shuffle(t5, t7, 0xEE);
+                float* d = dst + (nint)p0 * r + i0;
+                Avx.Permute2x128(u0, u4, 0x20).Store(d);
+                Avx.Permute2x128(u1, u5, 0x20).Store(d + r);
+                Avx.Permute2x128(u2, u6, 0x20).Store(d + 2 * r);
+                Avx.Permute2x128(u3, u7, 0x20).Store(d + 3 * r);
+                Avx.Permute2x128(u0, u4, 0x31).Store(d + 4 * r);
+                Avx.Permute2x128(u1, u5, 0x31).Store(d + 5 * r);
+                Avx.Permute2x128(u2, u6, 0x31).Store(d + 6 * r);
+                var last = Avx.Permute2x128(u3, u7, 0x31);
+                if (width == 8 || p0 + 8 < kc) last.Store(d + 7 * r);
+                else { last.Store(tmp); for (int i = 0; i < width; i++) d[7 * r + i] = tmp[i]; }
+            }
+            for (int p = kc8; p < kc; p++)
+                for (int i = 0; i < width; i++)
+                    dst[(nint)p * r + i0 + i] = i < rows ? s[i * sw + p] : 0f;
         }
     }
 
