@@ -1,4 +1,11 @@
-// BenchmarkDotNet entry point: runs the suites selected by --filter.
+// Entry point of the BenchmarkDotNet suites: every [Benchmark] class in this assembly is offered, so
+// a suite added in a new file is picked up without touching this one. See benchmarks/README.md.
 using BenchmarkDotNet.Running;
 
-BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
+namespace TinyLlama.Benchmarks;
+
+public static class Program
+{
+    /// <summary>Runs the suites selected by args (e.g. --filter '*Gemm*'), or asks interactively.</summary>
+    public static void Main(string[] args) => BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
+}

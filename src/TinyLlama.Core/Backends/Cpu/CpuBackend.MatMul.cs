@@ -1,5 +1,6 @@
-// Batched matmul on the CPU: walk the batch dims of c and call the GEMM once per matrix, splitting
-// the work across threads either inside each GEMM (few large matrices) or across matrices (many small).
+// Batched matmul on the CPU: walk the batch dims of c and call the GEMM (Gemm.cs) once per matrix,
+// splitting the work across threads either inside each GEMM (few large matrices) or across matrices
+// (many small ones). c [..., M, N] = a [..., M, K] @ b [..., K, N] (+ c), a and b through their strides.
 using TinyLlama.Tensors;
 
 namespace TinyLlama.Backends.Cpu;
@@ -43,8 +44,15 @@ public sealed partial class CpuBackend
             if (!accumulate) Fill(c, 0);
             return;
         }
+        // Split across the batch (one single-threaded GEMM per matrix, no synchronisation inside)
+        // when there are enough matrices to share evenly and each is small enough that its own
+        // pack buffers per thread are cheap (attention: B*H products of [T, D] @ [D, T]); a matrix
+        // too small to be split inside goes across the batch whenever there are several.
         long flopsPerMatrix = 2L * m * n * k;
-        bool acrossBatch = batch >= Environment.ProcessorCount && flopsPerMatrix < (1L << 22);
+        int threads = Environment.ProcessorCount;
+        bool acrossBatch = batch >= threads && threads > 1 &&
+            (flopsPerMatrix < Gemm.ParallelMinFlops ||
+             (flopsPerMatrix < (1L << 27) && (batch >= 4 * threads || batch % threads == 0)));
         if (acrossBatch)
         {
             Parallel.For(0, batch, i => Gemm.Run(m, n, k, A, aOff[i], B, bOff[i], C, c.Offset + i * m * n, n, accumulate, parallel: false));
