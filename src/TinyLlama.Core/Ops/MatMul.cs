@@ -15,6 +15,15 @@ public sealed partial class Tensor
     {
         if (a.Rank == 0 || b.Rank == 0) throw new ArgumentException("matmul: both arguments need at least 1 dimension");
         if (a.Rank == 1 && b.Rank == 1) return (a * b).Sum();
+        if (a.Rank > 2 && b.Rank == 2)
+        {
+            // x [..., K] @ W [K, N]: fold the batch dims into M and run one GEMM (as PyTorch does),
+            // instead of one product per batch entry against a broadcast W, whose backward would
+            // also materialise a weight gradient per batch entry and sum them.
+            var lead = a.Shape[..^1];
+            var y2 = MatMul(a.Reshape(-1, a.shape[^1]), b);
+            return y2.Reshape([.. lead, b.shape[1]]);
+        }
         if (a.Rank == 1) return MatMul(a.Unsqueeze(0), b).Squeeze(-2);
         if (b.Rank == 1) return MatMul(a, b.Unsqueeze(-1)).Squeeze(-1);
         if (Autocast.Current is DType half)

@@ -24,6 +24,7 @@ public sealed partial class CpuBackend
         {
             var xs = Span<T>(x);
             var ys = Span<T>(y);
+            T[]? scratch = null;
             for (int r = start; r < end; r++)
             {
                 var xr = xs.Slice(r * n, n);
@@ -33,9 +34,10 @@ public sealed partial class CpuBackend
                 TensorPrimitives.Subtract<T>(xr, max, yr);
                 if (log)
                 {
-                    // log-softmax = (x - m) - log(sum exp(x - m)); exp is computed into a scratch-free pass.
-                    T sum = T.Zero;
-                    foreach (var v in yr) sum += T.Exp(v);
+                    // log-softmax = (x - m) - log(sum exp(x - m)); the exps go to a scratch row.
+                    scratch ??= new T[n];
+                    TensorPrimitives.Exp<T>(yr, scratch);
+                    T sum = TensorPrimitives.Sum<T>(scratch);
                     TensorPrimitives.Subtract<T>(yr, T.Log(sum), yr);
                 }
                 else
@@ -162,12 +164,14 @@ public sealed partial class CpuBackend
             var tg = Span<int>(targets);
             var l = Span<T>(losses);
             var s = Span<T>(lse);
+            var scratch = new T[v]; // one row of exp(x - max), reused for every row of this block
             for (int n = start; n < end; n++)
             {
                 var row = x.Slice(n * v, v);
                 T m = TensorPrimitives.Max<T>(row);
-                T sum = T.Zero;
-                foreach (var e in row) sum += T.Exp(e - m);
+                TensorPrimitives.Subtract<T>(row, m, scratch);
+                TensorPrimitives.Exp<T>(scratch, scratch);
+                T sum = TensorPrimitives.Sum<T>(scratch);
                 T logZ = m + T.Log(sum);
                 s[n] = logZ;
                 l[n] = tg[n] == ignoreIndex ? T.Zero : logZ - row[tg[n]];
