@@ -229,6 +229,7 @@ public sealed partial class IlgpuBackend : IBackend, IDisposable
     /// <summary>Throws unless every element the layout addresses lies in [0, storage length).</summary>
     private static void CheckInside(string op, StridedLayout layout, Tensor t)
     {
+        if (t.Numel == 0) return;   // addresses nothing
         long lo = layout.Offset, hi = layout.Offset;
         for (int d = 0; d < layout.Rank; d++)
         {
