@@ -134,4 +134,21 @@ public interface IBackend
 
     /// <summary>dGate and dUp (overwritten) from dy.</summary>
     void SwiGluBackward(Tensor gate, Tensor up, Tensor dy, Tensor dGate, Tensor dUp);
+
+    // ---------------- optimizer support ----------------
+
+    /// <summary>
+    /// One fused AdamW update (torch.optim.AdamW), in place on param, m and v (contiguous, same shape and
+    /// dtype, F32 or F64; grad too), with t = step (1 for the first update):
+    /// p = p (1 - lr wd); m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+    /// p -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps).
+    /// </summary>
+    void AdamWStep(Tensor param, Tensor grad, Tensor m, Tensor v, double lr, double beta1, double beta2, double eps, double weightDecay, int step);
+
+    /// <summary>
+    /// result += sum of x^2 over every element of x (F32 or F64, any strides), computed in f64; result is a
+    /// one-element F32 or F64 tensor zeroed by the caller. Accumulating lets a global gradient norm sum many
+    /// tensors on the device and read back one value.
+    /// </summary>
+    void SumOfSquares(Tensor x, Tensor result);
 }
