@@ -37,9 +37,10 @@ internal static class BenchCommand
             var output = parse.InvocationConfiguration.Output;
             bool asJson = parse.GetValue(json);
             if (!asJson) output.WriteLine($"{"M",6} {"N",6} {"K",6} {"median ms",10} {"GFLOP/s",9}   ({dt.Name()}, {Environment.ProcessorCount} threads)");
+            var device = DeviceOption.Resolve(parse);
             foreach (var (m, n, k) in shapes)
             {
-                double seconds = MedianSeconds(m, n, k, dt, reps);
+                double seconds = MedianSeconds(m, n, k, dt, reps, device);
                 double gflops = 2.0 * m * n * k / seconds / 1e9;
                 if (asJson)
                     output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{{\"m\": {m}, \"n\": {n}, \"k\": {k}, \"gflops\": {gflops:F2}}}"));
@@ -67,12 +68,13 @@ internal static class BenchCommand
     }
 
     /// <summary>Median wall time of C = A @ B over reps runs, after one warm-up run.</summary>
-    internal static double MedianSeconds(int m, int n, int k, DType dtype, int reps)
+    internal static double MedianSeconds(int m, int n, int k, DType dtype, int reps, Device? device = null)
     {
         var gen = new Generator(42);
-        var a = Tensor.RandN([m, k], gen, dtype);
-        var b = Tensor.RandN([k, n], gen, dtype);
-        var c = Tensor.Zeros([m, n]);
+        var dev = device ?? Device.Cpu;
+        var a = Tensor.RandN([m, k], gen, dtype, dev);
+        var b = Tensor.RandN([k, n], gen, dtype, dev);
+        var c = Tensor.Zeros([m, n], DType.F32, dev);
         var backend = a.Backend;
         backend.MatMul(a, b, c);
         var times = new double[reps];
@@ -80,6 +82,8 @@ internal static class BenchCommand
         {
             long t0 = Stopwatch.GetTimestamp();
             backend.MatMul(a, b, c);
+            // GPU launches are asynchronous: reading one element waits for the product to finish.
+            if (dev != Device.Cpu) c.Narrow(0, 0, 1).Narrow(1, 0, 1).ToArray<float>();
             times[i] = Stopwatch.GetElapsedTime(t0).TotalSeconds;
         }
         Array.Sort(times);

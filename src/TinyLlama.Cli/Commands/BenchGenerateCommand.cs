@@ -28,7 +28,8 @@ internal static class BenchGenerateCommand
             if ((path is null) == (presetName is null)) throw new CliException("give exactly one of --model or --preset", isUsage: true);
             int p = parse.GetValue(promptTokens), n = parse.GetValue(tokens), reps = parse.GetValue(repeats);
             if (p < 1 || n < 1 || reps < 1) throw new CliException("--prompt-tokens, --tokens and --repeats must be at least 1", isUsage: true);
-            var lm = path is not null ? ModelCommands.LoadModel(path) : new LlamaForCausalLM(ModelCommands.Preset(presetName!), new Generator(0));
+            var device = DeviceOption.Resolve(parse);
+            var lm = path is not null ? ModelCommands.LoadModel(path, device) : new LlamaForCausalLM(ModelCommands.Preset(presetName!), new Generator(0), DType.F32, device);
             lm.Eval();
             if (p + n > lm.Config.MaxPositionEmbeddings)
                 throw new CliException($"--prompt-tokens + --tokens = {p + n} exceeds the model's context of {lm.Config.MaxPositionEmbeddings}", isUsage: true);

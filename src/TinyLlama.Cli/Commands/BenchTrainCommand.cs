@@ -33,7 +33,8 @@ internal static class BenchTrainCommand
             catch (ArgumentException e) { throw new CliException("--dtype: " + e.Message, isUsage: true); }
             var config = ModelCommands.Preset(parse.GetValue(preset)!);
             if (t > config.MaxPositionEmbeddings) throw new CliException($"--seq-len {t} exceeds the preset's context of {config.MaxPositionEmbeddings}", isUsage: true);
-            var model = new LlamaForCausalLM(config, new Generator(0));
+            var device = DeviceOption.Resolve(parse);
+            var model = new LlamaForCausalLM(config, new Generator(0), DType.F32, device);
             if (r > 0) Lora.Apply(model, new LoraConfig(r, 2.0 * r, 0, ["q", "k", "v", "o"]), new Generator(1));
             var optimizer = new AdamW(model.Parameters().Where(p => p.RequiresGrad), 1e-4, weightDecay: 0);
             var gen = new Generator(2);

@@ -80,7 +80,7 @@ internal static class ModelCommands
                 t = File.ReadAllText(f, Encoding.UTF8);
             }
             var path = parse.GetValue(model)!;
-            var lm = LoadModel(path);
+            var lm = LoadModel(path, DeviceOption.Resolve(parse));
             var tok = LoadTokenizer(path, parse.GetValue(tokenizer));
             var ids = new List<int> { tok.BosId };
             ids.AddRange(tok.Encode(t!));
@@ -121,7 +121,7 @@ internal static class ModelCommands
             if (max < 0) throw new CliException("--max-tokens must be >= 0", isUsage: true);
             var parsedIds = pIds is not null ? ParseIds(pIds) : null; // usage errors before any file is read
             var path = parse.GetValue(model)!;
-            var lm = LoadModel(path);
+            var lm = LoadModel(path, DeviceOption.Resolve(parse));
             bool asJson = parse.GetValue(json);
             var tokPath = parse.GetValue(tokenizer);
             LlamaTokenizer? tok = p is not null || !asJson || HasTokenizer(path, tokPath) ? LoadTokenizer(path, tokPath) : null;
@@ -181,7 +181,7 @@ internal static class ModelCommands
         return Checkpoint.Load(path);
     }
 
-    internal static LlamaForCausalLM LoadModel(string path)
+    internal static LlamaForCausalLM LoadModel(string path, Device? device = null)
     {
         if (Directory.Exists(path) && TinyLlama.Training.Lora.PeftAdapter.IsAdapterDirectory(path))
         {
@@ -189,13 +189,13 @@ internal static class ModelCommands
             var (_, basePath) = TinyLlama.Training.Lora.PeftAdapter.ReadConfig(path);
             if (basePath is null || (!Directory.Exists(basePath) && !File.Exists(basePath)))
                 throw new CliException($"{Path.Combine(path, "adapter_config.json")}: base_model_name_or_path '{basePath}' is not a model on this machine");
-            var baseModel = LoadModel(basePath);
+            var baseModel = LoadModel(basePath, device);
             TinyLlama.Training.Lora.PeftAdapter.Load(path, baseModel);
             baseModel.Eval();
             return baseModel;
         }
         var ckpt = LoadCheckpoint(path);
-        var model = LlamaForCausalLM.FromWeights(ckpt.Config, ckpt.Weights);
+        var model = LlamaForCausalLM.FromWeights(ckpt.Config, ckpt.Weights, DType.F32, device ?? Device.Cpu);
         model.Eval();
         return model;
     }

@@ -89,7 +89,8 @@ internal static class SftCommand
             if (!File.Exists(dataPath)) throw new CliException($"--data: {dataPath} does not exist");
 
             // ---- model, tokenizer, data ----
-            var lm = ModelCommands.LoadModel(modelPath);
+            var device = DeviceOption.Resolve(parse);
+            var lm = ModelCommands.LoadModel(modelPath, device);
             var tok = ModelCommands.LoadTokenizer(modelPath, parse.GetValue(tokenizer));
             int maxLen = parse.GetValue(maxLength) is int m && m > 0 ? Math.Min(m, lm.Config.MaxPositionEmbeddings) : lm.Config.MaxPositionEmbeddings;
             var dataset = SftDataset.Load(dataPath, parse.GetValue(format)!, tok, maxLen);
@@ -113,7 +114,7 @@ internal static class SftCommand
             lm.CheckpointRng = rng;
             ITrainingLoss loss = new CrossEntropyLoss();
             if (parse.GetValue(teacher) is string teacherPath)
-                loss = new DistillationLoss(ModelCommands.LoadModel(teacherPath), parse.GetValue(distillT), parse.GetValue(distillW));
+                loss = new DistillationLoss(ModelCommands.LoadModel(teacherPath, device), parse.GetValue(distillT), parse.GetValue(distillW));
             var options = new SftOptions
             {
                 Steps = totalSteps, Lr = parse.GetValue(lr), Warmup = parse.GetValue(warmup), Schedule = scheduleKind,

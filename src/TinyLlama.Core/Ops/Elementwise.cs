@@ -277,11 +277,12 @@ public sealed partial class Tensor
         return this;
     }
 
-    /// <summary>Copies src (broadcast to this shape, converting dtype) into this tensor's elements.</summary>
+    /// <summary>Copies src (broadcast to this shape, converting dtype, moved from its device if needed) into this tensor's elements.</summary>
     public Tensor CopyFrom_(Tensor src)
     {
         CheckInPlace("copy_");
-        Backend.Copy(src.Detach().Expand(shape), this);
+        var source = src.Device == Device ? src.Detach() : src.Detach().Contiguous().To(Device);
+        Backend.Copy(source.Expand(shape), this);
         return this;
     }
 

@@ -53,6 +53,7 @@ public static partial class Functional
         var ct = logits.DType.IsHalf() ? DType.F32 : logits.DType;
         var x = logits.Detach().CastRaw(ct).Contiguous().Reshape(n, v);
         var t = targets.Detach().Contiguous().Reshape(n);
+        if (t.Device != logits.Device) t = t.To(logits.Device);
         var losses = Tensor.Zeros([n], ct, logits.Device);
         var lse = Tensor.Zeros([n], ct, logits.Device);
         logits.Backend.CrossEntropy(x, t, ignoreIndex, losses, lse);

@@ -62,6 +62,15 @@ public sealed class AdamW
             var p = parameters[i];
             if (p.Grad is null) continue;
             var stateType = p.DType == DType.F64 ? DType.F64 : DType.F32;
+            if (p.DType == stateType && p.IsContiguous && p.Grad.DType == stateType && p.Grad.IsContiguous && p.Grad.Device == p.Device)
+            {
+                // The fused backend update: one pass over p, g, m, v (see IBackend.AdamWStep).
+                m[i] ??= Tensor.Zeros(p.Shape, stateType, p.Device);
+                v[i] ??= Tensor.Zeros(p.Shape, stateType, p.Device);
+                p.Backend.AdamWStep(p, p.Grad, m[i]!, v[i]!, Lr, Beta1, Beta2, Eps, WeightDecay, StepCount);
+                continue;
+            }
+            // Other layouts (16-bit parameters, strided views): the same update as tensor ops.
             var g = p.Grad.To(stateType);
             m[i] ??= Tensor.Zeros(p.Shape, stateType, p.Device);
             v[i] ??= Tensor.Zeros(p.Shape, stateType, p.Device);

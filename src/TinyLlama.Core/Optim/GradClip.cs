@@ -13,13 +13,17 @@ public static class GradClip
     public static double GlobalNorm(IEnumerable<Tensor> parameters)
     {
         using var _ = GradMode.NoGrad();
-        double sum = 0;
+        // One accumulator per device, summed on the device; the host reads one value per device.
+        var sums = new Dictionary<Device, Tensor>();
         foreach (var p in parameters)
         {
             if (p.Grad is null) continue;
-            var g = p.Grad.DType == DType.F64 ? p.Grad : p.Grad.To(DType.F32);
-            sum += (g * g).Sum().Item();
+            var g = p.Grad.DType is DType.F64 or DType.F32 ? p.Grad : p.Grad.To(DType.F32);
+            if (!sums.TryGetValue(g.Device, out var acc)) sums[g.Device] = acc = Tensor.Zeros([1], DType.F64, g.Device);
+            g.Backend.SumOfSquares(g, acc);
         }
+        double sum = 0;
+        foreach (var acc in sums.Values) sum += acc.Item();
         return Math.Sqrt(sum);
     }
 

@@ -188,6 +188,8 @@ public sealed class LlamaForCausalLM : Module
     public Tensor Forward(Tensor ids, KvCache? cache = null, bool lastOnly = false)
     {
         if (ids.DType != DType.I32 || ids.Rank != 2) throw new ArgumentException($"Forward expects int32 ids of shape (B, T), got {ids.DType.Name()} {Shapes.Format(ids.Shape)}");
+        var device = Model.EmbedTokens.Weight.Device;
+        if (ids.Device != device) ids = ids.To(device);
         int t = ids.Size(1);
         int start = cache?.Length ?? 0;
         if (start + t > Config.MaxPositionEmbeddings)

@@ -1,0 +1,35 @@
+// `--device cpu|cuda[:N]|opencl[:N]|ilgpu-cpu`, accepted by every verb (a recursive root option).
+// A GPU kind that this machine lacks falls back to the CPU backend with a one-line warning naming why.
+using System.CommandLine;
+using TinyLlama.Backends.Ilgpu;
+using TinyLlama.Tensors;
+
+namespace TinyLlama.Cli;
+
+internal static class DeviceOption
+{
+    public static Option<string> Create() => new("--device")
+    {
+        Description = "Where to compute: cpu, cuda[:N], opencl[:N] or ilgpu-cpu (ILGPU's CPU accelerator, for testing kernels)",
+        DefaultValueFactory = _ => "cpu",
+        Recursive = true,
+    };
+
+    /// <summary>The device the verb should use.</summary>
+    public static Device Resolve(ParseResult parse)
+    {
+        var name = parse.GetValue<string>("--device") ?? "cpu";
+        Device requested;
+        try { requested = Device.Parse(name); }
+        catch (ArgumentException e) { throw new CliException("--device: " + e.Message, isUsage: true); }
+        try
+        {
+            return IlgpuDevices.Resolve(name);
+        }
+        catch (InvalidOperationException e) when (requested.Kind is DeviceKind.Cuda or DeviceKind.OpenCL)
+        {
+            parse.InvocationConfiguration.Error.WriteLine($"tinyllama: warning: {e.Message}; falling back to --device cpu");
+            return Device.Cpu;
+        }
+    }
+}
