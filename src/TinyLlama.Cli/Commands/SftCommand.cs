@@ -22,7 +22,12 @@ internal static class SftCommand
     {
         var model = ModelCommands.ModelOption();
         var tokenizer = ModelCommands.TokenizerOption();
-        var data = new Option<string>("--data") { Description = "Training data: a JSON array or JSONL file", Required = true };
+        var data = new Option<string[]>("--data")
+        {
+            Description = "Training data: a JSON array or JSONL file; repeat as FILE:WEIGHT to train on a weighted mixture",
+            Required = true,
+            AllowMultipleArgumentsPerToken = false,
+        };
         var format = new Option<string>("--format") { Description = "alpaca or sharegpt", Required = true };
         var outDir = new Option<string>("--out") { Description = "Output directory (model, or adapter with LoRA; checkpoint/ and loss.png inside)", Required = true };
         var steps = new Option<int?>("--steps") { Description = "Optimizer steps" };
@@ -85,18 +90,37 @@ internal static class SftCommand
             var output = parse.InvocationConfiguration.Output;
             bool asJson = parse.GetValue(json);
             string modelPath = parse.GetValue(model)!;
-            var dataPath = parse.GetValue(data)!;
-            if (!File.Exists(dataPath)) throw new CliException($"--data: {dataPath} does not exist");
+            var sources = ParseDataSources(parse.GetValue(data)!);
+            var dataPath = sources[0].Path;
 
             // ---- model, tokenizer, data ----
             var device = DeviceOption.Resolve(parse);
             var lm = ModelCommands.LoadModel(modelPath, device);
             var tok = ModelCommands.LoadTokenizer(modelPath, parse.GetValue(tokenizer));
             int maxLen = parse.GetValue(maxLength) is int m && m > 0 ? Math.Min(m, lm.Config.MaxPositionEmbeddings) : lm.Config.MaxPositionEmbeddings;
-            var dataset = SftDataset.Load(dataPath, parse.GetValue(format)!, tok, maxLen);
             ulong s = parse.GetValue(seed);
-            IReadOnlyList<SftExample> trainSet = dataset.Examples, valSet = [];
-            if (valFrac > 0) (trainSet, valSet) = SftDataset.SplitValidation(dataset.Examples, valFrac, s);
+            var datasets = sources.Select(src => SftDataset.Load(src.Path, parse.GetValue(format)!, tok, maxLen)).ToList();
+            // Validation is held out from each source before mixing, so no record is in both sets.
+            var trainParts = new List<IReadOnlyList<SftExample>>();
+            var valParts = new List<SftExample>();
+            foreach (var ds in datasets)
+            {
+                if (valFrac > 0)
+                {
+                    var (tr, va) = SftDataset.SplitValidation(ds.Examples, valFrac, s);
+                    trainParts.Add(tr);
+                    valParts.AddRange(va);
+                }
+                else trainParts.Add(ds.Examples);
+            }
+            IReadOnlyList<SftExample> trainSet = trainParts[0], valSet = valParts;
+            if (sources.Count > 1)
+            {
+                var mixture = new DatasetMixture();
+                for (int i = 0; i < sources.Count; i++) mixture.Add(trainParts[i], sources[i].Weight, Path.GetFileName(sources[i].Path));
+                trainSet = mixture.Build(s);
+            }
+            var dataset = datasets[0];
             if (trainSet.Count == 0) throw new CliException($"{dataPath}: no training examples");
             int totalSteps = nSteps ?? (int)Math.Ceiling(nEpochs!.Value * trainSet.Count / (double)(b * k));
             int padId = SftDataLoader.InputPadId(tok);
@@ -131,7 +155,7 @@ internal static class SftCommand
                 trainer.LoadCheckpoint(dir);
             }
             if (!asJson)
-                output.WriteLine($"{dataset.Summary()}; {trainSet.Count} train / {valSet.Count} validation examples; {trainer.Trainable.Sum(p => (long)p.Param.Numel):N0} trainable parameters; {totalSteps} steps");
+                output.WriteLine($"{string.Join("; ", datasets.Select(d => d.Summary()))}; {trainSet.Count} train / {valSet.Count} validation examples; {trainer.Trainable.Sum(p => (long)p.Param.Numel):N0} trainable parameters; {totalSteps} steps");
 
             // ---- the loop ----
             int evalInterval = parse.GetValue(evalEvery), saveInterval = parse.GetValue(saveEvery);
@@ -166,6 +190,28 @@ internal static class SftCommand
             return ExitCodes.Success;
         });
         return cmd;
+    }
+
+    /// <summary>Parses repeated --data values FILE or FILE:WEIGHT (weight > 0, default 1).</summary>
+    internal static List<(string Path, double Weight)> ParseDataSources(string[] values)
+    {
+        var result = new List<(string, double)>();
+        foreach (var value in values)
+        {
+            string path = value;
+            double weight = 1;
+            int colon = value.LastIndexOf(':');
+            if (colon > 0 && double.TryParse(value[(colon + 1)..], NumberStyles.Float, CultureInfo.InvariantCulture, out var w))
+            {
+                path = value[..colon];
+                weight = w;
+            }
+            if (!(weight > 0) || double.IsInfinity(weight)) throw new CliException($"--data: weight of {path} must be > 0, got {weight}", isUsage: true);
+            if (!File.Exists(path)) throw new CliException($"--data: {path} does not exist");
+            result.Add((path, weight));
+        }
+        if (result.Count == 0) throw new CliException("--data: no file given", isUsage: true);
+        return result;
     }
 
     /// <summary>Writes the trained model (HF layout) or adapter (PEFT layout), with the tokenizer beside it.</summary>

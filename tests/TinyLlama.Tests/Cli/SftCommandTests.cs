@@ -102,3 +102,27 @@ public class SftCommandTests
         finally { Directory.Delete(tmp, true); }
     }
 }
+
+public class SftMixtureTests
+{
+    [SkippableFact]
+    public void RepeatedDataFlagsTrainOnAWeightedMixture()
+    {
+        var dir = SharedData.Require("tiny-random-llama");
+        var tmp = Directory.CreateTempSubdirectory("tinyllama-mix-").FullName;
+        try
+        {
+            var extra = Path.Combine(tmp, "extra.jsonl");
+            File.WriteAllText(extra, "{\"instruction\": \"Say hi.\", \"output\": \"Hi.\"}\n{\"instruction\": \"Say bye.\", \"output\": \"Bye.\"}\n");
+            var (code, output, err) = CliRunner.Run("sft", "--model", dir, "--data", Path.Combine(dir, "sft_sample.json") + ":3", "--data", extra + ":1",
+                "--format", "alpaca", "--out", Path.Combine(tmp, "out"), "--steps", "1", "--batch-size", "2", "--lr", "1e-3");
+            Assert.True(code == 0, err);
+            // 2 + 2 records mixed 3:1 -> 3 from the first file, 1 from the second (largest remainder).
+            Assert.Contains("4 train / 0 validation examples", output);
+            var bad = CliRunner.Run("sft", "--model", dir, "--data", extra + ":0", "--format", "alpaca", "--out", Path.Combine(tmp, "o2"), "--steps", "1", "--batch-size", "1", "--lr", "1e-3");
+            Assert.Equal(2, bad.Code);
+            Assert.Contains("weight", bad.Err);
+        }
+        finally { Directory.Delete(tmp, true); }
+    }
+}
