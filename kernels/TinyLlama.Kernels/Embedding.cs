@@ -3,9 +3,9 @@
 //
 // Forward: one thread per output element; weight may be strided (row and column strides), any dtype
 // (a raw copy). Traffic: one read and one write per element, plus the id (cached).
-// Backward: one thread per element of dy, atomic add into dWeight (f32/f64 hardware atomics). Rows hit by
-// several ids race only through the atomics, so the summation order (and the last bits of the result)
-// may vary from run to run. Traffic: one read of dy and one atomic per element.
+// Backward: one thread per element of dy, atomic add into dWeight (a compare-and-swap on the bits, see
+// IAtomicElement). Rows hit by several ids race only through the atomics, so the summation order (and the
+// last bits of the result) may vary from run to run. Traffic: one read of dy and one atomic per element.
 // Ids out of [0, V) are rejected on the host before the launch; the kernels also skip them.
 using ILGPU;
 
@@ -29,6 +29,6 @@ public static class EmbeddingKernels
     {
         int n = i / c, col = i - n * c;
         int id = ids[n];
-        if ((uint)id < (uint)v) default(TE).AtomicAdd(ref dWeight[id * c + col], dy[i]);
+        if ((uint)id < (uint)v) default(TE).AtomicAdd(dWeight, id * c + col, dy[i]);
     }
 }

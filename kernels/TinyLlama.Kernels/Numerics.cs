@@ -23,11 +23,17 @@ public interface IElement<T> where T : unmanaged
     T FromDouble(double value);
 }
 
-/// <summary>Atomic accumulation, for the float types that have a hardware atomic add.</summary>
+/// <summary>
+/// Atomic accumulation for the float types, as a compare-and-swap loop on the value's bit pattern.
+/// Not ILGPU's Atomic.Add(float/double): on the CPU accelerator that is a compare-and-swap loop comparing
+/// the float values, and once the target holds NaN the comparison never succeeds, so the thread spins
+/// forever and the process hangs (measured with ILGPU 1.5.3). Comparing bits is correct for every value
+/// on every accelerator; the price on CUDA is a CAS loop instead of a native red.add.
+/// </summary>
 public interface IAtomicElement<T> : IElement<T> where T : unmanaged
 {
-    /// <summary>target += value, atomically.</summary>
-    void AtomicAdd(ref T target, T value);
+    /// <summary>view[index] += value, atomically.</summary>
+    void AtomicAdd(ArrayView<T> view, int index, T value);
 }
 
 /// <summary>float32.</summary>
@@ -35,7 +41,19 @@ public readonly struct F32 : IAtomicElement<float>
 {
     public double ToDouble(float value) => value;
     public float FromDouble(double value) => (float)value;
-    public void AtomicAdd(ref float target, float value) => Atomic.Add(ref target, value);
+
+    public void AtomicAdd(ArrayView<float> view, int index, float value)
+    {
+        var bits = view.Cast<int>();
+        int old = bits[index];
+        while (true)
+        {
+            int assumed = old;
+            int next = (int)Interop.FloatAsInt(Interop.IntAsFloat((uint)assumed) + value);
+            old = Atomic.CompareExchange(ref bits[index], assumed, next);
+            if (old == assumed) return;
+        }
+    }
 }
 
 /// <summary>float64.</summary>
@@ -43,7 +61,19 @@ public readonly struct F64 : IAtomicElement<double>
 {
     public double ToDouble(double value) => value;
     public double FromDouble(double value) => value;
-    public void AtomicAdd(ref double target, double value) => Atomic.Add(ref target, value);
+
+    public void AtomicAdd(ArrayView<double> view, int index, double value)
+    {
+        var bits = view.Cast<long>();
+        long old = bits[index];
+        while (true)
+        {
+            long assumed = old;
+            long next = (long)Interop.FloatAsInt(Interop.IntAsFloat((ulong)assumed) + value);
+            old = Atomic.CompareExchange(ref bits[index], assumed, next);
+            if (old == assumed) return;
+        }
+    }
 }
 
 /// <summary>IEEE binary16 held as its raw bits.</summary>

@@ -1,5 +1,5 @@
 // Strided addressing for kernels: a tensor view (sizes, strides in elements, offset) of up to eight
-// dimensions, passed to a kernel by value (76 bytes of kernel parameters). The host builds one layout per
+// dimensions, passed to a kernel by value (72 bytes of kernel parameters). The host builds one layout per
 // operand from the same merged shape (dims that are contiguous in every operand are merged first, so a
 // dense operand is rank 1 and costs one multiply-add), and checks that every element it can address lies
 // inside its buffer before the launch.

@@ -197,6 +197,23 @@ public class IlgpuElementwiseTests
         }
     }
 
+    [Fact]
+    public void LaunchesAreCheckedOnTheHost()
+    {
+        // A view reaching past its storage is rejected before any kernel runs (on the CPU accelerator an
+        // out-of-range access could take the test process down).
+        var storage = Backend.Allocate(DType.F32, 10);
+        var overrun = new Tensor(storage, [4, 3], [3, 1], 0);   // needs 12 elements
+        var ex = Assert.Throws<ArgumentException>(() => Backend.Fill(overrun, 1));
+        Assert.Contains("outside its storage of 10 elements", ex.Message);
+        // Nine dimensions that cannot be merged exceed the kernels' layout capacity.
+        var nine = Tensor.Zeros(Enumerable.Repeat(2, 9).ToArray(), DType.F32, Dev).Permute(8, 7, 6, 5, 4, 3, 2, 1, 0);
+        var rank = Assert.Throws<ArgumentException>(() => Backend.Copy(nine, Tensor.Zeros(nine.Shape, DType.F32, Dev)));
+        Assert.Contains("supports 8", rank.Message);
+        // Tensors of another device are refused.
+        Assert.Throws<ArgumentException>(() => Backend.Fill(Tensor.Zeros([2]), 1));
+    }
+
     /// <summary>Seeded values in {-2, -1, 0, 1, 2}.</summary>
     internal static Tensor IntegerValued(ulong seed, DType dtype, params int[] shape)
     {

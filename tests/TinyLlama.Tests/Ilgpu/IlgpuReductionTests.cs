@@ -125,6 +125,21 @@ public class IlgpuReductionTests
     }
 
     [Fact]
+    public async Task EmbeddingBackwardOfNaNGradientsFinishes()
+    {
+        // NaN gradients must accumulate to NaN, not hang: a compare-and-swap on float values never matches NaN.
+        foreach (var dtype in FloatTypes)
+        {
+            var ids = Tensor.FromArray(new[] { 4, 0, 4 }, Dev);
+            var dy = Tensor.Full([3, 6], double.NaN, dtype, Dev);
+            var dw = Tensor.Zeros([11, 6], dtype, Dev);
+            var result = await Task.Run(() => { Backend.EmbeddingBackward(dy, ids, dw); return dw.ToArray<double>(); })
+                .WaitAsync(TimeSpan.FromSeconds(60));
+            Assert.True(double.IsNaN(result[4 * 6]) && double.IsNaN(result[0]) && result[2 * 6] == 0, $"rows hit by an id hold NaN, the others 0 ({dtype.Name()})");
+        }
+    }
+
+    [Fact]
     public void EmbeddingGathersFromAStridedTableInEveryDTypeAndScattersBack()
     {
         var ids = Tensor.FromArray(new[] { 4, 0, 10, 4, 7, 4, 1 });

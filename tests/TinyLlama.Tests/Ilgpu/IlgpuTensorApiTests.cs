@@ -1,8 +1,9 @@
 // End to end through the public Tensor API: tensors moved with To(device) dispatch every op to the
 // ILGPU backend through their storage, including autograd's backward. A small LLaMA-style block
 // (embedding -> RMSNorm -> attention -> SwiGLU MLP -> logits -> cross-entropy) must give the CPU's loss and
-// gradients for every parameter.
+// gradients for every parameter; and device gradients of the fused ops match central finite differences.
 using TinyLlama.Tensors;
+using TinyLlama.Tests.Infrastructure;
 using static TinyLlama.Tests.Ilgpu.IlgpuTestUtil;
 
 namespace TinyLlama.Tests.Ilgpu;
@@ -34,6 +35,28 @@ public class IlgpuTensorApiTests
         x = x + Functional.SwiGlu(x.MatMul(wGate), x.MatMul(wUp)).MatMul(wDown);
         var logits = x.MatMul(head).Gelu().Softmax(-1).Log() + x.Sum(-1, keepDim: true).Tanh();
         return Functional.CrossEntropy(logits, targets);
+    }
+
+    [Fact]
+    public void DeviceGradientsMatchFiniteDifferences()
+    {
+        // f moves its f64 inputs to the device (To records the copy, so gradients flow back to the CPU
+        // leaves), computes there, and brings the result back; GradCheck compares Backward with central
+        // differences under a random upstream gradient.
+        Tensor OnDevice(Tensor t) => t.To(Dev);
+        GradCheck.Check(xs =>
+        {
+            var x = OnDevice(xs[0]);
+            var h = Functional.RmsNorm(x, OnDevice(xs[1])).Softmax(-1).MatMul(OnDevice(xs[2]).MT).Gelu();
+            return Functional.SwiGlu(h, h.Permute(1, 0, 2).Contiguous().Permute(1, 0, 2) * 0.5).Sum(1).To(Device.Cpu);
+        }, [GradCheck.RandN(100, 2, 3, 4), GradCheck.RandN(101, 4), GradCheck.RandN(102, 5, 4)]);
+        GradCheck.Check(xs =>
+        {
+            var (cos, sin) = Functional.RopeTables(Functional.RopeInverseFrequencies(2), 1, 3, DType.F64, Dev);
+            var q = Functional.Rope(OnDevice(xs[0]), cos, sin).Permute(0, 2, 1, 3);   // [1, 2, 3, 2]
+            var o = Functional.ScaledDotProductAttention(q, OnDevice(xs[1]), OnDevice(xs[2]), causal: true);
+            return Functional.CrossEntropy(o.Reshape(6, 2) * 3.0, Tensor.FromArray(new[] { 0, 1, 1, -100, 0, 1 }, Dev)).To(Device.Cpu);
+        }, [GradCheck.RandN(103, 1, 3, 2, 2), GradCheck.RandN(104, 1, 1, 3, 2), GradCheck.RandN(105, 1, 1, 3, 2)]);
     }
 
     [Theory]
