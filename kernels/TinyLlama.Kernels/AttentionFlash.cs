@@ -28,11 +28,14 @@
 // attention does about half the work. Global traffic: each group reads its Q tile once and K, V once per
 // query tile, i.e. K and V are read T / BQ times per head; O and lse are written once.
 //
+// exp and log come from AttentionMath (end of this file): ex2/lg2.approx through inline PTX on CUDA, plain
+// arithmetic elsewhere, so the kernels need neither ILGPU.Algorithms nor libdevice.
 // This is a SIMT (CUDA-core, f32) kernel; a tensor-core version (mma.sync on f16/bf16 tiles, as in
 // GemmTensorCore.cs) is the obvious next step, and what PyTorch's SDPA uses.
 using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Runtime;
+using ILGPU.Runtime.Cuda;
 
 namespace TinyLlama.Kernels;
 
@@ -244,14 +247,14 @@ public static partial class FlashAttention
                 float sum = 0f;
                 for (int c = 0; c < kpt; c++)
                 {
-                    float e = none ? 0f : MathF.Exp(sP[at + c] - mNew);
+                    float e = none ? 0f : AttentionMath.Exp(sP[at + c] - mNew);
                     sP[at + c] = e;
                     sum += e;
                 }
                 for (int lanes = 1; lanes < tpr; lanes <<= 1) sum += Warp.ShuffleXor(sum, lanes);
                 if (sPart == 0)
                 {
-                    float corr = none ? 1f : MathF.Exp(mOld - mNew);
+                    float corr = none ? 1f : AttentionMath.Exp(mOld - mNew);
                     sCorr[sRow] = corr;
                     sL[sRow] = sL[sRow] * corr + sum;
                     sM[sRow] = mNew;
@@ -276,7 +279,7 @@ public static partial class FlashAttention
         if (tid < nRows)
         {
             float l = sL[tid];
-            lse[bh * p.T + i0 + tid] = l > 0f ? sM[tid] + MathF.Log(l) : float.NegativeInfinity;
+            lse[bh * p.T + i0 + tid] = l > 0f ? sM[tid] + AttentionMath.Log(l) : float.NegativeInfinity;
         }
     }
 
@@ -335,5 +338,92 @@ public static partial class FlashAttention
             int vr = c * ldv + vc;
             acc.Fma(w[w0 + c], w[w1 + c], w[w2 + c], w[w3 + c], v[vr], v[vr + vStep], v[vr + 2 * vStep], v[vr + 3 * vStep]);
         }
+    }
+}
+
+/// <summary>
+/// e^x and ln x for the attention kernels without ILGPU math intrinsics: ILGPU 1.5's PTX backend lowers
+/// only base-2 exp/log natively (MathF.Exp/Log on CUDA would need ILGPU.Algorithms), so CUDA gets the
+/// ex2.approx / lg2.approx instructions through inline PTX (relative error about 2^-22) and every other
+/// accelerator a portable version built from plain arithmetic and bit operations (within a few f32 ulp),
+/// which is what the CPU tests run.
+/// </summary>
+internal static class AttentionMath
+{
+    private const float Log2E = 1.44269504088896341f;
+    private const float Ln2 = 0.693147180559945309f;
+    private const float Ln2Hi = 0.693145751953125f;        // 0x3F317200: n * Ln2Hi is exact for |n| < 2^11
+    private const float Ln2Lo = 1.42860676533018704e-6f;   // ln 2 - Ln2Hi
+
+    /// <summary>e^x; 0 for x = -inf (and for results below f32's normal range).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Exp(float x)
+    {
+        if (CudaAsm.IsSupported)
+        {
+            // As CUDA's __expf: 2^(x log2 e); the rounding of the product adds about |x| 2^-24 relative
+            // error, harmless here because the arguments are scores minus their running maximum (<= 0) and
+            // large negative ones give negligible probabilities.
+            CudaAsm.Emit("ex2.approx.ftz.f32 %0, %1;", out float r, x * Log2E);
+            return r;
+        }
+        return ExpPortable(x);
+    }
+
+    /// <summary>ln x for x &gt; 0 (the kernels never pass anything else).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Log(float x)
+    {
+        if (CudaAsm.IsSupported)
+        {
+            CudaAsm.Emit("lg2.approx.ftz.f32 %0, %1;", out float r, x);
+            return r * Ln2;
+        }
+        return LogPortable(x);
+    }
+
+    /// <summary>
+    /// e^x = 2^n e^r with n = round(x log2 e) and r = x - n ln 2 (Cody-Waite: ln 2 split in a high part
+    /// exact in n ln2Hi and a low part), |r| &lt;= ln 2 / 2, e^r by its Taylor series to degree 7
+    /// (truncation below 1e-8).
+    /// </summary>
+    internal static float ExpPortable(float x)
+    {
+        if (!(x > -87.33654f)) return 0f;                   // -inf, and results that would be subnormal (flushed, as ex2.approx.ftz does)
+        if (x >= 88.72284f) return float.PositiveInfinity;
+        float k = x * Log2E;
+        int n = k >= 0f ? (int)(k + 0.5f) : -(int)(0.5f - k);
+        float r = x - n * Ln2Hi - n * Ln2Lo;
+        float p = 1f + r * (1f + r * (0.5f + r * (1f / 6 + r * (1f / 24 + r * (1f / 120 + r * (1f / 720 + r * (1f / 5040)))))));
+        if (n > 127) return p * 2f * Interop.IntAsFloat(254u << 23);   // 2^128 itself is not a finite f32
+        return p * Interop.IntAsFloat((uint)(n + 127) << 23);
+    }
+
+    /// <summary>
+    /// ln x = e ln 2 + ln m with x = m 2^e, m in [sqrt(1/2), sqrt(2)), and ln m = 2 atanh(s) =
+    /// 2 (s + s^3/3 + s^5/5 + s^7/7 + s^9/9 + s^11/11), s = (m - 1) / (m + 1), |s| &lt;= 0.172 (truncation below 1e-9).
+    /// </summary>
+    internal static float LogPortable(float x)
+    {
+        if (!(x > 0f)) return x == 0f ? float.NegativeInfinity : float.NaN;
+        if (x == float.PositiveInfinity) return x;
+        uint bits = Interop.FloatAsInt(x);
+        int e = (int)((bits >> 23) & 0xFF);
+        if (e == 0)
+        {
+            // Subnormal: scale into the normal range first.
+            bits = Interop.FloatAsInt(x * 8388608f);   // 2^23
+            e = (int)((bits >> 23) & 0xFF) - 23;
+        }
+        float m = Interop.IntAsFloat((bits & 0x007F_FFFFu) | 0x3F80_0000u);   // [1, 2)
+        e -= 127;
+        if (m > 1.41421356f)
+        {
+            m *= 0.5f;
+            e++;
+        }
+        float s = (m - 1f) / (m + 1f), s2 = s * s;
+        float lnM = 2f * s * (1f + s2 * (1f / 3 + s2 * (1f / 5 + s2 * (1f / 7 + s2 * (1f / 9 + s2 * (1f / 11))))));
+        return e * Ln2 + lnM;
     }
 }

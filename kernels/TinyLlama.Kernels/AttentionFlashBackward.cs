@@ -212,7 +212,7 @@ public static partial class FlashAttention
                             if (makesP)
                             {
                                 bool visible = j < nKeys && i < nRows && (p.Causal == 0 || j0 + j <= i0 + i + p.Shift);
-                                sPT[j * ldt + i] = visible ? MathF.Exp(s.Get(x, y) * p.Scale - sLse[i]) : 0f;
+                                sPT[j * ldt + i] = visible ? AttentionMath.Exp(s.Get(x, y) * p.Scale - sLse[i]) : 0f;
                             }
                             else
                             {
@@ -332,7 +332,7 @@ public static partial class FlashAttention
                         if (makesP)
                         {
                             bool visible = j < nKeys && i < nRows && (p.Causal == 0 || j0 + j <= i0 + i + p.Shift);
-                            sP[i * ldt + j] = visible ? MathF.Exp(s.Get(x, y) * p.Scale - sLse[i]) : 0f;
+                            sP[i * ldt + j] = visible ? AttentionMath.Exp(s.Get(x, y) * p.Scale - sLse[i]) : 0f;
                         }
                         else
                         {

@@ -141,4 +141,27 @@ public class AttentionKernelTests(KernelAcceleratorFixture fixture)
         Assert.Throws<ArgumentOutOfRangeException>(() =>
             FlashAttention.Backward(acc, acc.DefaultStream, in ok, x, x, x, x, x, x, x, x, x, x.SubView(0, 3)));   // delta needs 4
     }
+
+    /// <summary>
+    /// The portable exp and log the kernels use off CUDA (ex2/lg2.approx on CUDA): within 4 ulp of the
+    /// correctly rounded f64 result over the ranges attention produces (exp of scores minus a max, log of a
+    /// positive sum), including subnormal inputs to log, and exact at exp(0), exp(-inf) and log(1).
+    /// </summary>
+    [Fact]
+    public void PortableExpAndLogAreAccurate()
+    {
+        Assert.Equal(1f, AttentionMath.Exp(0f));
+        Assert.Equal(0f, AttentionMath.Exp(float.NegativeInfinity));
+        Assert.Equal(0f, AttentionMath.Log(1f));
+        var rng = new Random(5);
+        for (int i = 0; i < 20000; i++)
+        {
+            float x = (float)(rng.NextDouble() * 170 - 85);
+            double want = Math.Exp(x);
+            Assert.True(Math.Abs(AttentionMath.Exp(x) - want) <= 4 * 6e-8 * want, $"exp({x}) = {AttentionMath.Exp(x)}, want {want}");
+            float y = (float)Math.Exp(rng.NextDouble() * 180 - 100);   // 1e-43 .. 1e35, subnormals included
+            double ln = Math.Log(y);
+            Assert.True(Math.Abs(AttentionMath.Log(y) - ln) <= 4 * 6e-8 * Math.Max(1, Math.Abs(ln)), $"log({y}) = {AttentionMath.Log(y)}, want {ln}");
+        }
+    }
 }
