@@ -2,7 +2,8 @@
 // (src/TinyLlama.Core/Ops/Reference/AttentionRef.cs, f64, full T x S matrices, textbook softmax backward):
 // o, lse, dq, dk, dv at small odd shapes with GQA ratios 1, 2 and 4, causal and not, S > T (KV cache),
 // S < T (rows that see no key: o = 0, lse = -inf), one decoded token, partial tiles, both tile
-// configurations (D <= 64 and 64 < D <= 128), empty T or S, and the host-side validation. Runs on ILGPU's
+// configurations (D <= 64 and 64 < D <= 128), empty T or S, the host-side validation, the portable exp/log,
+// and compilation of every kernel to PTX for sm_80 (no GPU needed). Runs on ILGPU's
 // CPU accelerator with 32-lane warps (and on CUDA with TINYLLAMA_TEST_CUDA=1, see GemmKernelTests.cs).
 //
 // Tolerance: 1e-5 (1 + |x|). The kernels compute in f32: scores are D-long dot products of N(0, 1) values
@@ -163,5 +164,25 @@ public class AttentionKernelTests(KernelAcceleratorFixture fixture)
             double ln = Math.Log(y);
             Assert.True(Math.Abs(AttentionMath.Log(y) - ln) <= 4 * 6e-8 * Math.Max(1, Math.Abs(ln)), $"log({y}) = {AttentionMath.Log(y)}, want {ln}");
         }
+    }
+
+    /// <summary>Every attention kernel compiles to PTX for sm_80 (see PtxCompiler), exp and log as ex2/lg2.approx.</summary>
+    [Fact]
+    public void KernelsCompileToPtxForSm80()
+    {
+        Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionParams> fwd64 = FlashAttention.AttentionForwardKernel64, fwd128 = FlashAttention.AttentionForwardKernel128;
+        Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionParams> delta = FlashAttention.AttentionBackwardDeltaKernel;
+        Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionParams> dkdv64 = FlashAttention.AttentionBackwardDkDvKernel64, dkdv128 = FlashAttention.AttentionBackwardDkDvKernel128;
+        Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionParams> dq64 = FlashAttention.AttentionBackwardDqKernel64, dq128 = FlashAttention.AttentionBackwardDqKernel128;
+        foreach (var forward in new Delegate[] { fwd64, fwd128 })
+        {
+            string ptx = PtxCompiler.Compile(forward.Method);
+            Assert.Contains("ex2.approx.ftz.f32", ptx);
+            Assert.Contains("lg2.approx.ftz.f32", ptx);
+            Assert.Contains("shfl.sync.bfly.b32", ptx);
+        }
+        Assert.Contains("shfl.sync.bfly.b32", PtxCompiler.Compile(delta.Method));
+        foreach (var backward in new Delegate[] { dkdv64, dkdv128, dq64, dq128 })
+            Assert.Contains("ex2.approx.ftz.f32", PtxCompiler.Compile(backward.Method));
     }
 }

@@ -2,7 +2,8 @@
 // every version (naive, tiled, tensor-core) at odd sizes that cross no tile, one tile and several tiles
 // (1, primes, 64 +- 1, 128 + 1), row-major, transposed and strided (gapped, offset) operands, two batch
 // dims with a broadcast (stride 0) operand, accumulate, f16 and bf16 inputs with f32, f16 and bf16
-// outputs, and the host-side validation. Runs on ILGPU's CPU accelerator with 32-lane warps (the
+// outputs, and the host-side validation; and every version compiles to PTX for sm_80 with ILGPU's PTX
+// backend, which needs no GPU (KernelsCompileToPtxForSm80). Runs on ILGPU's CPU accelerator with 32-lane warps (the
 // tensor-core kernel's mma is then emulated with warp shuffles; its data movement is what is tested),
 // and also on CUDA when TINYLLAMA_TEST_CUDA=1 and a CUDA device exists (benchmarks/gpu/run.sh sets it).
 //
@@ -12,7 +13,10 @@
 // K <= 200 used here. A 16-bit output adds its own rounding: half an ulp, 2^-11 (f16) or 2^-8 (bf16)
 // relative, so those get 2^-10 / 2^-7 (one ulp) times |c| on top. A wrong index, a lost tile or a
 // dropped K step moves results by O(1) and fails.
+using System.Reflection;
 using ILGPU;
+using ILGPU.Backends.EntryPoints;
+using ILGPU.Backends.PTX;
 using ILGPU.Runtime;
 using ILGPU.Runtime.CPU;
 using ILGPU.Runtime.Cuda;
@@ -52,6 +56,31 @@ public sealed class KernelAcceleratorFixture : IDisposable
     {
         foreach (var accelerator in Accelerators) accelerator.Dispose();
         context.Dispose();
+    }
+}
+
+/// <summary>
+/// Compiles a kernel to PTX for sm_80 with ILGPU's own PTX backend, which needs no GPU: it catches what the
+/// CPU accelerator cannot (it runs the kernels' IL directly), e.g. a math function without a PTX lowering
+/// or an inline-PTX call ILGPU rejects. The PTX is not assembled (no ptxas here).
+/// </summary>
+internal static class PtxCompiler
+{
+    public static string Compile(MethodInfo kernel)
+    {
+        using var context = Context.Create(builder => builder.Optimize(OptimizationLevel.O2));
+        using var backend = new PTXBackend(context, new CudaCapabilityContext(CudaArchitecture.SM_80), CudaArchitecture.SM_80,
+                                           CudaInstructionSet.ISA_80, null!);
+        var entry = EntryPointDescription.FromExplicitlyGroupedKernel(kernel);
+        var specialization = KernelSpecialization.Empty;
+        return ((PTXCompiledKernel)backend.Compile(entry, specialization)).PTXAssembly;
+    }
+
+    public static int Count(string ptx, string what)
+    {
+        int n = 0;
+        for (int i = ptx.IndexOf(what, StringComparison.Ordinal); i >= 0; i = ptx.IndexOf(what, i + what.Length, StringComparison.Ordinal)) n++;
+        return n;
     }
 }
 
@@ -289,5 +318,21 @@ public class GemmKernelTests(KernelAcceleratorFixture fixture)
         Assert.Throws<ArgumentOutOfRangeException>(() => GemmKernels.Launch(acc, acc.DefaultStream, new GemmArgs(4, 4, 4, batched, good, good, Batch0: 2)));
         Assert.Throws<ArgumentOutOfRangeException>(() => GemmKernels.Launch(acc, acc.DefaultStream, new GemmArgs(-1, 4, 4, good, good, good)));
         Assert.Throws<ArgumentException>(() => GemmKernels.Launch(acc, acc.DefaultStream, new GemmArgs(4, 4, 4, default, good, good)));
+    }
+
+    [Fact]
+    public void KernelsCompileToPtxForSm80()
+    {
+        Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmParams> naive = GemmKernels.MatMulForwardKernel1<float, F32Element, float, F32Element, float, F32Element>;
+        Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmParams> tiled = GemmKernels.MatMulForwardKernel2<float, F32Element, float, F32Element, float, F32Element>;
+        Action<ArrayView<ushort>, ArrayView<ushort>, ArrayView<ushort>, GemmParams> tiledHalf = GemmKernels.MatMulForwardKernel2<ushort, F16Element, ushort, BF16Element, ushort, BF16Element>;
+        Action<ArrayView<ushort>, ArrayView<ushort>, ArrayView<float>, GemmParams> tcF16 = GemmKernels.MatMulForwardKernel3<F16Element, float, F32Element>;
+        Action<ArrayView<ushort>, ArrayView<ushort>, ArrayView<ushort>, GemmParams> tcBF16 = GemmKernels.MatMulForwardKernel3<BF16Element, ushort, BF16Element>;
+        Assert.Contains(".target sm_80", PtxCompiler.Compile(naive.Method));
+        Assert.Equal(2, PtxCompiler.Count(PtxCompiler.Compile(tiled.Method), "bar.sync"));
+        Assert.Contains("cvt.f32.f16", PtxCompiler.Compile(tiledHalf.Method));
+        // 8 mma per 16-wide K step (2 x 4 fragments of the warp's 32 x 32 tile), of the requested type.
+        Assert.Equal(8, PtxCompiler.Count(PtxCompiler.Compile(tcF16.Method), "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "));
+        Assert.Equal(8, PtxCompiler.Count(PtxCompiler.Compile(tcBF16.Method), "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "));
     }
 }
