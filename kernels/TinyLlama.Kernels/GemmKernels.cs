@@ -21,8 +21,8 @@
 //      mma.sync.aligned.m16n8k16 (sm_80+; what ILGPU 1.5 can reach on Ampere and Hopper). A group of 4
 //      warps owns a 64 x 64 tile of c, each warp a 32 x 32 sub-tile = 2 x 4 mma tiles of 16 x 8, K
 //      advances 32 at a time through shared memory holding pairs of 16-bit values in 32-bit words (the
-//      register format mma consumes). On a non-CUDA accelerator the same kernel runs with mma emulated by
-//      warp shuffles, so its data movement is tested on ILGPU's CPU accelerator.
+//      register format mma consumes). On a non-CUDA accelerator the same kernel runs with each K step's mma
+//      emulated through shared memory, so its data movement is tested on ILGPU's CPU accelerator.
 //
 // Validation: every size, stride and offset is checked on the host against the views' lengths before a
 // launch (an out-of-range index on the CPU accelerator takes the process down), and all indices must fit
@@ -48,7 +48,7 @@ public enum GemmVersion
     Naive = 1,
     /// <summary>Version 2: shared-memory tiles, 8 x 4 register blocks, any types.</summary>
     Tiled = 2,
-    /// <summary>Version 3: mma.sync m16n8k16 (emulated with shuffles off CUDA); a and b both f16 or both bf16.</summary>
+    /// <summary>Version 3: mma.sync m16n8k16 (emulated through shared memory off CUDA); a and b both f16 or both bf16.</summary>
     TensorCore = 3,
 }
 

@@ -21,8 +21,14 @@
 // emulated: lanes park their fragment words in shared memory and each lane gathers exactly the fragment
 // elements the instruction would combine for its accumulators. So the tiling, the fragment loads and
 // the epilogue are all exercised by the CPU tests; only the PTX instruction string itself is not.
-// (Emulating with warp shuffles instead was 30x slower on the CPU accelerator.) Not done yet (next steps): ldmatrix for fragment loads, cp.async
-// multi-stage pipelining, and larger warp tiles; wgmma/TMA (sm_90) are out of ILGPU 1.5's reach.
+// (Emulating with warp shuffles instead was 30x slower on the CPU accelerator.) On CUDA the emulation is
+// dead code behind a constant branch, which ILGPU leaves for ptxas to drop.
+//
+// ILGPU passes CudaAsm.EmitRef operands by address, so each mma's 10 operands go through 4-byte .local
+// slots at fixed addresses (a store then a load); ptxas is expected to keep them in registers, which is
+// worth confirming in the SASS (cuobjdump -sass) on a GPU machine. Not done yet (next steps): ldmatrix for
+// fragment loads, cp.async multi-stage pipelining, larger warp tiles; wgmma/TMA (sm_90) are out of ILGPU
+// 1.5's reach.
 using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Runtime.Cuda;

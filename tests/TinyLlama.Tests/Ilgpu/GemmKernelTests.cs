@@ -4,7 +4,7 @@
 // dims with a broadcast (stride 0) operand, accumulate, f16 and bf16 inputs with f32, f16 and bf16
 // outputs, and the host-side validation; and every version compiles to PTX for sm_80 with ILGPU's PTX
 // backend, which needs no GPU (KernelsCompileToPtxForSm80). Runs on ILGPU's CPU accelerator with 32-lane warps (the
-// tensor-core kernel's mma is then emulated with warp shuffles; its data movement is what is tested),
+// tensor-core kernel's mma is then emulated through shared memory; its data movement is what is tested),
 // and also on CUDA when TINYLLAMA_TEST_CUDA=1 and a CUDA device exists (benchmarks/gpu/run.sh sets it).
 //
 // Tolerances. 16-bit inputs are rounded on the host first and the reference multiplies the rounded
