@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# GPU benchmark of the ILGPU GEMM and FlashAttention kernels (kernels/TinyLlama.Kernels): publishes the
+# KernelBench harness and the tinyllama CLI self-contained for linux-x64 (no trimming: ILGPU compiles
+# kernels from IL at run time), runs the kernel tests on CUDA when a .NET SDK and a GPU are here, times
+# PyTorch when python3 with CUDA torch is here, and prints KernelBench's table (ms, TFLOP/s, % of peak,
+# ratio to PyTorch). See benchmarks/gpu/README.md.
+#
+#   benchmarks/gpu/run.sh            publish (needs a .NET 10 SDK), test, time torch, time the kernels
+#   benchmarks/gpu/run.sh publish    publish only, into $OUT (e.g. on a build machine without a GPU)
+#   benchmarks/gpu/run.sh run        skip publishing: use the binaries already in $OUT
+#
+# Environment: OUT (default benchmarks/gpu/out), GPU (h100-sxm | h100-pcie | h200; default: from the device
+# name), WARMUP (3), ITERS (20), QUICK=1 (tiny shapes). Without an NVIDIA GPU the harness runs on ILGPU's CPU
+# accelerator with --quick, which checks the plumbing but times nothing meaningful.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+OUT=${OUT:-$ROOT/benchmarks/gpu/out}
+MODE=${1:-all}
+WARMUP=${WARMUP:-3}
+ITERS=${ITERS:-20}
+QUICK=${QUICK:-0}
+mkdir -p "$OUT"
+status=0
+
+have() { command -v "$1" >/dev/null 2>&1; }
+has_gpu() { have nvidia-smi && nvidia-smi -L >/dev/null 2>&1; }
+
+if [[ "$MODE" == "all" || "$MODE" == "publish" ]]; then
+    have dotnet || { echo "run.sh: no dotnet SDK here; publish elsewhere and use 'run.sh run'" >&2; exit 2; }
+    echo "== publish (self-contained linux-x64, untrimmed) into $OUT"
+    dotnet publish "$ROOT/benchmarks/gpu/KernelBench/KernelBench.csproj" -c Release -r linux-x64 --self-contained \
+        -p:PublishTrimmed=false -o "$OUT/kernelbench"
+    dotnet publish "$ROOT/src/TinyLlama.Cli/TinyLlama.Cli.csproj" -c Release -r linux-x64 --self-contained \
+        -p:PublishTrimmed=false -o "$OUT/tinyllama"
+    [[ "$MODE" == "publish" ]] && exit 0
+fi
+
+BENCH="$OUT/kernelbench/KernelBench"
+[[ -x "$BENCH" ]] || { echo "run.sh: $BENCH is missing; run 'run.sh publish' first" >&2; exit 2; }
+
+if ! has_gpu; then
+    echo "== no NVIDIA GPU: checking the plumbing on ILGPU's CPU accelerator (no meaningful timings)"
+    "$BENCH" --device ilgpu-cpu --quick | tee "$OUT/table.txt"
+    exit "${PIPESTATUS[0]}"
+fi
+
+echo "== device"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/device.txt"
+
+if have dotnet && [[ -f "$ROOT/tests/TinyLlama.Tests/TinyLlama.Tests.csproj" ]]; then
+    echo "== kernel tests on the CPU accelerator and on CUDA (TINYLLAMA_TEST_CUDA=1)"
+    if ! TINYLLAMA_TEST_CUDA=1 dotnet test "$ROOT/tests/TinyLlama.Tests" -c Release \
+            --filter "FullyQualifiedName~KernelTests" 2>&1 | tee "$OUT/tests.txt"; then
+        echo "run.sh: kernel tests FAILED (see $OUT/tests.txt); timing anyway" >&2
+        status=1
+    fi
+else
+    echo "== no .NET SDK: skipping the xunit kernel tests (KernelBench's self-check still runs on CUDA)"
+fi
+
+quick_args=()
+[[ "$QUICK" == "1" ]] && quick_args=(--quick)
+
+TORCH_JSON="$OUT/torch_reference.json"
+if have python3 && python3 -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    echo "== PyTorch reference"
+    python3 "$ROOT/benchmarks/gpu/torch_reference.py" --out "$TORCH_JSON" --warmup "$WARMUP" --iters "$ITERS" "${quick_args[@]}" \
+        || { echo "run.sh: torch_reference.py failed; the table will have no torch column" >&2; rm -f "$TORCH_JSON"; }
+else
+    echo "== no python3 with CUDA torch: the table will have no torch column"
+    rm -f "$TORCH_JSON"
+fi
+
+echo "== KernelBench"
+gpu_args=()
+[[ -n "${GPU:-}" ]] && gpu_args=(--gpu "$GPU")
+set +e
+"$BENCH" --device cuda "${gpu_args[@]}" "${quick_args[@]}" --torch "$TORCH_JSON" --json "$OUT/kernelbench.json" \
+    --warmup "$WARMUP" --iters "$ITERS" | tee "$OUT/table.txt"
+bench=${PIPESTATUS[0]}
+set -e
+[[ $bench -ne 0 ]] && status=$bench
+exit $status
