@@ -1,6 +1,8 @@
-// Batched matmul and attention on the ILGPU backend with the naive kernels
-// (kernels/TinyLlama.Kernels/NaiveMatMul.cs, NaiveAttention.cs): correct for every stride, batch and
-// dtype combination IBackend allows; the tiled GEMM and flash attention are separate work.
+// Batched matmul and attention on the ILGPU backend. On accelerators with 32-lane warps and 256-thread
+// groups (CUDA, most OpenCL GPUs) f32/f16/bf16 products go to the tiled / tensor-core GEMM
+// (kernels/TinyLlama.Kernels/Gemm*.cs) and f32 attention to FlashAttention (Attention*.cs); everything
+// else (f64, more than two batch dims, the small-group CPU accelerator used in tests) runs the naive
+// kernels (NaiveMatMul.cs, NaiveAttention.cs), which are correct for every stride, batch and dtype.
 using System.Numerics;
 using ILGPU;
 using ILGPU.Runtime;
@@ -35,6 +37,7 @@ public sealed partial class IlgpuBackend
                 if (!accumulate) Fill(c, 0);
                 return;
             }
+            if (!f64 && r <= 4 && SupportsTiledKernels && TryFastMatMul(a, b, c, m, n, k, accumulate)) return;
             var batchSizes = cs[..(r - 2)];
             var aBatch = LayoutOf("matmul", batchSizes, a.Strides[..(r - 2)], a.Offset);
             var bBatch = LayoutOf("matmul", batchSizes, b.Strides[..(r - 2)], b.Offset);
@@ -61,6 +64,32 @@ public sealed partial class IlgpuBackend
     {
         Auto(NaiveMatMulKernels.MatMulForwardKernel<TIn, TInE, T, TE>, accelerator.LoadAutoGroupedStreamKernel)(
             c.Numel, Whole<TIn>(a, "matmul"), aBatch, Whole<TIn>(b, "matmul"), bBatch, Dense<T>(c, "matmul"), shape);
+    }
+
+    /// <summary>True when the optimised kernels' group shapes fit this accelerator.</summary>
+    private bool SupportsTiledKernels => accelerator.WarpSize == 32 && accelerator.MaxNumThreadsPerGroup >= 256;
+
+    /// <summary>c = a @ b through GemmKernels (batch dims folded into at most two levels); false if not applicable.</summary>
+    private bool TryFastMatMul(Tensor a, Tensor b, Tensor c, int m, int n, int k, bool accumulate)
+    {
+        int r = c.Rank;
+        var cs = c.Shape;
+        int batch0 = r == 4 ? cs[0] : 1, batch1 = r >= 3 ? cs[r - 3] : 1;
+        GemmLayout Layout(Tensor t)
+        {
+            var st = t.Strides;
+            return new GemmLayout(t.Offset, st[r - 2], st[r - 1], r == 4 ? st[0] : 0, r >= 3 ? st[r - 3] : 0);
+        }
+        GemmOperand Operand(Tensor t) => t.DType switch
+        {
+            DType.F32 => GemmOperand.Float32(Whole<float>(t, "matmul"), Layout(t)),
+            DType.F16 => GemmOperand.Bits16(Whole<ushort>(t, "matmul"), GemmElementType.F16, Layout(t)),
+            DType.BF16 => GemmOperand.Bits16(Whole<ushort>(t, "matmul"), GemmElementType.BF16, Layout(t)),
+            _ => throw new NotSupportedException(t.DType.Name()),
+        };
+        var args = new GemmArgs(m, n, k, Operand(a), Operand(b), GemmOperand.Float32(Whole<float>(c, "matmul"), Layout(c)), accumulate, batch0, batch1);
+        GemmKernels.Launch(accelerator, accelerator.DefaultStream, args);
+        return true;
     }
 
     // ---------------- attention ----------------
@@ -98,6 +127,12 @@ public sealed partial class IlgpuBackend
         var lv = Dense<T>(lse, op);
         int rows = s.B * s.H * s.T;
         if (rows == 0 || s.D == 0 && s.S == 0) return;
+        if (typeof(T) == typeof(float) && SupportsTiledKernels && s.D is > 0 and <= FlashAttention.MaxHeadSize)
+        {
+            var args = new AttentionArgs(s.B, s.H, s.KVH, s.T, s.S, s.D, float.CreateTruncating(scale), s.Causal != 0);
+            FlashAttention.Forward(accelerator, accelerator.DefaultStream, args, qv.Cast<float>(), kv.Cast<float>(), vv.Cast<float>(), ov.Cast<float>(), lv.Cast<float>());
+            return;
+        }
         Auto(NaiveAttentionKernels.AttentionForwardKernel<T>, accelerator.LoadAutoGroupedStreamKernel)(rows, qv, kv, vv, scale, s, ov, lv);
     }
 
@@ -133,6 +168,13 @@ public sealed partial class IlgpuBackend
         if (rows == 0 && keys == 0) return;
         using var delta = (IlgpuStorage)Allocate(q.DType, Math.Max(rows, 1));
         var deltaView = delta.View<T>();
+        if (typeof(T) == typeof(float) && SupportsTiledKernels && s.D is > 0 and <= FlashAttention.MaxHeadSize)
+        {
+            var args = new AttentionArgs(s.B, s.H, s.KVH, s.T, s.S, s.D, float.CreateTruncating(scale), s.Causal != 0);
+            FlashAttention.Backward(accelerator, accelerator.DefaultStream, args, qv.Cast<float>(), kv.Cast<float>(), vv.Cast<float>(), ov.Cast<float>(),
+                lv.Cast<float>(), gv.Cast<float>(), dqv.Cast<float>(), dkv.Cast<float>(), dvv.Cast<float>(), deltaView.Cast<float>());
+            return;
+        }
         if (rows > 0)
         {
             Auto(NaiveAttentionKernels.AttentionDeltaBackwardKernel<T>, accelerator.LoadAutoGroupedStreamKernel)(rows, ov, gv, s.D, deltaView);
