@@ -55,7 +55,7 @@ public sealed partial class CpuBackend
              (flopsPerMatrix < (1L << 27) && (batch >= 4 * threads || batch % threads == 0)));
         if (acrossBatch)
         {
-            Parallel.For(0, batch, i => Gemm.Run(m, n, k, A, aOff[i], B, bOff[i], C, c.Offset + i * m * n, n, accumulate, parallel: false));
+            Parallel.For(0, batch, Gemm.OneThreadPerCore, i => Gemm.Run(m, n, k, A, aOff[i], B, bOff[i], C, c.Offset + i * m * n, n, accumulate, parallel: false));
         }
         else
         {

@@ -39,7 +39,7 @@ internal static unsafe partial class Gemm
             return;
         }
         var g = args;
-        System.Threading.Tasks.Parallel.For(0, chunks, ci => SmallMColumns<T>(in g, ci * chunk, Math.Min(g.N, (ci + 1) * chunk)));
+        System.Threading.Tasks.Parallel.For(0, chunks, OneThreadPerCore, ci => SmallMColumns<T>(in g, ci * chunk, Math.Min(g.N, (ci + 1) * chunk)));
     }
 
     /// <summary>Columns [j0, j1) of C from unpacked A and B.</summary>
