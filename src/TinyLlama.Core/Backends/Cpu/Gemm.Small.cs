@@ -8,6 +8,7 @@
 // Columns of C are split into chunks that run in parallel. Other layouts, 16-bit inputs, and calls
 // that ask for a specific micro-kernel take the blocked path (Gemm.cs).
 using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
 using TinyLlama.Tensors;
 
 namespace TinyLlama.Backends.Cpu;
@@ -63,7 +64,23 @@ internal static unsafe partial class Gemm
         else
         {
             // B's column j is contiguous (stride 1 along k), and so is each row of A.
-            for (int j = j0; j < j1; j++)
+            int j = j0;
+            if (typeof(T) == typeof(float) && Vector256.IsHardwareAccelerated && k >= 8)
+            {
+                // Four columns at a time: each 8-wide chunk of a_i is loaded once for four rows of W,
+                // with four independent accumulators (the loop is bound by streaming W from memory).
+                float* sums = stackalloc float[4];
+                for (; j + 4 <= j1; j += 4)
+                {
+                    for (int i = 0; i < m; i++)
+                    {
+                        Dot4((float*)(a + i * g.ARowStride), (float*)(b + j * g.BColStride), g.BColStride, k, sums);
+                        float* cij = (float*)(c + i * g.Ldc + j);
+                        for (int q = 0; q < 4; q++) cij[q] = g.Accumulate ? cij[q] + sums[q] : sums[q];
+                    }
+                }
+            }
+            for (; j < j1; j++)
             {
                 T* bCol = b + j * g.BColStride;
                 for (int i = 0; i < m; i++)
@@ -74,6 +91,29 @@ internal static unsafe partial class Gemm
                 }
             }
         }
+    }
+
+    /// <summary>sums[q] = dot(x[0:k], w_q[0:k]) for the four rows w_q = w + q * stride (k &gt;= 8).</summary>
+    private static void Dot4(float* x, float* w, nint stride, int k, float* sums)
+    {
+        float* w0 = w, w1 = w + stride, w2 = w + 2 * stride, w3 = w + 3 * stride;
+        Vector256<float> s0 = Vector256<float>.Zero, s1 = s0, s2 = s0, s3 = s0;
+        int p = 0;
+        for (; p + 8 <= k; p += 8)
+        {
+            var xv = Vector256.Load(x + p);
+            s0 = Vector256.FusedMultiplyAdd(xv, Vector256.Load(w0 + p), s0);
+            s1 = Vector256.FusedMultiplyAdd(xv, Vector256.Load(w1 + p), s1);
+            s2 = Vector256.FusedMultiplyAdd(xv, Vector256.Load(w2 + p), s2);
+            s3 = Vector256.FusedMultiplyAdd(xv, Vector256.Load(w3 + p), s3);
+        }
+        float t0 = Vector256.Sum(s0), t1 = Vector256.Sum(s1), t2 = Vector256.Sum(s2), t3 = Vector256.Sum(s3);
+        for (; p < k; p++)
+        {
+            float xp = x[p];
+            t0 += xp * w0[p]; t1 += xp * w1[p]; t2 += xp * w2[p]; t3 += xp * w3[p];
+        }
+        sums[0] = t0; sums[1] = t1; sums[2] = t2; sums[3] = t3;
     }
 
     /// <summary>y[0:n] += alpha * x[0:n].</summary>
