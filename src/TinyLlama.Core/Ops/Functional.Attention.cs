@@ -34,8 +34,12 @@ public static partial class Functional
         var ct = FusedComputeType(q.DType);
         // qc is (B, H, T, D), kc and vc are (B, KVH, S, D); with o and lse they are saved for the backward.
         var qc = q.Detach().CastRaw(ct).Contiguous();
-        var kc = k.Detach().CastRaw(ct).Contiguous();
-        var vc = v.Detach().CastRaw(ct).Contiguous();
+        // Inference on the CPU reads k and v in place when each (batch, kv head) block has dense rows,
+        // as a narrowed KV cache does; the backward and the ILGPU kernels want dense tensors.
+        bool inPlace = q.Device == Device.Cpu && !(GradMode.IsEnabled && (q.RequiresGrad || k.RequiresGrad || v.RequiresGrad));
+        var kc = inPlace && k.DType == ct && HasDenseRows(k) ? k.Detach() : k.Detach().CastRaw(ct).Contiguous();
+        var vc = inPlace && v.DType == ct && HasDenseRows(v) && v.strides.AsSpan().SequenceEqual(kc.strides) ? v.Detach() : v.Detach().CastRaw(ct).Contiguous();
+        if (!kc.strides.AsSpan().SequenceEqual(vc.strides)) kc = kc.Contiguous();
         var o = Tensor.Zeros([b, h, t, d], ct, q.Device);
         var lse = Tensor.Zeros([b, h, t], ct, q.Device);
         q.Backend.Attention(qc, kc, vc, sc, causal, o, lse);
@@ -52,4 +56,7 @@ public static partial class Functional
                     v.RequiresGrad ? dv.CastRaw(v.DType) : null];
         });
     }
+
+    /// <summary>True when x (B, KVH, S, D) has contiguous rows of D and consecutive rows: only its batch and head strides are free.</summary>
+    private static bool HasDenseRows(Tensor x) => x.strides[3] == 1 && x.strides[2] == x.shape[3];
 }

@@ -63,11 +63,16 @@ public sealed partial class CpuBackend
         int b = q.shape[0], h = q.shape[1], t = q.shape[2], d = q.shape[3], kvh = k.shape[1], s = k.shape[2];
         int group = h / Math.Max(kvh, 1), shift = s - t;
         int qBlocks = (t + AttnBlockQ - 1) / AttnBlockQ;
+        // k and v may be views (a KV cache narrowed to S tokens): rows of D are dense and consecutive,
+        // but the batch and head strides are free; both share the same strides (checked below).
+        if (k.strides[3] != 1 || k.strides[2] != d || !k.strides.AsSpan().SequenceEqual(v.strides))
+            throw new ArgumentException("attention: k and v need dense rows (strides [.., .., D, 1]) and equal strides");
+        int kvStrideB = k.strides[0], kvStrideH = k.strides[1];
         CpuParallel.For(b * h * qBlocks, 4L * AttnBlockQ * s * d, (start, end) =>
         {
             var qs = Span<T>(q);
-            var ks = Span<T>(k);
-            var vs = Span<T>(v);
+            var ks = Host(k).AsSpan<T>().Slice(k.Offset);
+            var vs = Host(v).AsSpan<T>().Slice(v.Offset);
             var os = Span<T>(o);
             var ls = Span<T>(lse);
             Span<T> m = stackalloc T[AttnBlockQ];      // running max of each row of the tile
@@ -76,7 +81,7 @@ public sealed partial class CpuBackend
             for (int item = start; item < end; item++)
             {
                 int qb = item % qBlocks, bh = item / qBlocks;
-                int kvBase = (bh / h * kvh + bh % h / group) * s * d;   // kv head (b, h / G)
+                int kvBase = bh / h * kvStrideB + bh % h / group * kvStrideH;   // kv head (b, h / G)
                 int i0 = qb * AttnBlockQ, i1 = Math.Min(t, i0 + AttnBlockQ);
                 os.Slice((bh * t + i0) * d, (i1 - i0) * d).Clear();
                 m.Fill(T.NegativeInfinity);
