@@ -20,6 +20,7 @@ public static class Program
         root.Subcommands.Add(ModelCommands.CreatePerplexity());
         root.Subcommands.Add(ModelCommands.CreateGenerate());
         root.Subcommands.Add(SftCommand.Create());
+        root.Subcommands.Add(DemoCommand.Create());
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {

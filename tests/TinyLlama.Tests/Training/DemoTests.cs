@@ -1,0 +1,200 @@
+// The built-in demo: its BPE trainer (round trip, merges that shorten the text, digits kept apart, the
+// tokenizer.json it writes loads and encodes the same), its data (deterministic, held-out items in no
+// training text), and `tinyllama demo --quick` end to end (the table, the same numbers twice, artefacts
+// that `tinyllama generate` loads).
+using TinyLlama.Tests.Cli;
+using TinyLlama.Tests.Formats;
+using TinyLlama.Tokenizers;
+using TinyLlama.Training.Data;
+using TinyLlama.Training.Demo;
+
+namespace TinyLlama.Tests.Training;
+
+public class DemoTests
+{
+    private static readonly string[] Corpus =
+    [
+        "the cat sat on the mat",
+        "the cats sat on the mats",
+        "a hat on the cat, a mat on the hat",
+        "c a t reversed is t a c.",
+        "47 plus 3 is 50.",
+        "Below is an instruction that describes a task.\n\n### Response:",
+    ];
+
+    [Fact]
+    public void BpeTokenizerRoundTripsAnyText()
+    {
+        var tok = BpeTrainer.Train(Corpus, 40).ToTokenizer();
+        string[] texts =
+        [
+            .. Corpus, "", " leading space", "double  space", "unseen: ZQX 1234 ü é 🙂", "tab\tand\nnewline", "<s> is text, not BOS",
+        ];
+        foreach (var text in texts)
+            Assert.Equal(text, tok.Decode(tok.Encode(text)));
+    }
+
+    [Fact]
+    public void MergesShortenTheCorpusAndRespectTheLetterRule()
+    {
+        var none = BpeTrainer.Train(Corpus, 0);
+        var some = BpeTrainer.Train(Corpus, 40);
+        Assert.Empty(none.Merges);
+        Assert.NotEmpty(some.Merges);
+        Assert.True(some.Merges.Count <= 40);
+        int before = Corpus.Sum(t => none.ToTokenizer().Encode(t).Length);
+        int after = Corpus.Sum(t => some.ToTokenizer().Encode(t).Length);
+        Assert.True(after < before * 0.8, $"{before} tokens without merges, {after} with");
+        // The most frequent pair comes first: "▁t" + "h" (from "the", 8 times) beats every other pair.
+        Assert.Equal(("\u2581t", "h"), some.Merges[0]);
+        foreach (var (left, right) in some.Merges) Assert.True(BpeTrainer.CanMerge(left, right), $"{left} + {right}");
+        Assert.False(BpeTrainer.CanMerge("4", "7"));
+        Assert.False(BpeTrainer.CanMerge("\u2581", "4"));
+        Assert.False(BpeTrainer.CanMerge("t", "."));
+        Assert.False(BpeTrainer.CanMerge("a", "\u2581b"));
+        Assert.True(BpeTrainer.CanMerge("\u2581", "c"));
+        // Digits stay single characters, so "1234" is the pieces of "▁", "1", "2", "3", "4".
+        var tok = some.ToTokenizer();
+        Assert.Equal(["\u2581", "1", "2", "3", "4"], tok.Encode("1234").Select(tok.IdToPiece).ToArray());
+        // Layout: <unk>, <s>, </s>, 256 bytes, then characters and merges, every piece once.
+        Assert.Equal(["<unk>", "<s>", "</s>", "<0x00>"], some.Pieces.Take(4).ToArray());
+        Assert.Equal(some.Pieces.Count, some.Pieces.Distinct().Count());
+        Assert.Equal(0, tok.UnkId);
+        Assert.Equal(1, tok.BosId);
+        Assert.Equal(2, tok.EosId);
+    }
+
+    [Fact]
+    public void BpeTrainingIsDeterministic()
+    {
+        var a = BpeTrainer.Train(Corpus, 40);
+        var b = BpeTrainer.Train(Corpus.Reverse(), 40);
+        Assert.Equal(a.Merges, b.Merges);
+        Assert.Equal(a.Pieces, b.Pieces);
+    }
+
+    [Fact]
+    public void SavedTokenizerJsonLoadsAndEncodesTheSame()
+    {
+        using var dir = new TempDir();
+        var vocab = BpeTrainer.Train(Corpus, 40);
+        vocab.SaveHuggingFaceJson(dir.File("tokenizer.json"));
+        var inMemory = vocab.ToTokenizer();
+        var loaded = LlamaTokenizer.Load(dir.Path);
+        Assert.True(loaded.UsesMergeRanks);
+        Assert.Equal(inMemory.VocabSize, loaded.VocabSize);
+        Assert.Equal((1, 2, 0), (loaded.BosId, loaded.EosId, loaded.UnkId));
+        foreach (var text in Corpus.Append("unseen ü 🙂 text 99"))
+        {
+            Assert.Equal(inMemory.Encode(text, addBos: true), loaded.Encode(text, addBos: true));
+            Assert.Equal(text, loaded.Decode(loaded.Encode(text)));
+        }
+    }
+
+    [Fact]
+    public void DatasetIsDeterministicAndHeldOutItemsAreInNoTrainingText()
+    {
+        var a = DemoDataset.Generate(7, 200, 20);
+        var b = DemoDataset.Generate(7, 200, 20);
+        var c = DemoDataset.Generate(8, 200, 20);
+        Assert.Equal(a.Train, b.Train);
+        Assert.Equal(a.Test, b.Test);
+        Assert.NotEqual(a.Test, c.Test);
+        Assert.Equal(200 * DemoDataset.Families.Count, a.Train.Count);
+        Assert.Equal(20 * DemoDataset.Families.Count, a.Test.Count);
+        foreach (var family in DemoDataset.Families)
+            Assert.Equal(20, a.Test.Count(t => t.Family == family));
+        Assert.Equal(a.Test.Count, a.Test.Select(t => t.ItemKey).Distinct().Count());
+        var trainKeys = a.Train.Select(t => t.ItemKey).ToHashSet();
+        Assert.DoesNotContain(a.Test, t => trainKeys.Contains(t.ItemKey));
+        // No held-out fact sentence occurs in the pre-training text or the tokenizer corpus.
+        var documents = DemoData.PretrainingDocuments(a.Train, 6, 7);
+        var lines = documents.SelectMany(d => d.Split('\n')).ToHashSet();
+        Assert.Equal(a.Train.Count, documents.Sum(d => d.Split('\n').Length));
+        Assert.DoesNotContain(a.Test, t => lines.Contains(t.Fact));
+        var corpus = string.Join("\n", DemoData.TokenizerCorpus(documents, a.Train));
+        Assert.DoesNotContain(a.Test, t => corpus.Contains(t.Fact, StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void TasksAreSelfConsistent()
+    {
+        var data = DemoDataset.Generate(3, 100, 10);
+        foreach (var t in data.Train.Concat(data.Test))
+        {
+            Assert.Equal(t.Statement + " " + t.Answer + ".", t.Fact);
+            Assert.Equal(" " + t.Answer, t.Output);
+            string[] items = t.Input.Split(' ');
+            switch (t.Family)
+            {
+                case "reverse": Assert.Equal(string.Join(' ', items.Reverse()), t.Answer); break;
+                case "sort": Assert.Equal(string.Join(' ', items.Order(StringComparer.Ordinal)), t.Answer); break;
+                case "count": Assert.Equal(items.Length.ToString(System.Globalization.CultureInfo.InvariantCulture), t.Answer); break;
+                case "format":
+                    Assert.True(t.Answer == t.Input.ToUpperInvariant() || t.Answer == string.Join('-', items), $"{t.Input} -> {t.Answer}");
+                    break;
+                case "arithmetic":
+                    var m = System.Text.RegularExpressions.Regex.Match(t.Instruction, @"(\d+) ([+-]) (\d+)");
+                    Assert.True(m.Success, t.Instruction);
+                    int x = int.Parse(m.Groups[1].Value), y = int.Parse(m.Groups[3].Value);
+                    Assert.Equal((m.Groups[2].Value == "+" ? x + y : x - y).ToString(System.Globalization.CultureInfo.InvariantCulture), t.Answer);
+                    break;
+                default: Assert.Fail($"unknown family {t.Family}"); break;
+            }
+        }
+    }
+
+    [Fact]
+    public void InstructionRecordsTrainOnlyTheAnswer()
+    {
+        var data = DemoDataset.Generate(1, 10, 2);
+        var tok = BpeTrainer.Train(DemoData.TokenizerCorpus(DemoData.PretrainingDocuments(data.Train, 6, 1), data.Train), 100).ToTokenizer();
+        var task = data.Train[0];
+        var example = DemoData.Instruction(tok, task, "r");
+        var targets = example.Labels.Where(l => l != TinyLlama.Training.TrainingInfo.IgnoreIndex).ToArray();
+        Assert.Equal(tok.EosId, targets[^1]);
+        Assert.Equal(task.Answer, tok.Decode(targets[..^1]).Trim());
+        var prompt = AlpacaTemplate.EncodePrompt(tok, task.Instruction, task.Input);
+        Assert.Equal(prompt, example.InputIds[..prompt.Length]);
+        var doc = DemoData.Document(tok, task.Fact, "d");
+        Assert.Equal(doc.InputIds, doc.Labels);
+        Assert.Equal(task.Fact, tok.Decode(doc.InputIds));
+    }
+
+    [Fact]
+    public void QuickDemoRunsEndToEndAndIsDeterministic()
+    {
+        using var first = new TempDir();
+        using var second = new TempDir();
+        var run1 = CliRunner.Run("demo", "--quick", "--out", first.Path, "--seed", "5");
+        Assert.True(run1.Code == 0, run1.Err);
+        var run2 = CliRunner.Run("demo", "--quick", "--out", second.Path, "--seed", "5");
+        Assert.True(run2.Code == 0, run2.Err);
+
+        var table1 = Table(run1.Out);
+        Assert.Equal(DemoDataset.Families.Count + 2, table1.Length); // header, families, overall
+        Assert.Matches(@"^\s+family\s+base model\s+fine-tuned$", table1[0]);
+        foreach (var family in DemoDataset.Families) Assert.Contains(table1, l => l.TrimStart().StartsWith(family + " ", StringComparison.Ordinal));
+        Assert.Matches(@"^\s+overall\s+\d+/\d+\s+[\d.]+%\s+\d+/\d+\s+[\d.]+%$", table1[^1]);
+        Assert.Equal(table1, Table(run2.Out));
+        Assert.Equal(Lines(run1.Out, "   > "), Lines(run2.Out, "   > "));
+
+        foreach (var f in new[] { "tokenizer.json", "base/config.json", "base/model.safetensors", "base/tokenizer.json", "base/loss.png",
+                     "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/tokenizer.json", "adapter/loss.png",
+                     "data/train.json", "data/test.json", "data/pretrain.txt", "data/prompt.txt" })
+            Assert.True(File.Exists(Path.Combine(first.Path, f)), f);
+        var generated = CliRunner.Run("generate", "--model", Path.Combine(first.Path, "adapter"), "--prompt", File.ReadAllText(Path.Combine(first.Path, "data", "prompt.txt")), "--max-tokens", "8");
+        Assert.True(generated.Code == 0, generated.Err);
+
+        static string[] Table(string output)
+        {
+            var lines = output.Split('\n').Select(l => l.TrimEnd('\r')).ToList();
+            int start = lines.FindIndex(l => l.TrimStart().StartsWith("family ", StringComparison.Ordinal));
+            Assert.True(start >= 0, "no table in the output:\n" + output);
+            int end = lines.FindIndex(start, l => l.TrimStart().StartsWith("overall ", StringComparison.Ordinal));
+            return lines.GetRange(start, end - start + 1).ToArray();
+        }
+
+        static string[] Lines(string output, string prefix) => output.Split('\n').Where(l => l.StartsWith(prefix, StringComparison.Ordinal)).ToArray();
+    }
+}
