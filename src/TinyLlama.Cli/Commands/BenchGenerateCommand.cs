@@ -1,6 +1,8 @@
 // `tinyllama bench generate`: prefill and decode tokens/s of a model with a KV cache.
 // Prefill: one forward over P prompt tokens; decode: N single-token steps (greedy), each reading the
-// whole cache. Each figure is the median over repeats after a warm-up run.
+// whole cache. Each figure is the median over repeats after a warm-up run. Decode steps run as
+// `generate` runs them (CpuDecoder where it applies); --modules times the module path instead, the
+// baseline the decoder is compared with.
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
@@ -21,7 +23,8 @@ internal static class BenchGenerateCommand
         var tokens = new Option<int>("--tokens") { Description = "Tokens to decode N", DefaultValueFactory = _ => 128 };
         var repeats = new Option<int>("--repeats") { Description = "Timed runs (medians are reported)", DefaultValueFactory = _ => 3 };
         var json = new Option<bool>("--json") { Description = "Print {\"prefill_tokens_per_second\": x, \"decode_tokens_per_second\": y}" };
-        var cmd = new Command("generate", "Prefill and decode throughput with a KV cache.") { model, preset, promptTokens, tokens, repeats, json };
+        var modules = new Option<bool>("--modules") { Description = "Decode through the model's modules instead of the CPU decoder (the baseline)" };
+        var cmd = new Command("generate", "Prefill and decode throughput with a KV cache.") { model, preset, promptTokens, tokens, repeats, json, modules };
         cmd.SetAction(parse =>
         {
             string? path = parse.GetValue(model), presetName = parse.GetValue(preset);
@@ -33,20 +36,20 @@ internal static class BenchGenerateCommand
             lm.Eval();
             if (p + n > lm.Config.MaxPositionEmbeddings)
                 throw new CliException($"--prompt-tokens + --tokens = {p + n} exceeds the model's context of {lm.Config.MaxPositionEmbeddings}", isUsage: true);
-            var (prefill, decode) = Measure(lm, p, n, reps);
+            var (prefill, decode, decodePath) = Measure(lm, p, n, reps, !parse.GetValue(modules));
             var output = parse.InvocationConfiguration.Output;
             if (parse.GetValue(json))
                 output.WriteLine(JsonLine.Format(("prefill_tokens_per_second", Math.Round(prefill, 2)), ("decode_tokens_per_second", Math.Round(decode, 2))));
             else
                 output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"{lm.Config.ParameterCount():N0} parameters, {Environment.ProcessorCount} threads: prefill {p} tokens {prefill:F1} tokens/s, decode {n} tokens {decode:F1} tokens/s (medians of {reps})"));
+                    $"{lm.Config.ParameterCount():N0} parameters, {Environment.ProcessorCount} threads: prefill {p} tokens {prefill:F1} tokens/s, decode {n} tokens {decode:F1} tokens/s ({decodePath}; medians of {reps})"));
             return ExitCodes.Success;
         });
         return cmd;
     }
 
-    /// <summary>Median prefill and decode tokens/s over reps runs after a warm-up.</summary>
-    internal static (double Prefill, double Decode) Measure(LlamaForCausalLM model, int promptTokens, int newTokens, int reps)
+    /// <summary>Median prefill and decode tokens/s over reps runs after a warm-up, and which path decoded.</summary>
+    internal static (double Prefill, double Decode, string Path) Measure(LlamaForCausalLM model, int promptTokens, int newTokens, int reps, bool useCpuDecoder = true)
     {
         var gen = new Generator(1);
         var prompt = new int[promptTokens];
@@ -56,20 +59,18 @@ internal static class BenchGenerateCommand
         var prefill = new double[reps];
         var decode = new double[reps];
         using var _ = GradMode.NoGrad();
+        string? why = "--modules";
+        using var decoder = useCpuDecoder ? CpuDecoder.TryCreate(model, cache, out why) : null;
         for (int r = -1; r < reps; r++)
         {
             cache.Reset();
             int steps = r < 0 ? Math.Min(newTokens, 4) : newTokens;
             long t0 = Stopwatch.GetTimestamp();
-            var logits = model.Forward(Tensor.FromArray(prompt, [1, promptTokens]), cache, lastOnly: true).ToArray<float>();
+            int next = sampler.Sample(TextGenerator.ModuleForward(model, prompt, cache));
             double tp = Stopwatch.GetElapsedTime(t0).TotalSeconds;
-            int next = sampler.Sample(logits);
             t0 = Stopwatch.GetTimestamp();
             for (int s = 0; s < steps; s++)
-            {
-                logits = model.Forward(Tensor.FromArray(new[] { next }, [1, 1]), cache, lastOnly: true).ToArray<float>();
-                next = sampler.Sample(logits);
-            }
+                next = decoder is not null ? sampler.Sample(decoder.Step(next)) : sampler.Sample(TextGenerator.ModuleForward(model, [next], cache));
             double td = Stopwatch.GetElapsedTime(t0).TotalSeconds;
             if (r < 0) continue;
             prefill[r] = promptTokens / tp;
@@ -77,6 +78,6 @@ internal static class BenchGenerateCommand
         }
         Array.Sort(prefill);
         Array.Sort(decode);
-        return (prefill[reps / 2], decode[reps / 2]);
+        return (prefill[reps / 2], decode[reps / 2], decoder is not null ? "CPU decoder" : $"modules: {why}");
     }
 }

@@ -69,6 +69,17 @@ public sealed unsafe class CpuStorage : Storage
         return new Span<T>(pointer, Length);
     }
 
+    /// <summary>
+    /// Pins the buffer so that its address stays fixed until the handle is disposed (for code that
+    /// keeps raw pointers across calls, such as the CPU decoder's worker threads).
+    /// </summary>
+    public System.Buffers.MemoryHandle Pin()
+    {
+        if (array is null) return new System.Buffers.MemoryHandle(pointer);
+        var handle = GCHandle.Alloc(array, GCHandleType.Pinned);
+        return new System.Buffers.MemoryHandle((void*)handle.AddrOfPinnedObject(), handle);
+    }
+
     /// <summary>True when the storage wraps memory it does not own (e.g. a memory-mapped checkpoint).</summary>
     public bool IsExternal => array is null;
 }

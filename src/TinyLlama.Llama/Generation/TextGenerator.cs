@@ -1,5 +1,7 @@
 // Autoregressive generation with a KV cache: prefill the prompt in one forward pass, then decode one
-// token per step, streaming each id to the caller as soon as it is chosen.
+// token per step, streaming each id to the caller as soon as it is chosen. Prefill runs the modules
+// (their GEMMs reuse each weight across the prompt's tokens); single-token steps run CpuDecoder when it
+// applies (f32 weights on the CPU), the same math without per-op overheads, else the modules again.
 using TinyLlama.Autograd;
 using TinyLlama.Model;
 
@@ -10,9 +12,10 @@ public static class TextGenerator
 {
     /// <summary>
     /// Yields up to maxNewTokens ids after the prompt, stopping after an id in <paramref name="stopIds"/>
-    /// (which is yielded) or when the context is full.
+    /// (which is yielded) or when the context is full. <paramref name="useCpuDecoder"/> false keeps every
+    /// step on the modules (for comparisons).
     /// </summary>
-    public static IEnumerable<int> Generate(LlamaForCausalLM model, IReadOnlyList<int> prompt, int maxNewTokens, SamplingOptions options, IReadOnlyCollection<int>? stopIds = null)
+    public static IEnumerable<int> Generate(LlamaForCausalLM model, IReadOnlyList<int> prompt, int maxNewTokens, SamplingOptions options, IReadOnlyCollection<int>? stopIds = null, bool useCpuDecoder = true)
     {
         if (prompt.Count == 0) throw new ArgumentException("generation needs at least one prompt token (e.g. BOS)");
         if (maxNewTokens < 0) throw new ArgumentException($"max tokens must be >= 0, got {maxNewTokens}");
@@ -25,17 +28,24 @@ public static class TextGenerator
             throw new ArgumentException($"prompt of {prompt.Count} tokens exceeds the context of {model.Config.MaxPositionEmbeddings}");
         var cache = model.NewCache(1, capacity);
         var seen = new List<int>(prompt);
+        using var decoder = useCpuDecoder ? CpuDecoder.TryCreate(model, cache, out _) : null;
         var input = prompt.ToArray();
         for (int step = 0; step < maxNewTokens && cache.Length + input.Length <= capacity; step++)
         {
-            float[] logits;
-            using (GradMode.NoGrad())
-                logits = model.Forward(Tensor.FromArray(input, [1, input.Length]), cache, lastOnly: true).ToArray<float>();
-            int next = sampler.Sample(logits, seen);
+            int next = input.Length == 1 && decoder is not null
+                ? sampler.Sample(decoder.Step(input[0]), seen)
+                : sampler.Sample(ModuleForward(model, input, cache), seen);
             yield return next;
             seen.Add(next);
             if (stopIds is not null && stopIds.Contains(next)) yield break;
             input = [next];
         }
+    }
+
+    /// <summary>Last-position logits [V] of ids continuing the cached sequence, through the modules.</summary>
+    public static float[] ModuleForward(LlamaForCausalLM model, int[] ids, KvCache cache)
+    {
+        using (GradMode.NoGrad())
+            return model.Forward(Tensor.FromArray(ids, [1, ids.Length]), cache, lastOnly: true).ToArray<float>();
     }
 }

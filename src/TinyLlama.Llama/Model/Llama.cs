@@ -272,6 +272,7 @@ public sealed class KvCache
     public KvCache(LlamaConfig config, int batch, int maxTokens, DType dtype, Device device)
     {
         MaxTokens = maxTokens;
+        Batch = batch;
         keys = new Tensor[config.NumHiddenLayers];
         values = new Tensor[config.NumHiddenLayers];
         for (int i = 0; i < keys.Length; i++)
@@ -286,6 +287,15 @@ public sealed class KvCache
 
     /// <summary>Capacity in tokens.</summary>
     public int MaxTokens { get; }
+
+    /// <summary>Sequences cached side by side (B).</summary>
+    public int Batch { get; }
+
+    /// <summary>The whole key buffer of a layer, (B, NKV, maxTokens, HS).</summary>
+    internal Tensor Keys(int layer) => keys[layer];
+
+    /// <summary>The whole value buffer of a layer, (B, NKV, maxTokens, HS).</summary>
+    internal Tensor Values(int layer) => values[layer];
 
     /// <summary>Stores k, v (B, NKV, T, HS) at positions start.. and returns all cached keys/values (B, NKV, start+T, HS).</summary>
     internal (Tensor K, Tensor V) Append(int layer, Tensor k, Tensor v, int start)

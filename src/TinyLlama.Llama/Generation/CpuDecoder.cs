@@ -1,0 +1,437 @@
+// One-token decoding on the CPU, written the way llama2.c's run.c writes its forward pass: the same
+// math as LlamaForCausalLM.Forward with a KvCache (Llama.cs), but over raw f32 buffers allocated once,
+// with no tensors, no autograd and no allocation per token, and with every matrix-vector product
+// spread over SpinPool workers that stay awake between the ~5 products of a layer.
+//
+// Why a second forward pass: decoding one token does ~2 flops per weight and reads every weight once,
+// so it is bound by memory bandwidth (stories15M streams 58 MB of f32 weights per token). The module
+// path adds, per op, a tensor allocation, autograd bookkeeping and a Parallel.For wake-up (~100 ops a
+// token); at ~1 ms per token those overheads are most of the time. Prefill (many tokens at once) is
+// compute-bound and stays on the module path, whose GEMM reuses each weight across tokens.
+//
+// Per layer, for x [C] at position pos (S = pos + 1 cached positions):
+//   xb = rmsnorm(x) * attn_norm                     [C]
+//   q, k, v = Wq xb, Wk xb, Wv xb                   [NH*HS], [NKV*HS], [NKV*HS]  (one parallel job)
+//   rope(q), rope(k) (rotate-half, HF layout); k, v -> cache[layer][:, pos]
+//   att_h = softmax(q_h . K_g[0..S) / sqrt(HS)) V_g  for head h, kv group g = h / (NH / NKV)
+//   x += Wo att                                     [C]
+//   xb = rmsnorm(x) * mlp_norm
+//   h = silu(W_gate xb) * (W_up xb)                 [F]      (one job: both products and the gate)
+//   x += W_down h
+// logits = W_head rmsnorm(x) * norm                  [V]
+// A LoRA adapter on a projection adds s * B (A xb): u = A xb (r values) first, then s * dot(B[row], u)
+// joins each output row, so the merged weight is never formed.
+using System.Buffers;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using TinyLlama.Backends.Cpu;
+using TinyLlama.Model;
+using TinyLlama.NN;
+using TinyLlama.Tensors;
+
+namespace TinyLlama.Generation;
+
+/// <summary>
+/// A llama2.c-style single-token forward pass on the CPU that shares the model's weights and KV cache
+/// (see the file header). Create one per generation with <see cref="TryCreate"/>; it pins the weights
+/// until disposed.
+/// </summary>
+public sealed unsafe class CpuDecoder : IDisposable
+{
+    // A matrix-vector product y[Out] (=|+=) W[Out, In] x[In], with an optional LoRA term.
+    private sealed class Projection
+    {
+        public float* W;
+        public int Out, In;
+        public float* LoraA, LoraB, U; // A [R, In], B [Out, R], u = A x [R]
+        public int R;
+        public float Scale;
+    }
+
+    private sealed class Layer
+    {
+        public float* AttnNorm, MlpNorm, Keys, Values; // norms [C]; cache (NKV, maxTokens, HS)
+        public Projection Q = null!, K = null!, V = null!, O = null!, Gate = null!, Up = null!, Down = null!;
+    }
+
+    // One parallel job: rows of several projections, cut into chunks (task i = chunk i).
+    private sealed class MatVecJob : IPoolJob
+    {
+        private readonly (Projection P, int R0, int R1, int Slot)[] chunks;
+        private readonly float*[] inputs, outputs;
+        private readonly bool accumulate, swiglu;
+
+        // slots: the projections this job runs, each reading inputs[slot] and writing outputs[slot].
+        // swiglu: slots 0 and 1 are gate and up; each chunk then overwrites outputs[0] rows with
+        // silu(gate) * up for the rows it computed (both products of a row are in the same chunk).
+        public MatVecJob(Projection[] slots, float*[] inputs, float*[] outputs, bool accumulate, bool swiglu, int threads)
+        {
+            this.inputs = inputs;
+            this.outputs = outputs;
+            this.accumulate = accumulate;
+            this.swiglu = swiglu;
+            var list = new List<(Projection, int, int, int)>();
+            if (swiglu)
+            {
+                foreach (var (r0, r1) in Cut(slots[0].Out, 2L * slots[0].In, threads))
+                    list.Add((slots[0], r0, r1, 0));
+            }
+            else
+            {
+                for (int s = 0; s < slots.Length; s++)
+                    foreach (var (r0, r1) in Cut(slots[s].Out, slots[s].In, threads))
+                        list.Add((slots[s], r0, r1, s));
+            }
+            chunks = list.ToArray();
+            Slots = slots;
+        }
+
+        public Projection[] Slots { get; }
+        public int Tasks => chunks.Length;
+        public float* Input(int slot) => inputs[slot];
+
+        public void Execute(int task)
+        {
+            var (p, r0, r1, slot) = chunks[task];
+            if (!swiglu)
+            {
+                Rows(p, inputs[slot], outputs[slot], r0, r1, accumulate);
+                return;
+            }
+            float* g = outputs[0], u = outputs[1];
+            Rows(Slots[0], inputs[0], g, r0, r1, false);
+            Rows(Slots[1], inputs[1], u, r0, r1, false);
+            for (int i = r0; i < r1; i++)
+            {
+                float a = g[i];
+                g[i] = a / (1f + MathF.Exp(-a)) * u[i];
+            }
+        }
+
+        // Row ranges of about equal weight bytes, several per thread (load balance), multiples of 4 rows.
+        private static IEnumerable<(int, int)> Cut(int rows, long rowCost, int threads)
+        {
+            const long MinChunkCost = 16 * 1024; // floats: below this a chunk is not worth a hand-off
+            int pieces = (int)Math.Clamp(rows * rowCost / MinChunkCost, 1, threads * 8L);
+            int step = (rows + pieces - 1) / pieces;
+            step = (step + 3) & ~3;
+            for (int r = 0; r < rows; r += step) yield return (r, Math.Min(rows, r + step));
+        }
+    }
+
+    // Attention of one query head over the cached positions (task = head).
+    private sealed class AttentionJob(CpuDecoder d) : IPoolJob
+    {
+        public float* KeysCache, ValuesCache;
+        public int Positions;
+
+        public void Execute(int h)
+        {
+            int hs = d.headDim, maxT = d.cache.MaxTokens, s = Positions;
+            int g = h / (d.numHeads / d.numKvHeads);
+            float* q = d.q + h * hs, o = d.att + h * hs, scores = d.scores + h * maxT;
+            float* k = KeysCache + (long)g * maxT * hs, v = ValuesCache + (long)g * maxT * hs;
+            float scale = 1f / MathF.Sqrt(hs), max = float.NegativeInfinity;
+            for (int t = 0; t < s; t++)
+            {
+                float dot = Dot(q, k + (long)t * hs, hs) * scale;
+                scores[t] = dot;
+                if (dot > max) max = dot;
+            }
+            float sum = 0;
+            for (int t = 0; t < s; t++)
+            {
+                float e = MathF.Exp(scores[t] - max);
+                scores[t] = e;
+                sum += e;
+            }
+            float inv = 1f / sum;
+            new Span<float>(o, hs).Clear();
+            for (int t = 0; t < s; t++)
+                Axpy(o, scores[t] * inv, v + (long)t * hs, hs);
+        }
+    }
+
+    private readonly LlamaForCausalLM model;
+    private readonly KvCache cache;
+    private readonly SpinPool pool;
+    private readonly List<MemoryHandle> pins = [];
+    private readonly Layer[] layers;
+    private readonly float* embed, finalNorm;
+    private readonly Projection head;
+    private readonly int dim, numHeads, numKvHeads, headDim, vocab;
+    private readonly float eps;
+    private readonly double[] invFreq;
+    private readonly float[] buffer;            // every activation below, in one pinned array
+    private readonly MemoryHandle bufferPin;
+    private readonly float* x, xb, q, att, gate, up, logits, scores, cos, sin;
+    private readonly MatVecJob[] qkvJobs, oJobs, mlpJobs, downJobs;
+    private readonly MatVecJob headJob;
+    private readonly AttentionJob attention;
+    private bool disposed;
+
+    private CpuDecoder(LlamaForCausalLM model, KvCache cache, SpinPool pool)
+    {
+        this.model = model;
+        this.cache = cache;
+        this.pool = pool;
+        var cfg = model.Config;
+        dim = cfg.HiddenSize;
+        numHeads = cfg.NumAttentionHeads;
+        numKvHeads = cfg.NumKeyValueHeads;
+        headDim = cfg.HeadDim;
+        vocab = cfg.VocabSize;
+        eps = (float)cfg.RmsNormEps;
+        invFreq = cfg.RopeInverseFrequencies();
+        int f = cfg.IntermediateSize;
+
+        embed = Pointer(model.Model.EmbedTokens.Weight);
+        finalNorm = Pointer(model.Model.Norm.Weight);
+        layers = new Layer[cfg.NumHiddenLayers];
+        for (int i = 0; i < layers.Length; i++)
+        {
+            var l = model.Model.Layers[i];
+            layers[i] = new Layer
+            {
+                AttnNorm = Pointer(l.InputLayernorm.Weight),
+                MlpNorm = Pointer(l.PostAttentionLayernorm.Weight),
+                Keys = Pointer(cache.Keys(i)),
+                Values = Pointer(cache.Values(i)),
+                Q = Project(l.SelfAttn.QProj), K = Project(l.SelfAttn.KProj), V = Project(l.SelfAttn.VProj),
+                O = Project(l.SelfAttn.OProj),
+                Gate = Project(l.Mlp.GateProj), Up = Project(l.Mlp.UpProj), Down = Project(l.Mlp.DownProj),
+            };
+        }
+        head = model.LmHead is { } lmHead ? Project(lmHead) : new Projection { W = embed, Out = vocab, In = dim };
+
+        // Activations: x, xb [C]; q, att [NH*HS]; gate, up [F]; logits [V]; scores [NH, maxTokens];
+        // cos, sin [HS/2]; one u [r] per LoRA projection.
+        int qd = numHeads * headDim, half = headDim / 2;
+        var loraProjections = layers.SelectMany(l => new[] { l.Q, l.K, l.V, l.O, l.Gate, l.Up, l.Down }).Append(head).Where(p => p.R > 0).ToList();
+        long total = 2L * dim + 2L * qd + 2L * f + vocab + (long)numHeads * cache.MaxTokens + 2L * half + loraProjections.Sum(p => (long)p.R) + 2L * numKvHeads * headDim;
+        buffer = GC.AllocateUninitializedArray<float>(checked((int)total), pinned: true);
+        bufferPin = buffer.AsMemory().Pin();
+        float* next = (float*)bufferPin.Pointer;
+        float* Take(int n) { float* p = next; next += n; return p; }
+        x = Take(dim); xb = Take(dim); q = Take(qd); att = Take(qd); gate = Take(f); up = Take(f);
+        logits = Take(vocab); scores = Take(numHeads * cache.MaxTokens); cos = Take(half); sin = Take(half);
+        foreach (var p in loraProjections) p.U = Take(p.R);
+        float* kNew = Take(numKvHeads * headDim), vNew = Take(numKvHeads * headDim);
+
+        int threads = pool.Threads;
+        qkvJobs = new MatVecJob[layers.Length];
+        oJobs = new MatVecJob[layers.Length];
+        mlpJobs = new MatVecJob[layers.Length];
+        downJobs = new MatVecJob[layers.Length];
+        for (int i = 0; i < layers.Length; i++)
+        {
+            var l = layers[i];
+            qkvJobs[i] = new MatVecJob([l.Q, l.K, l.V], [xb, xb, xb], [q, kNew, vNew], false, false, threads);
+            oJobs[i] = new MatVecJob([l.O], [att], [x], true, false, threads);
+            mlpJobs[i] = new MatVecJob([l.Gate, l.Up], [xb, xb], [gate, up], false, true, threads);
+            downJobs[i] = new MatVecJob([l.Down], [gate], [x], true, false, threads);
+        }
+        headJob = new MatVecJob([head], [xb], [logits], false, false, threads);
+        attention = new AttentionJob(this);
+        this.kNew = kNew;
+        this.vNew = vNew;
+    }
+
+    private readonly float* kNew, vNew; // this token's k and v [NKV*HS] before they go into the cache
+
+    /// <summary>
+    /// A decoder for <paramref name="model"/> writing into <paramref name="cache"/>, or null with the
+    /// reason when this path does not apply (weights not f32 on the CPU, a batch above 1, LoRA dropout
+    /// active in training mode); callers then use <see cref="LlamaForCausalLM.Forward"/>.
+    /// </summary>
+    public static CpuDecoder? TryCreate(LlamaForCausalLM model, KvCache cache, out string? reason, SpinPool? pool = null)
+    {
+        reason = Unsupported(model, cache);
+        return reason is null ? new CpuDecoder(model, cache, pool ?? SpinPool.Shared) : null;
+    }
+
+    private static string? Unsupported(LlamaForCausalLM model, KvCache cache)
+    {
+        if (cache.Batch != 1) return $"batch {cache.Batch} (the CPU decoder runs batch 1)";
+        if (cache.Keys(0).Device != Device.Cpu || cache.Keys(0).DType != DType.F32) return "the KV cache is not f32 on the CPU";
+        foreach (var (name, p) in model.NamedParameters())
+            if (p.Device != Device.Cpu || p.DType != DType.F32 || !p.IsContiguous)
+                return $"parameter {name} is {p.DType.Name()} on {p.Device} (the CPU decoder needs contiguous f32 on the CPU)";
+        var linears = Enumerable.Range(0, model.Model.Layers.Count).Select(i => model.Model.Layers[i]).SelectMany(l => new[] { l.SelfAttn.QProj, l.SelfAttn.KProj, l.SelfAttn.VProj, l.SelfAttn.OProj, l.Mlp.GateProj, l.Mlp.UpProj, l.Mlp.DownProj });
+        foreach (var lin in model.LmHead is null ? linears : linears.Append(model.LmHead))
+        {
+            if (lin.Bias is not null) return "a projection has a bias";
+            if (lin.HasLora && lin.Training && lin.LoraDropout > 0) return "LoRA dropout is active (training mode)";
+        }
+        return null;
+    }
+
+    /// <summary>
+    /// Runs token <paramref name="token"/> at position cache.Length, appends its keys and values to the
+    /// cache, and returns the next-token logits [V] (valid until the next call).
+    /// </summary>
+    public ReadOnlySpan<float> Step(int token)
+    {
+        ObjectDisposedException.ThrowIf(disposed, this);
+        if ((uint)token >= (uint)vocab) throw new ArgumentOutOfRangeException(nameof(token), token, $"token id out of range for a vocabulary of {vocab}");
+        int pos = cache.Length;
+        if (pos + 1 > cache.MaxTokens) throw new InvalidOperationException($"KV cache full: {pos + 1} tokens > capacity {cache.MaxTokens}");
+        if (pos + 1 > model.Config.MaxPositionEmbeddings) throw new ArgumentException($"sequence of {pos + 1} tokens exceeds max_position_embeddings {model.Config.MaxPositionEmbeddings}");
+
+        new ReadOnlySpan<float>(embed + (long)token * dim, dim).CopyTo(new Span<float>(x, dim));
+        // RoPE angles in f64, rounded to f32, exactly as RotaryEmbedding tabulates them.
+        for (int i = 0; i < invFreq.Length; i++)
+        {
+            double angle = pos * invFreq[i];
+            cos[i] = (float)Math.Cos(angle);
+            sin[i] = (float)Math.Sin(angle);
+        }
+        int kvDim = numKvHeads * headDim, maxT = cache.MaxTokens;
+        for (int li = 0; li < layers.Length; li++)
+        {
+            var l = layers[li];
+            RmsNorm(xb, x, l.AttnNorm, dim, eps);
+            Run(qkvJobs[li]);
+            for (int h = 0; h < numHeads; h++) Rope(q + h * headDim, cos, sin, headDim);
+            for (int g = 0; g < numKvHeads; g++)
+            {
+                Rope(kNew + g * headDim, cos, sin, headDim);
+                new ReadOnlySpan<float>(kNew + g * headDim, headDim).CopyTo(new Span<float>(l.Keys + ((long)g * maxT + pos) * headDim, headDim));
+                new ReadOnlySpan<float>(vNew + g * headDim, headDim).CopyTo(new Span<float>(l.Values + ((long)g * maxT + pos) * headDim, headDim));
+            }
+            attention.KeysCache = l.Keys;
+            attention.ValuesCache = l.Values;
+            attention.Positions = pos + 1;
+            if ((long)(pos + 1) * kvDim >= 16 * 1024) pool.Run(attention, numHeads);
+            else for (int h = 0; h < numHeads; h++) attention.Execute(h);
+            Run(oJobs[li]);
+            RmsNorm(xb, x, l.MlpNorm, dim, eps);
+            Run(mlpJobs[li]);
+            Run(downJobs[li]);
+        }
+        RmsNorm(xb, x, finalNorm, dim, eps);
+        Run(headJob);
+        cache.Length = pos + 1;
+        return new ReadOnlySpan<float>(logits, vocab);
+    }
+
+    /// <summary>Releases the pinned weights.</summary>
+    public void Dispose()
+    {
+        if (disposed) return;
+        disposed = true;
+        foreach (var p in pins) p.Dispose();
+        bufferPin.Dispose();
+    }
+
+    // ---------------- the pieces ----------------
+
+    private void Run(MatVecJob job)
+    {
+        // The LoRA down-projections u = A x are tiny (r rows): done here, before the rows that need them.
+        for (int s = 0; s < job.Slots.Length; s++)
+        {
+            var p = job.Slots[s];
+            if (p.R > 0) Rows(p.LoraA, p.In, job.Input(s), p.U, 0, p.R, accumulate: false);
+        }
+        pool.Run(job, job.Tasks);
+    }
+
+    private float* Pointer(Tensor t)
+    {
+        var storage = (CpuStorage)t.Storage;
+        var pin = storage.Pin();
+        pins.Add(pin);
+        return (float*)pin.Pointer + t.Offset;
+    }
+
+    private Projection Project(Linear lin)
+    {
+        var p = new Projection { W = Pointer(lin.Weight), Out = lin.OutFeatures, In = lin.InFeatures };
+        if (lin.HasLora)
+        {
+            p.LoraA = Pointer(lin.LoraA!.Weight);
+            p.LoraB = Pointer(lin.LoraB!.Weight);
+            p.R = lin.LoraRank;
+            p.Scale = (float)lin.LoraScaling;
+        }
+        return p;
+    }
+
+    // y[r0..r1) (=|+=) W[r0..r1) x, plus the LoRA term when p has one.
+    private static void Rows(Projection p, float* xIn, float* y, int r0, int r1, bool accumulate)
+    {
+        if (p.R == 0)
+        {
+            Rows(p.W, p.In, xIn, y, r0, r1, accumulate);
+            return;
+        }
+        Rows(p.W, p.In, xIn, y, r0, r1, accumulate);
+        for (int r = r0; r < r1; r++) y[r] += p.Scale * Dot(p.LoraB + (long)r * p.R, p.U, p.R);
+    }
+
+    // y[r] (=|+=) dot(W[r, :k], x) for r in [r0, r1): four rows per pass share each load of x.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Rows(float* w, int k, float* xIn, float* y, int r0, int r1, bool accumulate)
+    {
+        int r = r0;
+        if (Vector256.IsHardwareAccelerated && k >= 8)
+        {
+            for (; r + 4 <= r1; r += 4)
+            {
+                float* w0 = w + (long)r * k, w1 = w0 + k, w2 = w1 + k, w3 = w2 + k;
+                Vector256<float> s0 = Vector256<float>.Zero, s1 = s0, s2 = s0, s3 = s0;
+                int p = 0;
+                for (; p + 8 <= k; p += 8)
+                {
+                    var xv = Vector256.Load(xIn + p);
+                    s0 = Vector256.FusedMultiplyAdd(xv, Vector256.Load(w0 + p), s0);
+                    s1 = Vector256.FusedMultiplyAdd(xv, Vector256.Load(w1 + p), s1);
+                    s2 = Vector256.FusedMultiplyAdd(xv, Vector256.Load(w2 + p), s2);
+                    s3 = Vector256.FusedMultiplyAdd(xv, Vector256.Load(w3 + p), s3);
+                }
+                float t0 = Vector256.Sum(s0), t1 = Vector256.Sum(s1), t2 = Vector256.Sum(s2), t3 = Vector256.Sum(s3);
+                for (; p < k; p++)
+                {
+                    float xp = xIn[p];
+                    t0 += xp * w0[p]; t1 += xp * w1[p]; t2 += xp * w2[p]; t3 += xp * w3[p];
+                }
+                if (accumulate) { y[r] += t0; y[r + 1] += t1; y[r + 2] += t2; y[r + 3] += t3; }
+                else { y[r] = t0; y[r + 1] = t1; y[r + 2] = t2; y[r + 3] = t3; }
+            }
+        }
+        for (; r < r1; r++)
+        {
+            float d = Dot(w + (long)r * k, xIn, k);
+            y[r] = accumulate ? y[r] + d : d;
+        }
+    }
+
+    private static float Dot(float* a, float* b, int n) =>
+        System.Numerics.Tensors.TensorPrimitives.Dot(new ReadOnlySpan<float>(a, n), new ReadOnlySpan<float>(b, n));
+
+    private static void Axpy(float* y, float alpha, float* x, int n) =>
+        System.Numerics.Tensors.TensorPrimitives.FusedMultiplyAdd(new ReadOnlySpan<float>(x, n), alpha, new ReadOnlySpan<float>(y, n), new Span<float>(y, n));
+
+    // y = x / sqrt(mean(x^2) + eps) * w, as the CPU backend's RmsNorm computes it.
+    private static void RmsNorm(float* y, float* xIn, float* w, int n, float eps)
+    {
+        var xs = new ReadOnlySpan<float>(xIn, n);
+        var ys = new Span<float>(y, n);
+        float s = 1f / MathF.Sqrt(System.Numerics.Tensors.TensorPrimitives.SumOfSquares(xs) * (1f / n) + eps);
+        System.Numerics.Tensors.TensorPrimitives.Multiply(xs, s, ys);
+        System.Numerics.Tensors.TensorPrimitives.Multiply(ys, new ReadOnlySpan<float>(w, n), ys);
+    }
+
+    // Rotate-half RoPE of one head in place: (a, b) = (v[i], v[i + HS/2]) -> (a cos - b sin, b cos + a sin).
+    private static void Rope(float* v, float* cos, float* sin, int hs)
+    {
+        int half = hs / 2;
+        for (int i = 0; i < half; i++)
+        {
+            float a = v[i], b = v[i + half];
+            v[i] = a * cos[i] - b * sin[i];
+            v[i + half] = b * cos[i] + a * sin[i];
+        }
+    }
+}
