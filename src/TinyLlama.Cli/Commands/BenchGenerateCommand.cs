@@ -64,7 +64,7 @@ internal static class BenchGenerateCommand
         for (int r = -1; r < reps; r++)
         {
             cache.Reset();
-            int steps = r < 0 ? Math.Min(newTokens, 4) : newTokens;
+            int steps = newTokens; // the warm-up run (r < 0) is a whole run, untimed
             long t0 = Stopwatch.GetTimestamp();
             int next = sampler.Sample(TextGenerator.ModuleForward(model, prompt, cache));
             double tp = Stopwatch.GetElapsedTime(t0).TotalSeconds;

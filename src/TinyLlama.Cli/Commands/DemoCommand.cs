@@ -40,7 +40,6 @@ internal static class DemoCommand
         cmd.SetAction(parse =>
         {
             var settings = parse.GetValue(quick) ? DemoSettings.Quick : DemoSettings.Full;
-            settings = TuneHack(settings); // TEMP
             Run(settings, parse.GetValue(seed), parse.GetValue(outDir)!, parse.GetValue(quick) ? "quick" : "full", parse.InvocationConfiguration.Output);
             return ExitCodes.Success;
         });
@@ -63,6 +62,7 @@ internal static class DemoCommand
         // ---- 1. data ----
         var data = DemoDataset.Generate(seed, settings.TrainPerFamily, settings.TestPerFamily);
         var documents = DemoData.PretrainingDocuments(data.Train, settings.FactsPerDocument, seed);
+        var sftItems = data.InstructionItems(settings.SftPerFamily);
         output.WriteLine($"1. Data: {DemoDataset.Families.Count} task families, {data.Train.Count:N0} training items, {data.Test.Count:N0} held-out test items (in no training text).");
         foreach (var family in DemoDataset.Families)
         {
@@ -73,7 +73,7 @@ internal static class DemoCommand
         output.WriteLine();
 
         // ---- 2. tokenizer ----
-        var vocab = BpeTrainer.Train(DemoData.TokenizerCorpus(documents, data.Train), settings.Merges);
+        var vocab = BpeTrainer.Train(DemoData.TokenizerCorpus(documents, sftItems), settings.Merges);
         string tokenizerPath = Path.Combine(outPath, "tokenizer.json");
         vocab.SaveHuggingFaceJson(tokenizerPath);
         var tok = LlamaTokenizer.Load(tokenizerPath); // what every later verb will load
@@ -96,31 +96,12 @@ internal static class DemoCommand
         var pretrainLoader = new SftDataLoader(docExamples, settings.PretrainBatch, shuffle: true, seed, SftDataLoader.InputPadId(tok), maxLen);
         var pretrainer = new SftTrainer(lm, pretrainLoader, settings.PretrainOptions);
         output.WriteLine($"4. Pre-training (all weights) on {docExamples.Count:N0} plain-text documents ({docExamples.Sum(e => e.Length):N0} tokens; no instruction template): {settings.PretrainSteps} steps of {settings.PretrainBatch} documents.");
-        int probeEvery = int.Parse(Environment.GetEnvironmentVariable("DEMO_PROBE") ?? "0", CultureInfo.InvariantCulture); // TEMP
-        if (probeEvery > 0)
-        {
-            while (pretrainer.Step < settings.PretrainSteps)
-            {
-                var log = pretrainer.TrainStep();
-                if (log.Step % probeEvery == 0)
-                {
-                    var c = DemoEvaluation.EvaluateCompletion(lm, tok, data.Test, settings.MaxAnswerTokens);
-                    lm.Train();
-                    output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"   step {log.Step} loss {log.Loss:F3} {clock.Elapsed.TotalSeconds:F0}s: {Percent(c.Overall)} ({string.Join(", ", DemoDataset.Families.Select(f => $"{f} {Percent(c.Family(f))}"))})"));
-                }
-            }
-        }
         Train(pretrainer, settings.PretrainSteps, output);
         lm.Eval();
         var completion = DemoEvaluation.EvaluateCompletion(lm, tok, data.Test, settings.MaxAnswerTokens);
         output.WriteLine($"   The base model completes {Percent(completion.Overall)} of the held-out items written as plain sentences ({string.Join(", ", DemoDataset.Families.Select(f => $"{f} {Percent(completion.Family(f))}"))})   ({Seconds(clock)})");
         SftCommand.SaveResult(baseDir, baseDir, lm, null, tokenizerPath);
         LossCurve.Save(Path.Combine(baseDir, "loss.png"), pretrainer.History.Select(h => (h.Step, h.Loss)).ToList(), [], "demo: pre-training");
-        if (Environment.GetEnvironmentVariable("DEMO_STOP") == "1") // TEMP
-        {
-            foreach (var t in data.Test.Where((_, i) => i % 5 == 0)) output.WriteLine($"     {t.Statement} -> {DemoEvaluation.Complete(lm, tok, t, 24)}  [{t.Answer}]");
-            return (completion, completion);
-        }
         output.WriteLine();
 
         // ---- 5. base model on the held-out instructions ----
@@ -131,7 +112,7 @@ internal static class DemoCommand
         var rng = new Generator(seed ^ 0x10CA);
         var loraConfig = settings.Lora;
         TinyLlama.Training.Lora.Lora.Apply(lm, loraConfig, rng);
-        var sftExamples = data.Train.Select((t, i) => DemoData.Instruction(tok, t, $"record {i + 1}")).ToList();
+        var sftExamples = sftItems.Select((t, i) => DemoData.Instruction(tok, t, $"record {i + 1}")).ToList();
         var testExamples = data.Test.Select((t, i) => DemoData.Instruction(tok, t, $"test {i + 1}")).ToList();
         var sftLoader = new SftDataLoader(sftExamples, settings.SftBatch, shuffle: true, seed + 1, SftDataLoader.InputPadId(tok), maxLen);
         var tuner = new SftTrainer(lm, sftLoader, settings.SftOptions, rng: rng);
@@ -177,39 +158,6 @@ internal static class DemoCommand
         output.WriteLine($"   Try: tinyllama generate --model {Quote(adapterDir)} --prompt \"$(cat {Quote(promptFile)})\" --max-tokens {settings.MaxAnswerTokens}");
         output.WriteLine($"Done in {Seconds(total)}.");
         return (baseScore, tunedScore);
-    }
-
-    // TEMP: tuning overrides, removed before commit.
-    private static DemoSettings TuneHack(DemoSettings s)
-    {
-        var env = Environment.GetEnvironmentVariable("DEMO_TUNE");
-        if (string.IsNullOrEmpty(env)) return s;
-        foreach (var kv in env.Split(';', StringSplitOptions.RemoveEmptyEntries))
-        {
-            var parts = kv.Split('=');
-            string k = parts[0]; double v = double.Parse(parts[1], CultureInfo.InvariantCulture);
-            s = k switch
-            {
-                "train" => s with { TrainPerFamily = (int)v },
-                "test" => s with { TestPerFamily = (int)v },
-                "merges" => s with { Merges = (int)v },
-                "C" => s with { HiddenSize = (int)v },
-                "ffn" => s with { IntermediateSize = (int)v },
-                "layers" => s with { Layers = (int)v },
-                "heads" => s with { Heads = (int)v },
-                "kv" => s with { KvHeads = (int)v },
-                "facts" => s with { FactsPerDocument = (int)v },
-                "psteps" => s with { PretrainSteps = (int)v },
-                "pbatch" => s with { PretrainBatch = (int)v },
-                "plr" => s with { PretrainLr = v },
-                "ssteps" => s with { SftSteps = (int)v },
-                "sbatch" => s with { SftBatch = (int)v },
-                "slr" => s with { SftLr = v },
-                "rank" => s with { LoraRank = (int)v, LoraAlpha = 2 * v },
-                _ => throw new ArgumentException(k),
-            };
-        }
-        return s;
     }
 
     private static void Train(SftTrainer trainer, int steps, TextWriter output)

@@ -108,13 +108,12 @@ public sealed unsafe class CpuDecoder : IDisposable
             }
         }
 
-        // Row ranges of about equal weight bytes, several per thread (load balance), multiples of 4 rows.
+        // Row ranges of about equal weight bytes, several per thread (load balance).
         private static IEnumerable<(int, int)> Cut(int rows, long rowCost, int threads)
         {
             const long MinChunkCost = 16 * 1024; // floats: below this a chunk is not worth a hand-off
             int pieces = (int)Math.Clamp(rows * rowCost / MinChunkCost, 1, threads * 8L);
             int step = (rows + pieces - 1) / pieces;
-            step = (step + 3) & ~3;
             for (int r = 0; r < rows; r += step) yield return (r, Math.Min(rows, r + step));
         }
     }
@@ -370,40 +369,37 @@ public sealed unsafe class CpuDecoder : IDisposable
         for (int r = r0; r < r1; r++) y[r] += p.Scale * Dot(p.LoraB + (long)r * p.R, p.U, p.R);
     }
 
-    // y[r] (=|+=) dot(W[r, :k], x) for r in [r0, r1): four rows per pass share each load of x.
+    // y[r] (=|+=) dot(W[r, :k], x) for r in [r0, r1). One row at a time, so the weights are read as one
+    // sequential stream (the hardware prefetcher's best case; measured ~20% faster here than four
+    // interleaved rows sharing each load of x, which stays in L1 either way), with four accumulators to
+    // hide the FMA latency.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Rows(float* w, int k, float* xIn, float* y, int r0, int r1, bool accumulate)
     {
-        int r = r0;
-        if (Vector256.IsHardwareAccelerated && k >= 8)
+        for (int r = r0; r < r1; r++)
         {
-            for (; r + 4 <= r1; r += 4)
+            float* wr = w + (long)r * k;
+            float t;
+            if (Vector256.IsHardwareAccelerated)
             {
-                float* w0 = w + (long)r * k, w1 = w0 + k, w2 = w1 + k, w3 = w2 + k;
                 Vector256<float> s0 = Vector256<float>.Zero, s1 = s0, s2 = s0, s3 = s0;
                 int p = 0;
-                for (; p + 8 <= k; p += 8)
+                for (; p + 32 <= k; p += 32)
                 {
-                    var xv = Vector256.Load(xIn + p);
-                    s0 = Vector256.FusedMultiplyAdd(xv, Vector256.Load(w0 + p), s0);
-                    s1 = Vector256.FusedMultiplyAdd(xv, Vector256.Load(w1 + p), s1);
-                    s2 = Vector256.FusedMultiplyAdd(xv, Vector256.Load(w2 + p), s2);
-                    s3 = Vector256.FusedMultiplyAdd(xv, Vector256.Load(w3 + p), s3);
+                    s0 = Vector256.FusedMultiplyAdd(Vector256.Load(xIn + p), Vector256.Load(wr + p), s0);
+                    s1 = Vector256.FusedMultiplyAdd(Vector256.Load(xIn + p + 8), Vector256.Load(wr + p + 8), s1);
+                    s2 = Vector256.FusedMultiplyAdd(Vector256.Load(xIn + p + 16), Vector256.Load(wr + p + 16), s2);
+                    s3 = Vector256.FusedMultiplyAdd(Vector256.Load(xIn + p + 24), Vector256.Load(wr + p + 24), s3);
                 }
-                float t0 = Vector256.Sum(s0), t1 = Vector256.Sum(s1), t2 = Vector256.Sum(s2), t3 = Vector256.Sum(s3);
-                for (; p < k; p++)
-                {
-                    float xp = xIn[p];
-                    t0 += xp * w0[p]; t1 += xp * w1[p]; t2 += xp * w2[p]; t3 += xp * w3[p];
-                }
-                if (accumulate) { y[r] += t0; y[r + 1] += t1; y[r + 2] += t2; y[r + 3] += t3; }
-                else { y[r] = t0; y[r + 1] = t1; y[r + 2] = t2; y[r + 3] = t3; }
+                for (; p + 8 <= k; p += 8) s0 = Vector256.FusedMultiplyAdd(Vector256.Load(xIn + p), Vector256.Load(wr + p), s0);
+                t = Vector256.Sum((s0 + s1) + (s2 + s3));
+                for (; p < k; p++) t += xIn[p] * wr[p];
             }
-        }
-        for (; r < r1; r++)
-        {
-            float d = Dot(w + (long)r * k, xIn, k);
-            y[r] = accumulate ? y[r] + d : d;
+            else
+            {
+                t = Dot(wr, xIn, k);
+            }
+            y[r] = accumulate ? y[r] + t : t;
         }
     }
 

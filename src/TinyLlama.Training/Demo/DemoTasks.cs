@@ -18,20 +18,18 @@ namespace TinyLlama.Training.Demo;
 
 /// <summary>One task instance.</summary>
 /// <param name="Family">Task family: arithmetic, reverse, sort, count or format.</param>
+/// <param name="Item">The item itself, however it is worded ("47 + 3", "cat", "capitals cat").</param>
 /// <param name="Instruction">The Alpaca instruction.</param>
 /// <param name="Input">The Alpaca input, or "" for none.</param>
 /// <param name="Answer">The exact expected answer.</param>
-/// <param name="Statement">The item as the start of a plain sentence that the answer completes ("c a t reversed is").</param>
-public sealed record DemoTask(string Family, string Instruction, string Input, string Answer, string Statement)
+/// <param name="Statement">The item as the start of a plain sentence that the answer completes ("c a t reversed is"; one of a few wordings).</param>
+public sealed record DemoTask(string Family, string Item, string Instruction, string Input, string Answer, string Statement)
 {
     /// <summary>The item as a plain pre-training sentence: the statement, the answer, a full stop.</summary>
     public string Fact => Statement + " " + Answer + ".";
 
-    /// <summary>
-    /// What must differ between training and test items: the family and the item itself (its fact
-    /// sentence), whatever the instruction's wording.
-    /// </summary>
-    public string ItemKey => Family + "|" + Fact;
+    /// <summary>What must differ between training and test items: the family and the item, whatever the wording.</summary>
+    public string ItemKey => Family + "|" + Item;
 
     /// <summary>
     /// The Alpaca output: the answer after one space. The prompt ends in "### Response:" and the output
@@ -43,9 +41,13 @@ public sealed record DemoTask(string Family, string Instruction, string Input, s
 
 /// <summary>The demo's train and held-out test items.</summary>
 /// <param name="Train">Items for pre-training sentences and fine-tuning records.</param>
-/// <param name="Test">Held-out items: none of them (family and fact sentence) occurs in <paramref name="Train"/>.</param>
+/// <param name="Test">Held-out items: none of them (family and item, in any wording) occurs in <paramref name="Train"/>.</param>
 public sealed record DemoDataset(IReadOnlyList<DemoTask> Train, IReadOnlyList<DemoTask> Test)
 {
+    /// <summary>The first <paramref name="perFamily"/> training items of each family (the instruction-tuning set).</summary>
+    public IReadOnlyList<DemoTask> InstructionItems(int perFamily) =>
+        Families.SelectMany(f => Train.Where(t => t.Family == f).Take(perFamily)).ToList();
+
     /// <summary>The family names, in table order.</summary>
     public static IReadOnlyList<string> Families { get; } = ["arithmetic", "reverse", "sort", "count", "format"];
 
@@ -94,24 +96,26 @@ public sealed record DemoDataset(IReadOnlyList<DemoTask> Train, IReadOnlyList<De
 
     // ---------------- the families ----------------
 
-    // A two-digit number plus or minus one digit, with a two-digit result: copy the tens, change the
+    // A two-digit number plus or minus 1, 2 or 3, with a two-digit result: copy the tens, change the
     // units, carry or borrow.
     private static DemoTask Arithmetic(Generator rng)
     {
         bool add = rng.NextInt(2) == 0;
-        int a = (add ? 10 : 20) + rng.NextInt(80), b = 1 + rng.NextInt(9);
+        int a = (add ? 10 : 20) + rng.NextInt(80), b = 1 + rng.NextInt(3);
         int result = add ? a + b : a - b;
-        string op = add ? "+" : "-", word = add ? "plus" : "minus";
+        string op = add ? "+" : "-";
         string question = Pick(rng, $"What is {a} {op} {b}?", $"Compute {a} {op} {b}.", $"Calculate {a} {op} {b}.");
-        return new DemoTask("arithmetic", question, "", Num(result), $"{a} {word} {b} is");
+        string statement = add
+            ? Pick(rng, $"{a} plus {b} is", $"{a} + {b} =", $"adding {b} to {a} gives")
+            : Pick(rng, $"{a} minus {b} is", $"{a} - {b} =", $"taking {b} from {a} leaves");
+        return new DemoTask("arithmetic", $"{a} {op} {b}", question, "", Num(result), statement);
     }
 
     private static DemoTask Reverse(Generator rng)
     {
-        string w = Letters(rng, 3, 4);
-        string r = Spaced(w.Reverse());
-        return new DemoTask("reverse", Pick(rng, "Reverse the letters.", "Write the letters in reverse order.", "Spell it backwards."),
-            Spaced(w), r, $"{Spaced(w)} reversed is");
+        string w = Letters(rng, 3, 4), s = Spaced(w);
+        return new DemoTask("reverse", w, Pick(rng, $"Reverse the letters {s}.", $"Write {s} backwards.", $"Spell {s} in reverse order."),
+            "", Spaced(w.Reverse()), Pick(rng, $"{s} reversed is", $"reverse the letters {s} and you get", $"the letters {s} written backwards are"));
     }
 
     private static DemoTask Sort(Generator rng)
@@ -119,32 +123,27 @@ public sealed record DemoDataset(IReadOnlyList<DemoTask> Train, IReadOnlyList<De
         int n = 3 + rng.NextInt(2);
         var digits = new char[n];
         for (int i = 0; i < n; i++) digits[i] = (char)('0' + rng.NextInt(10));
-        string sorted = Spaced(digits.Order());
-        return new DemoTask("sort", Pick(rng, "Sort the digits from smallest to largest.", "Put the digits in increasing order.", "Sort these digits."),
-            Spaced(digits), sorted, $"{Spaced(digits)} sorted is");
+        string s = Spaced(digits);
+        return new DemoTask("sort", new string(digits), Pick(rng, "Sort the digits from smallest to largest.", "Put the digits in increasing order.", "Sort these digits."),
+            s, Spaced(digits.Order()), Pick(rng, $"{s} sorted is", $"sorting the digits {s} from small to large gives", $"the digits {s} in increasing order are"));
     }
 
     private static DemoTask Count(Generator rng)
     {
-        string w = Letters(rng, 2, 7);
-        string n = Num(w.Length);
-        return new DemoTask("count", Pick(rng, "Count the letters.", "How many letters are there?", "Say how many letters this has."),
-            Spaced(w), n, $"the number of letters in {Spaced(w)} is");
+        string w = Letters(rng, 2, 7), s = Spaced(w);
+        return new DemoTask("count", w, Pick(rng, "Count the letters.", "How many letters are there?", "Say how many letters this has."),
+            s, Num(w.Length), Pick(rng, $"the number of letters in {s} is", $"counting the letters {s} gives", $"the letters {s} are this many:"));
     }
 
-    // Format conversion: capitals, or the letters joined by dashes.
+    // Format conversion: capitals, or the letters separated by commas.
     private static DemoTask Format(Generator rng)
     {
-        string w = Letters(rng, 3, 4);
+        string w = Letters(rng, 3, 4), s = Spaced(w);
         if (rng.NextInt(2) == 0)
-        {
-            string upper = Spaced(w.ToUpperInvariant());
-            return new DemoTask("format", Pick(rng, "Write the letters in capitals.", "Convert the letters to upper case.", "Make the letters uppercase."),
-                Spaced(w), upper, $"{Spaced(w)} in capitals is");
-        }
-        string dashed = string.Join('-', w.ToCharArray());
-        return new DemoTask("format", Pick(rng, "Join the letters with dashes.", "Put a dash between the letters.", "Write the letters joined by dashes."),
-            Spaced(w), dashed, $"{Spaced(w)} with dashes is");
+            return new DemoTask("format", "capitals " + w, Pick(rng, $"Write {s} in capital letters.", $"Convert {s} to upper case.", $"Make the letters {s} uppercase."),
+                "", Spaced(w.ToUpperInvariant()), Pick(rng, $"{s} in capitals is", $"writing {s} in upper case gives", $"the letters {s} as capitals are"));
+        return new DemoTask("format", "commas " + w, Pick(rng, $"Separate the letters {s} with commas.", $"Put commas between the letters {s}.", $"Write {s} as a comma-separated list."),
+            "", string.Join(", ", w.ToCharArray()), Pick(rng, $"{s} with commas is", $"separating {s} with commas gives", $"the letters {s} split by commas are"));
     }
 
     // ---------------- helpers ----------------
