@@ -7,6 +7,8 @@
 // GroupReduce.LogSumExp merges the pairs. Traffic per row: V reads, 2 writes.
 // Backward: one thread per logit, reusing the saved lse, so the probabilities are computed once, in the
 // same pass that writes the gradient. Traffic: one read and one write per logit.
+// A target outside [0, V) that is not the ignore index is recorded in the device error buffer
+// (DeviceErrors) and its row contributes nothing.
 using System.Numerics;
 using ILGPU;
 
@@ -16,7 +18,7 @@ namespace TinyLlama.Kernels;
 public static class CrossEntropyKernels
 {
     /// <summary>lse and loss of row Grid.IdxX of logits [N, V].</summary>
-    public static void CrossEntropyForwardKernel<T>(ArrayView<T> logits, ArrayView<int> targets, int v, int ignoreIndex, ArrayView<T> losses, ArrayView<T> lse)
+    public static void CrossEntropyForwardKernel<T>(ArrayView<T> logits, ArrayView<int> targets, int v, int ignoreIndex, ArrayView<T> losses, ArrayView<T> lse, ArrayView<int> errors)
         where T : unmanaged, IFloatingPointIeee754<T>
     {
         var maxScratch = SharedMemory.Allocate<T>(GroupReduce.MaxGroupSize);
@@ -39,18 +41,21 @@ public static class CrossEntropyKernels
             T logZ = m + T.Log(s);
             lse[row] = logZ;
             int t = targets[row];
-            losses[row] = t == ignoreIndex || (uint)t >= (uint)v ? T.Zero : logZ - logits[start + t];
+            bool bad = t != ignoreIndex && (uint)t >= (uint)v;
+            if (bad) DeviceErrors.Report(errors, DeviceErrors.CrossEntropyTarget, t, row, v);
+            losses[row] = t == ignoreIndex || bad ? T.Zero : logZ - logits[start + t];
         }
     }
 
     /// <summary>dLogits[i] for logit i of [N, V] (one thread per logit).</summary>
-    public static void CrossEntropyBackwardKernel<T>(Index1D i, ArrayView<T> logits, ArrayView<int> targets, ArrayView<T> lse, int v, int ignoreIndex, T scale, ArrayView<T> dLogits)
+    /// <remarks>scale[0] is the upstream gradient, read on the device (no host round trip).</remarks>
+    public static void CrossEntropyBackwardKernel<T>(Index1D i, ArrayView<T> logits, ArrayView<int> targets, ArrayView<T> lse, int v, int ignoreIndex, ArrayView<T> scale, ArrayView<T> dLogits)
         where T : unmanaged, IFloatingPointIeee754<T>
     {
         int row = i / v, col = i - row * v;
         int t = targets[row];
         if (t == ignoreIndex) { dLogits[i] = T.Zero; return; }
         T p = T.Exp(logits[i] - lse[row]);
-        dLogits[i] = (col == t ? p - T.One : p) * scale;
+        dLogits[i] = (col == t ? p - T.One : p) * scale[0];
     }
 }

@@ -71,9 +71,7 @@ public sealed partial class IlgpuBackend
         {
             Layouts("embedding", weight.Shape, weight);   // bounds of the (possibly strided) table
             CheckDense(y, "embedding");
-            var idx = ReadInts(ids, "embedding");
-            for (int i = 0; i < idx.Length; i++)
-                if ((uint)idx[i] >= (uint)v) throw new ArgumentException($"embedding: id {idx[i]} at position {i} is out of range for a table of {v} rows");
+            // Ids are checked inside the kernel (DeviceErrors), not read back here.
             if (y.Numel == 0) return;
             switch (weight.DType)
             {
@@ -90,7 +88,7 @@ public sealed partial class IlgpuBackend
     {
         var st = weight.Strides;
         Auto(EmbeddingKernels.EmbeddingForwardKernel<T>, accelerator.LoadAutoGroupedStreamKernel)(
-            y.Numel, Whole<T>(weight, "embedding"), weight.Offset, st[0], st[1], v, Dense<int>(ids, "embedding"), c, Dense<T>(y, "embedding"));
+            y.Numel, Whole<T>(weight, "embedding"), weight.Offset, st[0], st[1], v, Dense<int>(ids, "embedding"), c, Dense<T>(y, "embedding"), ErrorView);
     }
 
     public void EmbeddingBackward(Tensor dy, Tensor ids, Tensor dWeight)
@@ -128,10 +126,7 @@ public sealed partial class IlgpuBackend
         CheckShape("cross_entropy", lse, n);
         lock (gate)
         {
-            var t = ReadInts(targets, "cross_entropy");
-            for (int i = 0; i < t.Length; i++)
-                if (t[i] != ignoreIndex && (uint)t[i] >= (uint)v)
-                    throw new ArgumentException($"cross_entropy: target {t[i]} at row {i} is out of range for {v} classes (ignore index {ignoreIndex})");
+            // Targets are checked inside the kernel (DeviceErrors), not read back here.
             if (logits.DType == DType.F32) CrossEntropyTyped<float>(logits, targets, ignoreIndex, losses, lse, n, v);
             else CrossEntropyTyped<double>(logits, targets, ignoreIndex, losses, lse, n, v);
         }
@@ -145,10 +140,10 @@ public sealed partial class IlgpuBackend
         var sv = Dense<T>(lse, "cross_entropy");
         if (n == 0) return;
         Auto(CrossEntropyKernels.CrossEntropyForwardKernel<T>, accelerator.LoadStreamKernel)(
-            Rows(n), xv, Dense<int>(targets, "cross_entropy"), v, ignoreIndex, lv, sv);
+            Rows(n), xv, Dense<int>(targets, "cross_entropy"), v, ignoreIndex, lv, sv, ErrorView);
     }
 
-    public void CrossEntropyBackward(Tensor logits, Tensor targets, Tensor lse, int ignoreIndex, double scale, Tensor dLogits)
+    public void CrossEntropyBackward(Tensor logits, Tensor targets, Tensor lse, int ignoreIndex, Tensor scale, Tensor dLogits)
     {
         CheckFloat(logits, "cross_entropy backward");
         CheckSameDType("cross_entropy backward", logits, lse, dLogits);
@@ -158,22 +153,25 @@ public sealed partial class IlgpuBackend
         CheckShape("cross_entropy backward", targets, n);
         CheckShape("cross_entropy backward", lse, n);
         CheckShape("cross_entropy backward", dLogits, n, v);
+        if (scale.Numel != 1 || scale.DType != logits.DType)
+            throw new ArgumentException($"cross_entropy backward: scale must be one {logits.DType.Name()} element, got {scale.DType.Name()} {Shapes.Format(scale.Shape)}");
         lock (gate)
         {
-            if (logits.DType == DType.F32) CrossEntropyBackwardTyped(logits, targets, lse, ignoreIndex, (float)scale, dLogits);
-            else CrossEntropyBackwardTyped(logits, targets, lse, ignoreIndex, scale, dLogits);
+            if (logits.DType == DType.F32) CrossEntropyBackwardTyped<float>(logits, targets, lse, ignoreIndex, scale, dLogits);
+            else CrossEntropyBackwardTyped<double>(logits, targets, lse, ignoreIndex, scale, dLogits);
         }
     }
 
-    private void CrossEntropyBackwardTyped<T>(Tensor logits, Tensor targets, Tensor lse, int ignoreIndex, T scale, Tensor dLogits)
+    private void CrossEntropyBackwardTyped<T>(Tensor logits, Tensor targets, Tensor lse, int ignoreIndex, Tensor scale, Tensor dLogits)
         where T : unmanaged, IFloatingPointIeee754<T>
     {
+        var scaleView = Dense<T>(scale.Contiguous(), "cross_entropy backward");
         var xv = Dense<T>(logits, "cross_entropy backward");
         var tv = Dense<int>(targets, "cross_entropy backward");
         var sv = Dense<T>(lse, "cross_entropy backward");
         var dv = Dense<T>(dLogits, "cross_entropy backward");
         if (dLogits.Numel == 0) return;
         Auto(CrossEntropyKernels.CrossEntropyBackwardKernel<T>, accelerator.LoadAutoGroupedStreamKernel)(
-            dLogits.Numel, xv, tv, sv, logits.Size(1), ignoreIndex, scale, dv);
+            dLogits.Numel, xv, tv, sv, logits.Size(1), ignoreIndex, scaleView, dv);
     }
 }

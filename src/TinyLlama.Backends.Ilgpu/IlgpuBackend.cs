@@ -4,7 +4,8 @@
 // family has its own IlgpuBackend.*.cs file. The CPU backend (Backends/Cpu) defines the semantics.
 //
 // Execution model: kernels are enqueued on the accelerator's default stream and run in order; the host
-// waits only where it reads data back (Download, and the few ops that must look at ids on the host).
+// waits only where it reads data back (Download, Synchronize). Kernels that meet a bad id record it in a
+// small device error buffer (kernels/DeviceErrors.cs), which those same waits read and turn into an error.
 // Every launch is preceded by host checks (dtype, shape, and that every element a layout can address lies
 // inside its buffer), because an out-of-range access on the CPU accelerator can take the whole process down.
 using System.Reflection;
@@ -31,6 +32,35 @@ public sealed partial class IlgpuBackend : IBackend, IDisposable
         this.accelerator = accelerator;
         Pool = new BufferPool(accelerator);
         GroupSize = Math.Min(GroupReduce.MaxGroupSize, accelerator.MaxNumThreadsPerGroup);
+        errors = accelerator.Allocate1D<int>(DeviceErrors.Length);
+        errors.MemSetToZero();
+    }
+
+    // [kind, value, position, limit] of the first bad id a kernel met since the last check (DeviceErrors).
+    private readonly MemoryBuffer1D<int, Stride1D.Dense> errors;
+
+    private ArrayView<int> ErrorView => errors.View;
+
+    /// <summary>Device-to-host reads so far (downloads and synchronisations): each is a point where the host waits.</summary>
+    public long HostReads => Interlocked.Read(ref hostReads);
+
+    private long hostReads;
+
+    // Called with the gate held, after the stream has drained: turns a recorded device error into an exception.
+    private void ThrowDeviceErrors()
+    {
+        Span<int> e = stackalloc int[DeviceErrors.Length];
+        errors.View.CopyToCPU(Stream, e);
+        Stream.Synchronize();
+        if (e[0] == DeviceErrors.None) return;
+        errors.MemSetToZero(Stream);
+        Stream.Synchronize();
+        throw new ArgumentException(e[0] switch
+        {
+            DeviceErrors.EmbeddingId => $"embedding: id {e[1]} at position {e[2]} is out of range for a table of {e[3]} rows",
+            DeviceErrors.CrossEntropyTarget => $"cross_entropy: target {e[1]} at row {e[2]} is out of range for {e[3]} classes",
+            _ => $"a kernel reported error {e[0]} (value {e[1]}, position {e[2]})",
+        });
     }
 
     /// <summary>
@@ -70,7 +100,12 @@ public sealed partial class IlgpuBackend : IBackend, IDisposable
     /// <summary>Waits for every enqueued kernel and copy to finish.</summary>
     public void Synchronize()
     {
-        lock (gate) accelerator.Synchronize();
+        lock (gate)
+        {
+            Interlocked.Increment(ref hostReads);
+            accelerator.Synchronize();
+            ThrowDeviceErrors();
+        }
     }
 
     public void Dispose()
@@ -79,6 +114,7 @@ public sealed partial class IlgpuBackend : IBackend, IDisposable
         {
             accelerator.Synchronize();
             Pool.Trim();
+            errors.Dispose();
             accelerator.Dispose();
         }
     }
@@ -121,8 +157,10 @@ public sealed partial class IlgpuBackend : IBackend, IDisposable
         var bytes = MemoryMarshal.AsBytes(destination[..source.Numel]);
         lock (gate)
         {
+            Interlocked.Increment(ref hostReads);
             s.DeviceBytes.SubView((long)source.Offset * size, bytes.Length).CopyToCPU(Stream, bytes);
             Stream.Synchronize();
+            ThrowDeviceErrors();
         }
     }
 
@@ -257,17 +295,6 @@ public sealed partial class IlgpuBackend : IBackend, IDisposable
     {
         if (!t.Shape.AsSpan().SequenceEqual(shape))
             throw new ArgumentException($"{op}: expected shape {Shapes.Format(shape)}, got {Shapes.Format(t.Shape)}");
-    }
-
-    /// <summary>Reads a small I32 tensor back to the host (a synchronisation point).</summary>
-    private int[] ReadInts(Tensor t, string op)
-    {
-        var dense = Dense<int>(t, op);
-        var host = new int[t.Numel];
-        if (host.Length == 0) return host;
-        dense.CopyToCPU(Stream, host.AsSpan());
-        Stream.Synchronize();
-        return host;
     }
 
     // ---------------- kernel cache ----------------

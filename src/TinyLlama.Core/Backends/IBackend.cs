@@ -100,8 +100,12 @@ public interface IBackend
     /// </summary>
     void CrossEntropy(Tensor logits, Tensor targets, int ignoreIndex, Tensor losses, Tensor lse);
 
-    /// <summary>dLogits[n, :] = scale * (softmax(logits[n]) - onehot(targets[n])), or 0 for ignored rows.</summary>
-    void CrossEntropyBackward(Tensor logits, Tensor targets, Tensor lse, int ignoreIndex, double scale, Tensor dLogits);
+    /// <summary>
+    /// dLogits[n, :] = scale * (softmax(logits[n]) - onehot(targets[n])), or 0 for ignored rows. scale is a
+    /// one-element tensor on the same device with the logits' dtype (the upstream gradient of the summed
+    /// loss), so a device backend never reads it back to the host.
+    /// </summary>
+    void CrossEntropyBackward(Tensor logits, Tensor targets, Tensor lse, int ignoreIndex, Tensor scale, Tensor dLogits);
 
     /// <summary>
     /// RMSNorm over the last dim: x [N, C] contiguous, weight [C]; y = x * rstd * weight with

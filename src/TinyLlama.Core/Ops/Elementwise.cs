@@ -277,6 +277,15 @@ public sealed partial class Tensor
         return this;
     }
 
+    /// <summary>this *= other (broadcast to this shape, same device), without autograd.</summary>
+    public Tensor Mul_(Tensor other)
+    {
+        CheckInPlace("mul_");
+        if (DType.IsHalf() || other.DType != DType) { CopyFrom_(Detach() * other.Detach()); return this; }
+        Backend.Binary(BinaryOp.Mul, Detach(), other.Detach().Expand(shape), this);
+        return this;
+    }
+
     /// <summary>Copies src (broadcast to this shape, converting dtype, moved from its device if needed) into this tensor's elements.</summary>
     public Tensor CopyFrom_(Tensor src)
     {

@@ -31,6 +31,19 @@ public static partial class Functional
     }
 
     /// <summary>
+    /// Throws the embedding's one-line error if a host-resident id lies outside [0, rows). For callers
+    /// about to upload ids to a device, whose kernels only report bad ids at the next read.
+    /// </summary>
+    public static void CheckEmbeddingIds(Tensor ids, int rows)
+    {
+        if (ids.Device != Device.Cpu || ids.DType != DType.I32) return;
+        var flat = ids.Contiguous();
+        var span = ((CpuStorage)flat.Storage).AsSpan<int>().Slice(flat.Offset, flat.Numel);
+        for (int i = 0; i < span.Length; i++)
+            if ((uint)span[i] >= (uint)rows) throw new ArgumentException($"embedding: id {span[i]} at position {i} is out of range for a table of {rows} rows");
+    }
+
+    /// <summary>
     /// Mean cross-entropy of logits [..., V] against int32 targets [...], over the targets that are not
     /// ignoreIndex (NaN when every target is ignored, as in PyTorch). Fused: the log-sum-exp of each row
     /// is computed once and reused by the backward, dlogits = (softmax - onehot) / count.
@@ -53,17 +66,34 @@ public static partial class Functional
         var ct = logits.DType.IsHalf() ? DType.F32 : logits.DType;
         var x = logits.Detach().CastRaw(ct).Contiguous().Reshape(n, v);
         var t = targets.Detach().Contiguous().Reshape(n);
+        // The count (and, for a device, the range check) comes from the targets while they are still in
+        // host memory, as a trainer's batches are: no read back from the device. Targets that already
+        // live on a device are counted there, which waits for the device once.
+        int count;
+        if (t.Device == Device.Cpu)
+        {
+            var ids = t.Storage is CpuStorage cs ? cs.AsSpan<int>().Slice(t.Offset, n) : t.ToArray<int>();
+            count = 0;
+            for (int i = 0; i < ids.Length; i++)
+            {
+                if (ids[i] == ignoreIndex) continue;
+                if ((uint)ids[i] >= (uint)v)
+                    throw new ArgumentException($"cross_entropy: target {ids[i]} at row {i} is out of range for {v} classes (ignore index {ignoreIndex})");
+                count++;
+            }
+        }
+        else count = (int)t.To(DType.F64).Ne(ignoreIndex).Sum().Item();
         if (t.Device != logits.Device) t = t.To(logits.Device);
         var losses = Tensor.Zeros([n], ct, logits.Device);
         var lse = Tensor.Zeros([n], ct, logits.Device);
         logits.Backend.CrossEntropy(x, t, ignoreIndex, losses, lse);
-        int count = t.ToArray<int>().Count(id => id != ignoreIndex);
         // The loss stays in the compute type (f32 for 16-bit logits, as autocast does): a bf16 loss would
         // round the summed value to 8 significant bits.
         var sum = losses.Sum();
         sum = Engine.Record(sum, "CrossEntropyBackward", [logits], g =>
         {
-            double scale = g.Item();
+            // The upstream gradient stays on the device: the backend reads it inside its kernel.
+            var scale = g.Detach().CastRaw(ct).Contiguous().Reshape(1);
             var dx = Tensor.Zeros([n, v], ct, logits.Device);
             logits.Backend.CrossEntropyBackward(x, t, lse, ignoreIndex, scale, dx);
             return [dx.Reshape(logits.shape).CastRaw(logits.DType)];

@@ -12,8 +12,69 @@ public static class GradClip
     /// <summary>The global L2 norm of the gradients (parameters without a gradient count as zero).</summary>
     public static double GlobalNorm(IEnumerable<Tensor> parameters)
     {
+        double sum = 0;
+        foreach (var acc in SumsOfSquares(parameters).Values) sum += acc.Item(); // the host reads one value per device
+        return Math.Sqrt(sum);
+    }
+
+    /// <summary>Scales the gradients so their global norm is at most maxNorm; returns the norm before clipping.</summary>
+    public static double ClipGradNorm(IEnumerable<Tensor> parameters, double maxNorm)
+    {
+        var list = parameters.ToList();
+        var sums = SumsOfSquares(list);
+        if (sums.Count == 1 && sums.Keys.First() != Device.Cpu)
+        {
+            // One accelerator: the norm and the clip factor stay on it, so the step does not wait for the
+            // device here; the norm is read later, if at all (see ClipGradNormOnDevice).
+            return ClipOnDevice(list, sums.Values.First(), maxNorm).Item();
+        }
+        return ClipOnHost(list, sums, maxNorm);
+    }
+
+    // The norm read to the host, the gradients scaled only when the clip factor is below 1.
+    private static double ClipOnHost(List<Tensor> parameters, Dictionary<Device, Tensor> sums, double maxNorm)
+    {
+        double norm = Math.Sqrt(sums.Values.Sum(acc => acc.Item()));
+        double coef = maxNorm / (norm + 1e-6);
+        if (coef < 1 && double.IsFinite(norm))
+        {
+            using var _ = GradMode.NoGrad();
+            foreach (var p in parameters) p.Grad?.Mul_(coef);
+        }
+        return norm;
+    }
+
+    /// <summary>
+    /// As <see cref="ClipGradNorm"/> for gradients on one device, as PyTorch's clip_grad_norm_ does on a
+    /// GPU: the norm comes back as a one-element f64 tensor on that device and the gradients are scaled
+    /// by min(1, maxNorm / (norm + 1e-6)) there (by 1 when the norm is not finite), so nothing is read
+    /// back to the host. Gradients in host memory (where reading costs nothing) or on several devices
+    /// take the host path of <see cref="ClipGradNorm"/>, the norm returned as a CPU tensor.
+    /// </summary>
+    public static Tensor ClipGradNormOnDevice(IEnumerable<Tensor> parameters, double maxNorm)
+    {
+        var list = parameters.ToList();
+        var sums = SumsOfSquares(list);
+        if (sums.Count == 1 && sums.Keys.First() != Device.Cpu) return ClipOnDevice(list, sums.Values.First(), maxNorm);
+        return Tensor.Full([1], ClipOnHost(list, sums, maxNorm), DType.F64);
+    }
+
+    private static Tensor ClipOnDevice(List<Tensor> parameters, Tensor sumOfSquares, double maxNorm)
+    {
         using var _ = GradMode.NoGrad();
-        // One accumulator per device, summed on the device; the host reads one value per device.
+        var norm = sumOfSquares.Sqrt();                       // [1] f64
+        var coef = maxNorm / (norm + 1e-6);
+        var keep = coef.Lt(1.0) * norm.Lt(double.PositiveInfinity); // 0 for NaN and inf norms
+        coef = Tensor.Where(keep, coef, Tensor.Ones([1], DType.F64, norm.Device));
+        foreach (var p in parameters)
+            p.Grad?.Mul_(p.Grad.DType == DType.F64 ? coef : coef.To(p.Grad.DType.IsHalf() ? DType.F32 : p.Grad.DType));
+        return norm;
+    }
+
+    // sum of ||g||^2 per device, accumulated on the device in f64.
+    private static Dictionary<Device, Tensor> SumsOfSquares(IEnumerable<Tensor> parameters)
+    {
+        using var _ = GradMode.NoGrad();
         var sums = new Dictionary<Device, Tensor>();
         foreach (var p in parameters)
         {
@@ -22,22 +83,6 @@ public static class GradClip
             if (!sums.TryGetValue(g.Device, out var acc)) sums[g.Device] = acc = Tensor.Zeros([1], DType.F64, g.Device);
             g.Backend.SumOfSquares(g, acc);
         }
-        double sum = 0;
-        foreach (var acc in sums.Values) sum += acc.Item();
-        return Math.Sqrt(sum);
-    }
-
-    /// <summary>Scales the gradients so their global norm is at most maxNorm; returns the norm before clipping.</summary>
-    public static double ClipGradNorm(IEnumerable<Tensor> parameters, double maxNorm)
-    {
-        var list = parameters.ToList();
-        double norm = GlobalNorm(list);
-        double coef = maxNorm / (norm + 1e-6);
-        if (coef < 1 && double.IsFinite(norm))
-        {
-            using var _ = GradMode.NoGrad();
-            foreach (var p in list) p.Grad?.Mul_(coef);
-        }
-        return norm;
+        return sums;
     }
 }

@@ -189,7 +189,11 @@ public sealed class LlamaForCausalLM : Module
     {
         if (ids.DType != DType.I32 || ids.Rank != 2) throw new ArgumentException($"Forward expects int32 ids of shape (B, T), got {ids.DType.Name()} {Shapes.Format(ids.Shape)}");
         var device = Model.EmbedTokens.Weight.Device;
-        if (ids.Device != device) ids = ids.To(device);
+        if (ids.Device != device)
+        {
+            Functional.CheckEmbeddingIds(ids, Config.VocabSize); // while they are still in host memory
+            ids = ids.To(device);
+        }
         int t = ids.Size(1);
         int start = cache?.Length ?? 0;
         if (start + t > Config.MaxPositionEmbeddings)

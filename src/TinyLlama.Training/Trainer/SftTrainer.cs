@@ -118,26 +118,28 @@ public sealed class SftTrainer
         double targets = counts[0], tokens = counts[1];
         if (targets == 0) throw new InvalidOperationException($"step {Step + 1}: the batch has no target tokens (every label is masked)");
         double scale = scaler?.Scale ?? 1.0;
-        double lossSum = 0;
+        // The summed loss stays where it was computed until the end of the step: reading it here would make
+        // the host wait for the device between the forward and the backward pass.
+        Tensor? lossSum = null;
         foreach (var batch in batches)
         {
             Tensor s;
             using (Autocast.Enable(options.ComputeDType))
                 s = loss.SumLoss(model, batch);
-            lossSum += s.Item();
+            using (GradMode.NoGrad()) lossSum = lossSum is null ? s.Detach() : lossSum + s.Detach();
             (s * (scale / targets)).Backward();
         }
-        Span<double> lossTotal = [lossSum];
-        collective.AllReduceSum(lossTotal);
         var parameters = trainable.Select(p => p.Param).ToList();
         collective.AllReduceGradients(parameters.Where(p => p.Grad is not null).Select(p => p.Grad!).ToList());
 
         bool skipped = false;
         double gradNorm = double.NaN;
+        Tensor? clippedNorm = null;
         using (GradMode.NoGrad())
         {
             if (scaler is not null)
             {
+                // f16 loss scaling must decide on the host whether to skip the step: the one read inside a step.
                 foreach (var p in parameters) p.Grad?.Mul_(1.0 / scale);
                 gradNorm = GradClip.GlobalNorm(parameters);
                 skipped = !double.IsFinite(gradNorm);
@@ -145,10 +147,14 @@ public sealed class SftTrainer
             }
             if (!skipped)
             {
-                if (options.GradClip > 0) gradNorm = GradClip.ClipGradNorm(parameters, options.GradClip);
+                if (options.GradClip > 0) clippedNorm = GradClip.ClipGradNormOnDevice(parameters, options.GradClip);
                 optimizer.Step();
             }
         }
+        // Everything of the step is enqueued; the host now reads what it reports.
+        Span<double> lossTotal = [lossSum!.Item()];
+        collective.AllReduceSum(lossTotal);
+        if (clippedNorm is not null) gradNorm = clippedNorm.Item();
         Step++;
         double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
         var log = new StepLog(Step, lossTotal[0] / targets, lr, tokens / Math.Max(seconds, 1e-9), gradNorm, skipped);

@@ -179,11 +179,13 @@ public sealed partial class CpuBackend
         });
     }
 
-    public void CrossEntropyBackward(Tensor logits, Tensor targets, Tensor lse, int ignoreIndex, double scale, Tensor dLogits)
+    public void CrossEntropyBackward(Tensor logits, Tensor targets, Tensor lse, int ignoreIndex, Tensor scale, Tensor dLogits)
     {
         CheckFloat(logits, "cross_entropy backward");
-        if (logits.DType == DType.F32) CrossEntropyBackwardTyped(logits, targets, lse, ignoreIndex, (float)scale, dLogits);
-        else CrossEntropyBackwardTyped(logits, targets, lse, ignoreIndex, scale, dLogits);
+        if (scale.Numel != 1) throw new ArgumentException($"cross_entropy backward: scale must have one element, got {Shapes.Format(scale.Shape)}");
+        double s = scale.Item(); // host memory: no synchronisation
+        if (logits.DType == DType.F32) CrossEntropyBackwardTyped(logits, targets, lse, ignoreIndex, (float)s, dLogits);
+        else CrossEntropyBackwardTyped(logits, targets, lse, ignoreIndex, s, dLogits);
     }
 
     private static void CrossEntropyBackwardTyped<T>(Tensor logits, Tensor targets, Tensor lse, int ignoreIndex, T scale, Tensor dLogits)
