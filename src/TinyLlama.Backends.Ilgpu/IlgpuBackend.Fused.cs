@@ -1,5 +1,5 @@
-// The fused LLaMA ops on the ILGPU backend: RMSNorm, RoPE and SwiGLU, forward and backward
-// (kernels/TinyLlama.Kernels/RmsNorm.cs, Rope.cs, SwiGlu.cs). Shapes as IBackend documents them.
+// The fused LLaMA ops on the ILGPU backend: RMSNorm, RoPE, SwiGLU and the LoRA term, forward and backward
+// (kernels/TinyLlama.Kernels/RmsNorm.cs, Rope.cs, SwiGlu.cs, LoraLinear.cs). Shapes as IBackend documents them.
 using System.Numerics;
 using ILGPU;
 using ILGPU.Runtime;
@@ -161,5 +161,31 @@ public sealed partial class IlgpuBackend
         var duv = Dense<T>(dUp, op);
         if (dy.Numel == 0) return;
         Auto(SwiGluKernels.SwiGluBackwardKernel<T>, accelerator.LoadAutoGroupedStreamKernel)(dy.Numel, gv, uv, dyv, dgv, duv);
+    }
+
+    // ---------------- LoRA (kernels/TinyLlama.Kernels/LoraLinear.cs) ----------------
+
+    public void LoraAdd(Tensor u, Tensor loraB, double scale, Tensor y)
+    {
+        const string op = "lora";
+        CheckFloat(y, op);
+        CheckSameDType(op, u, loraB, y);
+        if (u.Rank != 2 || loraB.Rank != 2 || y.Rank != 2 || u.Size(1) != loraB.Size(1) || y.Size(0) != u.Size(0) || y.Size(1) != loraB.Size(0))
+            throw new ArgumentException($"{op}: u [N, r], B [out, r] and y [N, out] expected, got {Shapes.Format(u.Shape)}, {Shapes.Format(loraB.Shape)}, {Shapes.Format(y.Shape)}");
+        lock (gate)
+        {
+            if (y.DType == DType.F32) LoraAddTyped(u, loraB, (float)scale, y);
+            else LoraAddTyped(u, loraB, scale, y);
+        }
+    }
+
+    private void LoraAddTyped<T>(Tensor u, Tensor loraB, T scale, Tensor y) where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        const string op = "lora";
+        var uv = Dense<T>(u, op);
+        var bv = Dense<T>(loraB, op);
+        var yv = Dense<T>(y, op);
+        if (y.Numel == 0) return;
+        Auto(LoraKernels.LoraAddKernel<T>, accelerator.LoadAutoGroupedStreamKernel)(y.Numel, uv, bv, u.Size(1), y.Size(1), scale, yv);
     }
 }

@@ -136,6 +136,12 @@ public interface IBackend
     /// <summary>y = silu(gate) * up (contiguous, same shape).</summary>
     void SwiGlu(Tensor gate, Tensor up, Tensor y);
 
+    /// <summary>
+    /// The LoRA term of a fused LoRA linear, added in place: y[n, o] += scale * sum_j u[n, j] loraB[o, j]
+    /// with u [N, r] = dropout(x) A^T, loraB [out, r], y [N, out] (all contiguous, one float dtype).
+    /// </summary>
+    void LoraAdd(Tensor u, Tensor loraB, double scale, Tensor y);
+
     /// <summary>dGate and dUp (overwritten) from dy.</summary>
     void SwiGluBackward(Tensor gate, Tensor up, Tensor dy, Tensor dGate, Tensor dUp);
 

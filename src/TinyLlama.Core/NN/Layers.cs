@@ -46,6 +46,14 @@ public class Linear : Module
     /// </summary>
     public virtual Tensor Forward(Tensor x)
     {
+        if (lora is not null && CanFuseLora(x))
+        {
+            // One fused op (Ops/Functional.Lora.cs): the adapter's term is added into x W^T in place.
+            var a = LoraA!.Weight;
+            var xd = lora.Dropout > 0 ? Functional.Dropout(x, lora.Dropout, Training, lora.Generator) : x;
+            var fused = Functional.LoraLinear(x, xd, Weight, a, LoraB!.Weight, lora.Alpha / lora.Rank);
+            return Bias is null ? fused : fused + Bias;
+        }
         var y = Tensor.MatMul(x, Weight.MT);
         if (Bias is not null) y = y + Bias;
         return lora is null ? y : y + LoraForward(x, lora, y.DType);
@@ -139,6 +147,12 @@ public class Linear : Module
         LoraB = null;
         lora = null;
     }
+
+    // The fused path takes one full-precision dtype throughout; mixed precision (autocast, 16-bit weights
+    // or adapters) composes the adapter from separate products instead.
+    private bool CanFuseLora(Tensor x) =>
+        Autocast.Current is null && x.DType is (DType.F32 or DType.F64) &&
+        Weight.DType == x.DType && LoraA!.Weight.DType == x.DType && LoraB!.Weight.DType == x.DType;
 
     /// <summary>s * (dropout(x) A^T) B^T for x [..., in] -> [..., out], in <paramref name="outType"/>.</summary>
     private Tensor LoraForward(Tensor x, LoraSettings settings, DType outType)

@@ -23,6 +23,7 @@ public class IlgpuKernelCompileTests
     [
         typeof(ElementwiseKernels), typeof(ReduceKernels), typeof(SoftmaxKernels), typeof(CrossEntropyKernels), typeof(EmbeddingKernels),
         typeof(RmsNormKernels), typeof(RopeKernels), typeof(SwiGluKernels), typeof(AdamWKernels), typeof(NaiveMatMulKernels), typeof(NaiveAttentionKernels),
+        typeof(LoraKernels),
     ];
 
     /// <summary>One instantiation of each kernel per element type the backend launches it with.</summary>
@@ -60,6 +61,7 @@ public class IlgpuKernelCompileTests
         NaiveAttentionKernels.AttentionForwardKernel<float>, NaiveAttentionKernels.AttentionForwardKernel<double>,
         NaiveAttentionKernels.AttentionDeltaBackwardKernel<float>, NaiveAttentionKernels.AttentionQueryBackwardKernel<float>,
         NaiveAttentionKernels.AttentionKeyValueBackwardKernel<float>, NaiveAttentionKernels.AttentionKeyValueBackwardKernel<double>,
+        LoraKernels.LoraAddKernel<float>, LoraKernels.LoraAddKernel<double>,
     ];
 
     private static EntryPointDescription EntryPoint(MethodInfo kernel) =>
