@@ -60,7 +60,7 @@ public sealed record DemoSettings
     {
         TrainPerFamily = 8000, SftPerFamily = 600, TestPerFamily = 40, Merges = 400,
         HiddenSize = 64, IntermediateSize = 172, Layers = 2, Heads = 4, KvHeads = 2,
-        PretrainSteps = 3000, PretrainLr = 5e-3, SftSteps = 1500, SftLr = 1e-2,
+        PretrainSteps = 3000, PretrainLr = 5e-3, SftSteps = 2500, SftLr = 5e-3,
     };
 
     /// <summary>The `tinyllama demo --quick` run: the same story at toy size (well under a minute).</summary>
