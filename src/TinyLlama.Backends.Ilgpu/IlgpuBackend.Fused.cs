@@ -165,27 +165,43 @@ public sealed partial class IlgpuBackend
 
     // ---------------- LoRA (kernels/TinyLlama.Kernels/LoraLinear.cs) ----------------
 
-    public void LoraAdd(Tensor u, Tensor loraB, double scale, Tensor y)
+    public void LowRankMatMul(Tensor a, Tensor b, Tensor u, Tensor v, double scale, Tensor c)
     {
         const string op = "lora";
-        CheckFloat(y, op);
-        CheckSameDType(op, u, loraB, y);
-        if (u.Rank != 2 || loraB.Rank != 2 || y.Rank != 2 || u.Size(1) != loraB.Size(1) || y.Size(0) != u.Size(0) || y.Size(1) != loraB.Size(0))
-            throw new ArgumentException($"{op}: u [N, r], B [out, r] and y [N, out] expected, got {Shapes.Format(u.Shape)}, {Shapes.Format(loraB.Shape)}, {Shapes.Format(y.Shape)}");
+        CheckFloat(c, op);
+        CheckSameDType(op, a, b, u, v, c);
+        if (a.Rank != 2 || b.Rank != 2 || u.Rank != 2 || v.Rank != 2 || c.Rank != 2 || a.Size(1) != b.Size(0) || u.Size(1) != v.Size(0)
+            || c.Size(0) != a.Size(0) || c.Size(0) != u.Size(0) || c.Size(1) != b.Size(1) || c.Size(1) != v.Size(1))
+            throw new ArgumentException($"{op}: a [M, K] @ b [K, N] + u [M, R] @ v [R, N] -> c [M, N] expected, got {Shapes.Format(a.Shape)}, {Shapes.Format(b.Shape)}, {Shapes.Format(u.Shape)}, {Shapes.Format(v.Shape)}, {Shapes.Format(c.Shape)}");
+        var shape = new LoraShape
+        {
+            M = c.Size(0), N = c.Size(1), K = a.Size(1), R = u.Size(1),
+            ARowStride = a.Strides[0], AColStride = a.Strides[1], BRowStride = b.Strides[0], BColStride = b.Strides[1],
+            URowStride = u.Strides[0], UColStride = u.Strides[1], VRowStride = v.Strides[0], VColStride = v.Strides[1],
+        };
         lock (gate)
         {
-            if (y.DType == DType.F32) LoraAddTyped(u, loraB, (float)scale, y);
-            else LoraAddTyped(u, loraB, scale, y);
+            CheckDense(c, op);
+            if (c.DType == DType.F32) LowRankMatMulTyped(a, b, u, v, (float)scale, c, shape);
+            else LowRankMatMulTyped(a, b, u, v, scale, c, shape);
         }
     }
 
-    private void LoraAddTyped<T>(Tensor u, Tensor loraB, T scale, Tensor y) where T : unmanaged, IFloatingPointIeee754<T>
+    // Views start at each operand's first element (its offset), so the kernel's indices are relative.
+    private void LowRankMatMulTyped<T>(Tensor a, Tensor b, Tensor u, Tensor v, T scale, Tensor c, LoraShape shape)
+        where T : unmanaged, IFloatingPointIeee754<T>
     {
         const string op = "lora";
-        var uv = Dense<T>(u, op);
-        var bv = Dense<T>(loraB, op);
-        var yv = Dense<T>(y, op);
-        if (y.Numel == 0) return;
-        Auto(LoraKernels.LoraAddKernel<T>, accelerator.LoadAutoGroupedStreamKernel)(y.Numel, uv, bv, u.Size(1), y.Size(1), scale, yv);
+        ArrayView<T> From(Tensor t) => Whole<T>(t, op).SubView(t.Offset);
+        var (av, bv, uv, vv, cv) = (From(a), From(b), From(u), From(v), Dense<T>(c, op));
+        LoraLinearKernels.Validate(shape, av.Length, bv.Length, uv.Length, vv.Length, cv.Length, cv.Length);
+        if (c.Numel == 0) return;
+        if (typeof(T) == typeof(float) && SupportsTiledKernels)
+        {
+            var args = new LoraLinearArgs(shape, float.CreateTruncating(scale), av.Cast<float>(), bv.Cast<float>(), uv.Cast<float>(), vv.Cast<float>(), cv.Cast<float>(), cv.Cast<float>());
+            LoraLinearKernels.Launch(accelerator, Stream, args, LoraVersion.Tiled);
+            return;
+        }
+        Auto(LoraLinearKernels.LoraLinearForwardKernel<T>, accelerator.LoadAutoGroupedStreamKernel)(c.Numel, av, bv, uv, vv, cv, scale, cv, shape);
     }
 }

@@ -137,10 +137,11 @@ public interface IBackend
     void SwiGlu(Tensor gate, Tensor up, Tensor y);
 
     /// <summary>
-    /// The LoRA term of a fused LoRA linear, added in place: y[n, o] += scale * sum_j u[n, j] loraB[o, j]
-    /// with u [N, r] = dropout(x) A^T, loraB [out, r], y [N, out] (all contiguous, one float dtype).
+    /// A GEMM with a low-rank term, the fused LoRA linear's product: c [M, N] = a [M, K] @ b [K, N] +
+    /// scale * (u [M, R] @ v [R, N]), written once. a, b, u and v may be strided views (W^T and B^T are
+    /// transposes); c is contiguous; one float dtype.
     /// </summary>
-    void LoraAdd(Tensor u, Tensor loraB, double scale, Tensor y);
+    void LowRankMatMul(Tensor a, Tensor b, Tensor u, Tensor v, double scale, Tensor c);
 
     /// <summary>dGate and dUp (overwritten) from dy.</summary>
     void SwiGluBackward(Tensor gate, Tensor up, Tensor dy, Tensor dGate, Tensor dUp);

@@ -1,7 +1,8 @@
 // Fused LoRA linear (Hu et al., 2021, eq. 3; PEFT's LoraLayer): y = x W^T + s (xd A^T) B^T with
 // xd = dropout(x) on the adapter's branch only and s = alpha / r. "Fused": one autograd node; the merged
-// weight W + s B A is never formed, and neither is a second [N, out] product: y = x W^T is computed once
-// and the backend adds s u B^T into it in place (IBackend.LoraAdd), from u = xd A^T [N, r].
+// weight W + s B A is never formed, and neither is a second [N, out] product: from u = xd A^T [N, r], the
+// backend writes y = x W^T + s u B^T in one product (IBackend.LowRankMatMul: on the ILGPU backend one
+// tiled kernel with the rank-r term as extra K steps, kernels/LoraLinear.cs).
 // Backward, with dy [N, out], g = s dy B [N, r]:
 //   dx  = dy W            (main path; W frozen so there is no dW unless W requires grad: dW = dy^T x)
 //   dxd = g A             (the adapter's input; the dropout node, if any, carries it on to x)
@@ -29,13 +30,11 @@ public static partial class Functional
         int n = x.Numel / Math.Max(inF, 1);
         var x2 = x.Detach().Reshape(n, inF);          // (N, in)
         var xd2 = xLora.Detach().Reshape(n, inF);     // (N, in)
-        Tensor u, y;
+        Tensor u;
         using (GradMode.NoGrad())
-        {
             u = Tensor.MatMul(xd2, loraA.Detach().MT).Contiguous();       // (N, r)
-            y = Tensor.MatMul(x2, weight.Detach().MT).Contiguous();       // (N, out)
-        }
-        y.Backend.LoraAdd(u, loraB.Detach().Contiguous(), scale, y);    // y += s u B^T, in place
+        var y = Tensor.Zeros([n, outF], x.DType, x.Device);              // (N, out)
+        y.Backend.LowRankMatMul(x2, weight.Detach().MT, u, loraB.Detach().MT, scale, y); // y = x W^T + s u B^T
         var outShape = x.shape[..^1].Append(outF).ToArray();
         return Engine.Record(y.Reshape(outShape), "LoraLinearBackward", [x, xLora, weight, loraA, loraB], dy =>
         {

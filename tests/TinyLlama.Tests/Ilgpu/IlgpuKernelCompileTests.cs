@@ -23,7 +23,7 @@ public class IlgpuKernelCompileTests
     [
         typeof(ElementwiseKernels), typeof(ReduceKernels), typeof(SoftmaxKernels), typeof(CrossEntropyKernels), typeof(EmbeddingKernels),
         typeof(RmsNormKernels), typeof(RopeKernels), typeof(SwiGluKernels), typeof(AdamWKernels), typeof(NaiveMatMulKernels), typeof(NaiveAttentionKernels),
-        typeof(LoraKernels),
+        typeof(LoraLinearKernels),
     ];
 
     /// <summary>One instantiation of each kernel per element type the backend launches it with.</summary>
@@ -61,7 +61,7 @@ public class IlgpuKernelCompileTests
         NaiveAttentionKernels.AttentionForwardKernel<float>, NaiveAttentionKernels.AttentionForwardKernel<double>,
         NaiveAttentionKernels.AttentionDeltaBackwardKernel<float>, NaiveAttentionKernels.AttentionQueryBackwardKernel<float>,
         NaiveAttentionKernels.AttentionKeyValueBackwardKernel<float>, NaiveAttentionKernels.AttentionKeyValueBackwardKernel<double>,
-        LoraKernels.LoraAddKernel<float>, LoraKernels.LoraAddKernel<double>,
+        LoraLinearKernels.LoraLinearForwardKernel<float>, LoraLinearKernels.LoraLinearForwardKernel<double>,
     ];
 
     private static EntryPointDescription EntryPoint(MethodInfo kernel) =>

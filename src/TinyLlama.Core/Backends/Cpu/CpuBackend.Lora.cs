@@ -1,8 +1,8 @@
-// The LoRA term of the fused LoRA linear on the CPU (Hu et al., 2021, eq. 3): y += s * u B^T, where
-// u = dropout(x) A^T [N, r] was computed by the caller and y [N, out] already holds x W^T.
+// The fused LoRA linear's product on the CPU (Hu et al., 2021, eq. 3): c = a b + s (u v), as
+// y = x W^T + s (xd A^T) B^T with u = xd A^T [N, r] computed by the caller.
 // Reference: Ops/Reference/LoraRef.cs. Autograd wrapper: Ops/Functional.Lora.cs.
-// u is scaled first (N r multiplies instead of N out), then the packed GEMM accumulates u_s B^T into y
-// in place: no [N, out] temporary and no merged weight W + s B A.
+// The packed GEMM writes a b; u is scaled (M r multiplies instead of M N) and a second GEMM with K = r
+// accumulates s u v into c in place: no [M, N] temporary and no merged weight W + s B A.
 using System.Numerics.Tensors;
 using TinyLlama.Tensors;
 
@@ -10,15 +10,18 @@ namespace TinyLlama.Backends.Cpu;
 
 public sealed partial class CpuBackend
 {
-    public void LoraAdd(Tensor u, Tensor loraB, double scale, Tensor y)
+    public void LowRankMatMul(Tensor a, Tensor b, Tensor u, Tensor v, double scale, Tensor c)
     {
-        CheckFloat(y, "lora");
-        if (u.Rank != 2 || loraB.Rank != 2 || y.Rank != 2 || u.shape[1] != loraB.shape[1] || y.shape[0] != u.shape[0] || y.shape[1] != loraB.shape[0])
-            throw new ArgumentException($"lora: u [N, r], B [out, r] and y [N, out] expected, got {Shapes.Format(u.shape)}, {Shapes.Format(loraB.shape)}, {Shapes.Format(y.shape)}");
-        if (u.DType != y.DType || loraB.DType != y.DType) throw new ArgumentException($"lora: dtypes {u.DType.Name()}, {loraB.DType.Name()}, {y.DType.Name()} differ");
+        CheckFloat(c, "lora");
+        if (a.Rank != 2 || b.Rank != 2 || u.Rank != 2 || v.Rank != 2 || c.Rank != 2 || a.shape[1] != b.shape[0] || u.shape[1] != v.shape[0]
+            || c.shape[0] != a.shape[0] || c.shape[0] != u.shape[0] || c.shape[1] != b.shape[1] || c.shape[1] != v.shape[1])
+            throw new ArgumentException($"lora: a [M, K] @ b [K, N] + u [M, R] @ v [R, N] -> c [M, N] expected, got {Shapes.Format(a.shape)}, {Shapes.Format(b.shape)}, {Shapes.Format(u.shape)}, {Shapes.Format(v.shape)}, {Shapes.Format(c.shape)}");
+        if (a.DType != c.DType || b.DType != c.DType || u.DType != c.DType || v.DType != c.DType)
+            throw new ArgumentException($"lora: dtypes {a.DType.Name()}, {b.DType.Name()}, {u.DType.Name()}, {v.DType.Name()}, {c.DType.Name()} differ");
+        MatMul(a, b, c);                                  // c [M, N] = a b
         var scaled = Tensor.Zeros(u.shape, u.DType, Device);
         if (u.DType == DType.F32) TensorPrimitives.Multiply<float>(Span<float>(u.Contiguous()), (float)scale, Span<float>(scaled));
         else TensorPrimitives.Multiply<double>(Span<double>(u.Contiguous()), scale, Span<double>(scaled));
-        MatMul(scaled, loraB.MT, y, accumulate: true);   // y [N, out] += u_s [N, r] @ B^T [r, out]
+        MatMul(scaled, v, c, accumulate: true);           // c += (s u) v
     }
 }
