@@ -69,6 +69,18 @@ def attention_rows(shapes, d, warmup, iters):
     return rows
 
 
+def lora_rows(m, c, r, warmup, iters):
+    # PEFT's LoRA forward with the low-rank input precomputed, as KernelBench's "lora" rows time it:
+    # y = x W^T + s u B^T (two cuBLAS calls and an add), next to the plain x W^T.
+    x = torch.rand(m, c, device="cuda") * 2 - 1
+    w = torch.rand(c, c, device="cuda") * 2 - 1
+    u = torch.rand(m, r, device="cuda") * 2 - 1
+    b = torch.rand(c, r, device="cuda") * 2 - 1
+    base = time_ms(lambda: x @ w.t(), warmup, iters)
+    lora = time_ms(lambda: torch.addmm(x @ w.t(), u, b.t(), alpha=2.0), warmup, iters)
+    return [{"key": f"lora base f32 {m}x{c}x{c}", "ms": base}, {"key": f"lora f32 {m}x{c}x{c} r{r}", "ms": lora}]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
@@ -85,7 +97,8 @@ def main():
 
     sizes = [64] if args.quick else [1024, 2048, 4096]
     shapes = [(1, 2, 64, True)] if args.quick else [(1, 12, 512, True), (2, 16, 1024, True), (4, 16, 2048, True), (4, 16, 2048, False)]
-    results = gemm_rows(sizes, args.warmup, args.iters) + attention_rows(shapes, 64, args.warmup, args.iters)
+    lm, lc = (64, 64) if args.quick else (4096, 768)
+    results = gemm_rows(sizes, args.warmup, args.iters) + attention_rows(shapes, 64, args.warmup, args.iters) + lora_rows(lm, lc, 16, args.warmup, args.iters)
     doc = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "results": results}
     with open(args.out, "w") as f:
         json.dump(doc, f, indent=2)

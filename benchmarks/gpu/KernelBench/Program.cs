@@ -202,7 +202,32 @@ internal static class Bench
             : [(1, 12, 512, true), (2, 16, 1024, true), (4, 16, 2048, true), (4, 16, 2048, false)];
         foreach (var (b, h, t, causal) in shapes)
             results.AddRange(Attention(acc, opt, b, h, t, 64, causal));
+        // The fused LoRA linear's forward at the 110M config's projection (C = 768) on 8 x 512 tokens, rank
+        // 16, against the plain tiled GEMM of the same x W^T: the difference is the cost of the adapter.
+        var (lm, lc) = opt.Quick ? (64, 64) : (4096, 768);
+        results.Add(Gemm(acc, opt, lm, lc, lc, GemmVersion.Tiled, "lora base"));
+        results.Add(Lora(acc, opt, lm, lc, lc, 16));
         return results;
+    }
+
+    /// <summary>y [m, n] = x [m, k] W^T + s (u [m, r]) B^T through LoraLinearKernels version 2 (f32).</summary>
+    private static Result Lora(Accelerator acc, Options opt, int m, int n, int k, int r)
+    {
+        var rng = new Random(m + r);
+        using var x = acc.Allocate1D(RandomFloats(rng, m * k));
+        using var w = acc.Allocate1D(RandomFloats(rng, n * k));
+        using var u = acc.Allocate1D(RandomFloats(rng, m * r));
+        using var bl = acc.Allocate1D(RandomFloats(rng, n * r));
+        using var y = acc.Allocate1D<float>(m * n);
+        var shape = new LoraShape
+        {
+            M = m, N = n, K = k, R = r,
+            ARowStride = k, AColStride = 1, BRowStride = 1, BColStride = k,   // W^T
+            URowStride = r, UColStride = 1, VRowStride = 1, VColStride = r,   // B^T
+        };
+        var args = new LoraLinearArgs(shape, 2f, x.View, w.View, u.View, bl.View, y.View, y.View);
+        double ms = TimeMs(acc, () => LoraLinearKernels.Launch(acc, acc.DefaultStream, in args, LoraVersion.Tiled), opt.Warmup, opt.Iters);
+        return new Result($"lora f32 {m}x{n}x{k} r{r}", "v2 Tiled (fused)", ms, 2.0 * m * n * (k + r), false);
     }
 
     /// <summary>Median time in ms of <paramref name="launch"/> between stream profiling markers.</summary>
@@ -220,6 +245,19 @@ internal static class Bench
         }
         Array.Sort(times);
         return iters % 2 == 1 ? times[iters / 2] : 0.5 * (times[iters / 2 - 1] + times[iters / 2]);
+    }
+
+    /// <summary>An f32 m x n x k product with b = W^T (the projection's layout), for the LoRA comparison.</summary>
+    private static Result Gemm(Accelerator acc, Options opt, int m, int n, int k, GemmVersion version, string label)
+    {
+        var rng = new Random(m + n + k);
+        using var a = acc.Allocate1D(RandomFloats(rng, m * k));
+        using var b = acc.Allocate1D(RandomFloats(rng, n * k));
+        using var c = acc.Allocate1D<float>(m * n);
+        var args = new GemmArgs(m, n, k, GemmOperand.Float32(a.View, GemmLayout.RowMajor(m, k)), GemmOperand.Float32(b.View, new GemmLayout(0, 1, k)),
+                                GemmOperand.Float32(c.View, GemmLayout.RowMajor(m, n)));
+        double ms = TimeMs(acc, () => GemmKernels.Launch(acc, acc.DefaultStream, in args, version), opt.Warmup, opt.Iters);
+        return new Result($"{label} f32 {m}x{n}x{k}", $"v{(int)version} {version}", ms, 2.0 * m * n * k, false);
     }
 
     private static Result Gemm(Accelerator acc, Options opt, int n, GemmElementType type, GemmVersion version)
@@ -369,9 +407,39 @@ internal static class SelfCheck
         ok &= Gemm(acc, 70, 65, 67, GemmVersion.TensorCore, GemmElementType.F16, transposeB: false);
         ok &= Gemm(acc, 70, 65, 67, GemmVersion.TensorCore, GemmElementType.F16, transposeB: true);
         ok &= Gemm(acc, 70, 65, 67, GemmVersion.TensorCore, GemmElementType.BF16, transposeB: true);
+        ok &= Lora(acc, 130, 67, 37, 20);
         ok &= Attention(acc, 2, 4, 2, 33, 40, 64, true);
         ok &= Attention(acc, 1, 4, 1, 19, 21, 72, false);
         return ok;
+    }
+
+    // The tiled fused LoRA kernel against LoraLinearKernels.Reference (f64) at a shape crossing every tile edge.
+    private static bool Lora(Accelerator acc, int m, int n, int k, int r)
+    {
+        var rng = new Random(m * r);
+        double[] Doubles(int count) => Enumerable.Range(0, count).Select(_ => rng.NextDouble() * 2 - 1).ToArray();
+        double[] a = Doubles(m * k), b = Doubles(k * n), u = Doubles(m * r), v = Doubles(r * n);
+        var shape = new LoraShape
+        {
+            M = m, N = n, K = k, R = r,
+            ARowStride = k, AColStride = 1, BRowStride = n, BColStride = 1, URowStride = r, UColStride = 1, VRowStride = n, VColStride = 1,
+        };
+        var expected = new double[m * n];
+        LoraLinearKernels.Reference(shape, 1.5, a, b, u, v, null, expected);
+        float[] F(double[] d) => d.Select(x => (float)x).ToArray();
+        using var aB = acc.Allocate1D(F(a));
+        using var bB = acc.Allocate1D(F(b));
+        using var uB = acc.Allocate1D(F(u));
+        using var vB = acc.Allocate1D(F(v));
+        using var c = acc.Allocate1D<float>(m * n);
+        var args = new LoraLinearArgs(shape, 1.5f, aB.View, bB.View, uB.View, vB.View, c.View, c.View);
+        LoraLinearKernels.Launch(acc, acc.DefaultStream, in args, LoraVersion.Tiled);
+        acc.Synchronize();
+        var got = c.GetAsArray1D();
+        double maxErr = 0;
+        for (int i = 0; i < got.Length; i++) maxErr = Math.Max(maxErr, Math.Abs(got[i] - expected[i]));
+        // Products of values in [-1, 1], K + R = 57 terms (R scaled by 1.5): 1e-5 * (K + 1.5 R) bounds f32 accumulation.
+        return Report($"lora Tiled f32 {m}x{n}x{k} r{r}", maxErr, 1e-5 * (k + 1.5 * r));
     }
 
     private static bool Report(string what, double maxErr, double tol)
