@@ -89,25 +89,18 @@ public static class LoraLinearKernels
         where T : unmanaged, IFloatingPointIeee754<T>
     {
         int row = i / s.N, col = i - row * s.N;
-        T low = T.Zero;
-        int ui = row * s.URowStride, vi = col * s.VColStride;
-        for (int k = 0; k < s.R; k++)
-        {
-            low += u[ui] * v[vi];
-            ui += s.UColStride;
-            vi += s.VRowStride;
-        }
-        low *= scale;
+        T low = scale * Dot(u, row * s.URowStride, s.UColStride, v, col * s.VColStride, s.VRowStride, s.R);
         if (s.HasMask != 0) low *= mask[i];
+        c[i] = Dot(a, row * s.ARowStride, s.AColStride, b, col * s.BColStride, s.BRowStride, s.K) + low;
+    }
+
+    /// <summary>sum over k &lt; n of x[xi + k xStep] * y[yi + k yStep] (a row of one operand times a column of the other).</summary>
+    private static T Dot<T>(ArrayView<T> x, int xi, int xStep, ArrayView<T> y, int yi, int yStep, int n)
+        where T : unmanaged, IFloatingPointIeee754<T>
+    {
         T acc = T.Zero;
-        int ai = row * s.ARowStride, bi = col * s.BColStride;
-        for (int k = 0; k < s.K; k++)
-        {
-            acc += a[ai] * b[bi];
-            ai += s.AColStride;
-            bi += s.BRowStride;
-        }
-        c[i] = acc + low;
+        for (int k = 0; k < n; k++, xi += xStep, yi += yStep) acc += x[xi] * y[yi];
+        return acc;
     }
 
     // ---------------------------------------------------------------- version 2

@@ -57,7 +57,7 @@ public sealed partial class IlgpuBackend : IBackend, IDisposable
         Stream.Synchronize();
         throw new ArgumentException(e[0] switch
         {
-            DeviceErrors.EmbeddingId => $"embedding: id {e[1]} at position {e[2]} is out of range for a table of {e[3]} rows",
+            DeviceErrors.EmbeddingId => Functional.EmbeddingIdError(e[1], e[2], e[3]),
             DeviceErrors.CrossEntropyTarget => $"cross_entropy: target {e[1]} at row {e[2]} is out of range for {e[3]} classes",
             _ => $"a kernel reported error {e[0]} (value {e[1]}, position {e[2]})",
         });

@@ -39,12 +39,13 @@ public static partial class Functional
         return Engine.Record(y.Reshape(outShape), "LoraLinearBackward", [x, xLora, weight, loraA, loraB], dy =>
         {
             var dy2 = dy.Reshape(n, outF);
-            var g = Tensor.MatMul(dy2, loraB.Detach()) * scale;           // (N, r)
+            // g = s dy B (N, r) is needed only by the adapter input and A.
+            var g = xLora.RequiresGrad || loraA.RequiresGrad ? Tensor.MatMul(dy2, loraB.Detach()) * scale : null;
             return [
                 x.RequiresGrad ? Tensor.MatMul(dy2, weight.Detach()).Reshape(x.shape) : null,
-                xLora.RequiresGrad ? Tensor.MatMul(g, loraA.Detach()).Reshape(x.shape) : null,
+                xLora.RequiresGrad ? Tensor.MatMul(g!, loraA.Detach()).Reshape(x.shape) : null,
                 weight.RequiresGrad ? Tensor.MatMul(dy2.MT, x2) : null,
-                loraA.RequiresGrad ? Tensor.MatMul(g.MT, xd2) : null,
+                loraA.RequiresGrad ? Tensor.MatMul(g!.MT, xd2) : null,
                 loraB.RequiresGrad ? Tensor.MatMul(dy2.MT, u) * scale : null,
             ];
         });

@@ -37,10 +37,35 @@ public static partial class Functional
     public static void CheckEmbeddingIds(Tensor ids, int rows)
     {
         if (ids.Device != Device.Cpu || ids.DType != DType.I32) return;
-        var flat = ids.Contiguous();
-        var span = ((CpuStorage)flat.Storage).AsSpan<int>().Slice(flat.Offset, flat.Numel);
-        for (int i = 0; i < span.Length; i++)
-            if ((uint)span[i] >= (uint)rows) throw new ArgumentException($"embedding: id {span[i]} at position {i} is out of range for a table of {rows} rows");
+        CheckEmbeddingIds(Backends.Cpu.CpuBackend.Span<int>(ids.Contiguous()), rows);
+    }
+
+    /// <summary>Throws the embedding's one-line error for the first id outside [0, rows).</summary>
+    public static void CheckEmbeddingIds(ReadOnlySpan<int> ids, int rows)
+    {
+        for (int i = 0; i < ids.Length; i++)
+            if ((uint)ids[i] >= (uint)rows) throw new ArgumentException(EmbeddingIdError(ids[i], i, rows));
+    }
+
+    /// <summary>The one-line error every backend gives for an embedding id outside [0, rows).</summary>
+    public static string EmbeddingIdError(int id, int position, int rows) =>
+        $"embedding: id {id} at position {position} is out of range for a table of {rows} rows";
+
+    /// <summary>
+    /// The number of targets that are not ignoreIndex; throws the cross-entropy's one-line error for the
+    /// first other target outside [0, classes).
+    /// </summary>
+    internal static int CheckAndCountTargets(ReadOnlySpan<int> targets, int classes, int ignoreIndex)
+    {
+        int count = 0;
+        for (int i = 0; i < targets.Length; i++)
+        {
+            if (targets[i] == ignoreIndex) continue;
+            if ((uint)targets[i] >= (uint)classes)
+                throw new ArgumentException($"cross_entropy: target {targets[i]} at row {i} is out of range for {classes} classes (ignore index {ignoreIndex})");
+            count++;
+        }
+        return count;
     }
 
     /// <summary>
@@ -69,20 +94,9 @@ public static partial class Functional
         // The count (and, for a device, the range check) comes from the targets while they are still in
         // host memory, as a trainer's batches are: no read back from the device. Targets that already
         // live on a device are counted there, which waits for the device once.
-        int count;
-        if (t.Device == Device.Cpu)
-        {
-            var ids = t.Storage is CpuStorage cs ? cs.AsSpan<int>().Slice(t.Offset, n) : t.ToArray<int>();
-            count = 0;
-            for (int i = 0; i < ids.Length; i++)
-            {
-                if (ids[i] == ignoreIndex) continue;
-                if ((uint)ids[i] >= (uint)v)
-                    throw new ArgumentException($"cross_entropy: target {ids[i]} at row {i} is out of range for {v} classes (ignore index {ignoreIndex})");
-                count++;
-            }
-        }
-        else count = (int)t.To(DType.F64).Ne(ignoreIndex).Sum().Item();
+        int count = t.Device == Device.Cpu
+            ? CheckAndCountTargets(Backends.Cpu.CpuBackend.Span<int>(t), v, ignoreIndex)
+            : (int)t.To(DType.F64).Ne(ignoreIndex).Sum().Item();
         if (t.Device != logits.Device) t = t.To(logits.Device);
         var losses = Tensor.Zeros([n], ct, logits.Device);
         var lse = Tensor.Zeros([n], ct, logits.Device);

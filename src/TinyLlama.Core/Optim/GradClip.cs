@@ -18,18 +18,8 @@ public static class GradClip
     }
 
     /// <summary>Scales the gradients so their global norm is at most maxNorm; returns the norm before clipping.</summary>
-    public static double ClipGradNorm(IEnumerable<Tensor> parameters, double maxNorm)
-    {
-        var list = parameters.ToList();
-        var sums = SumsOfSquares(list);
-        if (sums.Count == 1 && sums.Keys.First() != Device.Cpu)
-        {
-            // One accelerator: the norm and the clip factor stay on it, so the step does not wait for the
-            // device here; the norm is read later, if at all (see ClipGradNormOnDevice).
-            return ClipOnDevice(list, sums.Values.First(), maxNorm).Item();
-        }
-        return ClipOnHost(list, sums, maxNorm);
-    }
+    public static double ClipGradNorm(IEnumerable<Tensor> parameters, double maxNorm) =>
+        ClipGradNormOnDevice(parameters, maxNorm).Item();
 
     // The norm read to the host, the gradients scaled only when the clip factor is below 1.
     private static double ClipOnHost(List<Tensor> parameters, Dictionary<Device, Tensor> sums, double maxNorm)
@@ -45,11 +35,12 @@ public static class GradClip
     }
 
     /// <summary>
-    /// As <see cref="ClipGradNorm"/> for gradients on one device, as PyTorch's clip_grad_norm_ does on a
-    /// GPU: the norm comes back as a one-element f64 tensor on that device and the gradients are scaled
-    /// by min(1, maxNorm / (norm + 1e-6)) there (by 1 when the norm is not finite), so nothing is read
-    /// back to the host. Gradients in host memory (where reading costs nothing) or on several devices
-    /// take the host path of <see cref="ClipGradNorm"/>, the norm returned as a CPU tensor.
+    /// As <see cref="ClipGradNorm"/> without reading the norm. Gradients on one accelerator are handled as
+    /// PyTorch's clip_grad_norm_ does on a GPU: the norm stays a one-element f64 tensor on that device and
+    /// the gradients are scaled by min(1, maxNorm / (norm + 1e-6)) there (by 1 when the norm is not
+    /// finite). Gradients in host memory (where reading costs nothing) or on several devices take the host
+    /// path: the norm is read, the gradients scaled only when the factor is below 1, and the norm returned
+    /// as a CPU tensor.
     /// </summary>
     public static Tensor ClipGradNormOnDevice(IEnumerable<Tensor> parameters, double maxNorm)
     {

@@ -23,6 +23,7 @@
 // joins each output row, so the merged weight is never formed.
 using System.Buffers;
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using TinyLlama.Backends.Cpu;
 using TinyLlama.Model;
@@ -162,7 +163,6 @@ public sealed unsafe class CpuDecoder : IDisposable
     private readonly float eps;
     private readonly double[] invFreq;
     private readonly float[] buffer;            // every activation below, in one pinned array
-    private readonly MemoryHandle bufferPin;
     private readonly float* x, xb, q, att, gate, up, logits, scores, cos, sin;
     private readonly MatVecJob[] qkvJobs, oJobs, mlpJobs, downJobs;
     private readonly MatVecJob headJob;
@@ -204,13 +204,13 @@ public sealed unsafe class CpuDecoder : IDisposable
         head = model.LmHead is { } lmHead ? Project(lmHead) : new Projection { W = embed, Out = vocab, In = dim };
 
         // Activations: x, xb [C]; q, att [NH*HS]; gate, up [F]; logits [V]; scores [NH, maxTokens];
-        // cos, sin [HS/2]; one u [r] per LoRA projection.
+        // cos, sin [HS/2]; one u [r] per LoRA projection; this token's k, v [NKV*HS]. The array lives on the
+        // pinned object heap, so its address is fixed without a pin handle.
         int qd = numHeads * headDim, half = headDim / 2;
         var loraProjections = layers.SelectMany(l => new[] { l.Q, l.K, l.V, l.O, l.Gate, l.Up, l.Down }).Append(head).Where(p => p.R > 0).ToList();
         long total = 2L * dim + 2L * qd + 2L * f + vocab + (long)numHeads * cache.MaxTokens + 2L * half + loraProjections.Sum(p => (long)p.R) + 2L * numKvHeads * headDim;
         buffer = GC.AllocateUninitializedArray<float>(checked((int)total), pinned: true);
-        bufferPin = buffer.AsMemory().Pin();
-        float* next = (float*)bufferPin.Pointer;
+        float* next = (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(buffer));
         float* Take(int n) { float* p = next; next += n; return p; }
         x = Take(dim); xb = Take(dim); q = Take(qd); att = Take(qd); gate = Take(f); up = Take(f);
         logits = Take(vocab); scores = Take(numHeads * cache.MaxTokens); cos = Take(half); sin = Take(half);
@@ -320,7 +320,6 @@ public sealed unsafe class CpuDecoder : IDisposable
         if (disposed) return;
         disposed = true;
         foreach (var p in pins) p.Dispose();
-        bufferPin.Dispose();
     }
 
     // ---------------- the pieces ----------------
@@ -360,13 +359,8 @@ public sealed unsafe class CpuDecoder : IDisposable
     // y[r0..r1) (=|+=) W[r0..r1) x, plus the LoRA term when p has one.
     private static void Rows(Projection p, float* xIn, float* y, int r0, int r1, bool accumulate)
     {
-        if (p.R == 0)
-        {
-            Rows(p.W, p.In, xIn, y, r0, r1, accumulate);
-            return;
-        }
         Rows(p.W, p.In, xIn, y, r0, r1, accumulate);
-        for (int r = r0; r < r1; r++) y[r] += p.Scale * Dot(p.LoraB + (long)r * p.R, p.U, p.R);
+        for (int r = r0; r < r1 && p.R > 0; r++) y[r] += p.Scale * Dot(p.LoraB + (long)r * p.R, p.U, p.R);
     }
 
     // y[r] (=|+=) dot(W[r, :k], x) for r in [r0, r1). One row at a time, so the weights are read as one

@@ -92,8 +92,7 @@ public sealed partial class CpuBackend
     {
         int v = weight.shape[0], c = weight.shape[1];
         var idx = Span<int>(ids).ToArray();
-        for (int n = 0; n < idx.Length; n++)
-            if ((uint)idx[n] >= (uint)v) throw new ArgumentException($"embedding: id {idx[n]} at position {n} is out of range for a table of {v} rows");
+        Functional.CheckEmbeddingIds(idx, v);
         // One strided copy per row keeps dtype handling in Copy (f16/bf16 tables gather without conversion).
         CpuParallel.For(idx.Length, c, (start, end) =>
         {
@@ -146,10 +145,7 @@ public sealed partial class CpuBackend
     {
         CheckFloat(logits, "cross_entropy");
         int v = logits.shape[1];
-        var t = Span<int>(targets);
-        for (int n = 0; n < t.Length; n++)
-            if (t[n] != ignoreIndex && (uint)t[n] >= (uint)v)
-                throw new ArgumentException($"cross_entropy: target {t[n]} at row {n} is out of range for {v} classes (ignore index {ignoreIndex})");
+        Functional.CheckAndCountTargets(Span<int>(targets), v, ignoreIndex);
         if (logits.DType == DType.F32) CrossEntropyTyped<float>(logits, targets, ignoreIndex, losses, lse);
         else CrossEntropyTyped<double>(logits, targets, ignoreIndex, losses, lse);
     }
