@@ -81,6 +81,19 @@ def lora_rows(m, c, r, warmup, iters):
     return [{"key": f"lora base f32 {m}x{c}x{c}", "ms": base}, {"key": f"lora f32 {m}x{c}x{c} r{r}", "ms": lora}]
 
 
+def q4_rows(k, prefill, warmup, iters):
+    # PyTorch has no Q4_0 kernel: the int4 rows are compared with what it runs without quantization, the f16
+    # matmul (cuBLAS) at the same shape: a mat-vec for one decoded token (2 bytes per weight read, against
+    # Q4_0's 0.5625) and a prefill of `prefill` tokens.
+    rows = []
+    w = (torch.rand(k, k, device="cuda") * 2 - 1).half()
+    for m, kind in ((1, "matvec"), (prefill, "matmul")):
+        x = (torch.rand(m, k, device="cuda") * 2 - 1).half()
+        ms = time_ms(lambda: x @ w.t(), warmup, iters)
+        rows.append({"key": f"q4 {kind} {m}x{k}x{k}", "ms": ms})
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
@@ -99,6 +112,7 @@ def main():
     shapes = [(1, 2, 64, True)] if args.quick else [(1, 12, 512, True), (2, 16, 1024, True), (4, 16, 2048, True), (4, 16, 2048, False)]
     lm, lc = (64, 64) if args.quick else (4096, 768)
     results = gemm_rows(sizes, args.warmup, args.iters) + attention_rows(shapes, 64, args.warmup, args.iters) + lora_rows(lm, lc, 16, args.warmup, args.iters)
+    results += q4_rows(64, 5, args.warmup, args.iters) if args.quick else q4_rows(4096, 512, args.warmup, args.iters)
     doc = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "results": results}
     with open(args.out, "w") as f:
         json.dump(doc, f, indent=2)

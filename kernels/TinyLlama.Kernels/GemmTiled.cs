@@ -30,8 +30,8 @@ public static partial class GemmKernels
     internal const int TiledBK = 16;
     internal const int TiledThreads = 256;
     /// <summary>Row length of sA and sB: padded by 4 words so the transposing stores spread over banks.</summary>
-    private const int TiledLdA = TiledBM + 4;
-    private const int TiledLdB = TiledBN + 4;
+    internal const int TiledLdA = TiledBM + 4;
+    internal const int TiledLdB = TiledBN + 4;
     internal const int TiledSharedBytes = (TiledBK * TiledLdA + TiledBK * TiledLdB) * sizeof(float);
 
     /// <summary>Version 2: c[z] = a[z] @ b[z] (+ c[z]) with 128 x 64 tiles and 8 x 4 blocks per thread.</summary>
@@ -132,7 +132,7 @@ public static partial class GemmKernels
     /// elements read index 0 (always valid) and discard it, so no load is ever out of bounds.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float LoadTileA<TA, EA>(ArrayView<TA> a, GemmParams p, int aBase, int m0, int k0, int e, bool alongK)
+    internal static float LoadTileA<TA, EA>(ArrayView<TA> a, GemmParams p, int aBase, int m0, int k0, int e, bool alongK)
         where TA : unmanaged where EA : struct, IGemmElement<TA>
     {
         int m = m0 + (alongK ? e >> 4 : e & 127);
@@ -144,7 +144,7 @@ public static partial class GemmKernels
 
     /// <summary>Stores element e of the a tile (see <see cref="LoadTileA"/>) at sA[k][m].</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void StoreTileA(ArrayView<float> sA, int e, bool alongK, float v)
+    internal static void StoreTileA(ArrayView<float> sA, int e, bool alongK, float v)
     {
         int m = alongK ? e >> 4 : e & 127;
         int k = alongK ? e & 15 : e >> 7;

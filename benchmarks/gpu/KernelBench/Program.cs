@@ -1,4 +1,4 @@
-// KernelBench: checks, then times, the ILGPU GEMM and FlashAttention kernels (kernels/TinyLlama.Kernels)
+// KernelBench: checks, then times, the ILGPU GEMM, FlashAttention, fused LoRA and int4 (Q4_0) kernels (kernels/TinyLlama.Kernels)
 // on a CUDA accelerator, and prints a table of median time, achieved TFLOP/s, the fraction of the device's
 // peak, and the ratio to PyTorch (cuBLAS matmul, scaled_dot_product_attention) read from the JSON file
 // benchmarks/gpu/torch_reference.py writes for the same shapes. benchmarks/gpu/run.sh drives it.
@@ -15,6 +15,7 @@
 //   GEMM              2 M N K                          (4096^3: 137 GFLOP)
 //   attention fwd     4 D per visible (query, key) pair: q.k and p v          (causal S = T: pairs = T (T + 1) / 2)
 //   attention bwd     10 D per visible pair: q.k, dO.v, p dO, ds k, ds q       (B 4, H 16, T 2048, causal: 172 GFLOP)
+//   int4 (Q4_0)       2 M N K; GB/s counts w (18 bytes per 32 weights), x and y once each: the mat-vec's floor
 // Peaks are dense (no sparsity) datasheet numbers: f32 on CUDA cores for the f32 kernels, f16/bf16 tensor
 // cores for the 16-bit GEMMs; the f32 attention kernels are compared with the f32 peak.
 using System.Globalization;
@@ -70,7 +71,7 @@ internal sealed record Options(string Device, bool Quick, bool SelfCheckOnly, st
 }
 
 /// <summary>One timed kernel: key matches torch_reference.py's entries.</summary>
-internal sealed record Result(string Key, string Kernel, double Ms, double Flops, bool HalfPeak);
+internal sealed record Result(string Key, string Kernel, double Ms, double Flops, bool HalfPeak, double Bytes = 0);
 
 internal static class Program
 {
@@ -207,7 +208,29 @@ internal static class Bench
         var (lm, lc) = opt.Quick ? (64, 64) : (4096, 768);
         results.Add(Gemm(acc, opt, lm, lc, lc, GemmVersion.Tiled, "lora base"));
         results.Add(Lora(acc, opt, lm, lc, lc, 16));
+        // Int4 (Q4_0) products at a 7B-class projection (K = N = 4096): the mat-vec of decoding one token,
+        // bound by reading w (0.5625 bytes per weight), and a 512-token prefill through the tiled kernel.
+        int qk = opt.Quick ? 64 : 4096;
+        results.Add(Q4(acc, opt, 1, qk, qk, Q4Version.MatVec));
+        results.Add(Q4(acc, opt, opt.Quick ? 5 : 512, qk, qk, Q4Version.Tiled));
         return results;
+    }
+
+    /// <summary>y [m, n] = x [m, k] @ dequantize(w)^T with random Q4_0 weights through MatMulQ4Kernels.</summary>
+    private static Result Q4(Accelerator acc, Options opt, int m, int n, int k, Q4Version version)
+    {
+        var rng = new Random(m + n + k);
+        var weights = TinyLlama.Tensors.Tensor.FromArray(RandomFloats(rng, n * k), [n, k]);
+        var bytes = TinyLlama.Quantization.Quantize.Q4_0(weights).ToArray<byte>();
+        var words = new ushort[bytes.Length / 2];
+        Buffer.BlockCopy(bytes, 0, words, 0, bytes.Length);
+        using var x = acc.Allocate1D(RandomFloats(rng, m * k));
+        using var w = acc.Allocate1D(words);
+        using var y = acc.Allocate1D<float>(m * n);
+        var args = new MatMulQ4Args(new Q4Shape { M = m, N = n, K = k }, x.View, w.View, y.View);
+        double ms = TimeMs(acc, () => MatMulQ4Kernels.Launch(acc, acc.DefaultStream, in args, version), opt.Warmup, opt.Iters);
+        double traffic = bytes.Length + 4.0 * m * k + 4.0 * m * n;   // w, x and y once each (the mat-vec's floor)
+        return new Result($"q4 {(m <= MatMulQ4Kernels.MatVecMaxRows ? "matvec" : "matmul")} {m}x{n}x{k}", $"v{(int)version} {version}", ms, 2.0 * m * n * k, false, traffic);
     }
 
     /// <summary>y [m, n] = x [m, k] W^T + s (u [m, r]) B^T through LoraLinearKernels version 2 (f32).</summary>
@@ -347,26 +370,27 @@ internal static class Report
     public static void Print(List<Result> results, double? peakF32, double? peakF16, TorchReference? torch)
     {
         var sb = new StringBuilder();
-        sb.AppendLine($"{"benchmark",-52} {"kernel",-22} {"ms",10} {"TFLOP/s",9} {"% peak",7} {"torch ms",10} {"torch/ours",10}");
+        sb.AppendLine($"{"benchmark",-52} {"kernel",-22} {"ms",10} {"TFLOP/s",9} {"% peak",7} {"GB/s",8} {"torch ms",10} {"torch/ours",10}");
         foreach (var r in results)
         {
             double tflops = r.Flops / (r.Ms * 1e-3) / 1e12;
             double? peak = r.HalfPeak ? peakF16 : peakF32;
             string pct = peak is double p ? (100 * tflops / p).ToString("F1", CultureInfo.InvariantCulture) : "-";
             string tms = "-", ratio = "-";
+            string gbs = r.Bytes > 0 ? (r.Bytes / (r.Ms * 1e-3) / 1e9).ToString("F1", CultureInfo.InvariantCulture) : "-";
             if (torch is not null && torch.Ms.TryGetValue(r.Key, out double t))
             {
                 tms = t.ToString("F4", CultureInfo.InvariantCulture);
                 ratio = (t / r.Ms).ToString("F3", CultureInfo.InvariantCulture);
             }
             sb.AppendLine(string.Create(CultureInfo.InvariantCulture,
-                $"{r.Key,-52} {r.Kernel,-22} {r.Ms,10:F4} {tflops,9:F3} {pct,7} {tms,10} {ratio,10}"));
+                $"{r.Key,-52} {r.Kernel,-22} {r.Ms,10:F4} {tflops,9:F3} {pct,7} {gbs,8} {tms,10} {ratio,10}"));
         }
         if (torch is not null)
         {
             // PyTorch-only rows (e.g. bf16 flash attention) for context.
             foreach (var (key, ms) in torch.Ms.Where(kv => results.All(r => r.Key != kv.Key)).OrderBy(kv => kv.Key, StringComparer.Ordinal))
-                sb.AppendLine(string.Create(CultureInfo.InvariantCulture, $"{key,-52} {"(torch only)",-22} {"-",10} {"-",9} {"-",7} {ms,10:F4} {"-",10}"));
+                sb.AppendLine(string.Create(CultureInfo.InvariantCulture, $"{key,-52} {"(torch only)",-22} {"-",10} {"-",9} {"-",7} {"-",8} {ms,10:F4} {"-",10}"));
             sb.AppendLine($"# torch reference device: {torch.Device}");
         }
         sb.AppendLine("# torch/ours > 1 means the ILGPU kernel is faster than PyTorch on that row.");
@@ -381,6 +405,7 @@ internal static class Report
             ["kernel"] = r.Kernel,
             ["ms"] = r.Ms,
             ["tflops"] = r.Flops / (r.Ms * 1e-3) / 1e12,
+            ["gbps"] = r.Bytes > 0 ? r.Bytes / (r.Ms * 1e-3) / 1e9 : null,
             ["torch_ms"] = torch is not null && torch.Ms.TryGetValue(r.Key, out double t) ? t : null,
         }).ToList();
         var doc = new Dictionary<string, object?>
@@ -408,6 +433,8 @@ internal static class SelfCheck
         ok &= Gemm(acc, 70, 65, 67, GemmVersion.TensorCore, GemmElementType.F16, transposeB: true);
         ok &= Gemm(acc, 70, 65, 67, GemmVersion.TensorCore, GemmElementType.BF16, transposeB: true);
         ok &= Lora(acc, 130, 67, 37, 20);
+        ok &= Q4(acc, 3, 67, 96, Q4Version.MatVec);
+        ok &= Q4(acc, 130, 67, 96, Q4Version.Tiled);
         ok &= Attention(acc, 2, 4, 2, 33, 40, 64, true);
         ok &= Attention(acc, 1, 4, 1, 19, 21, 72, false);
         return ok;
@@ -440,6 +467,29 @@ internal static class SelfCheck
         for (int i = 0; i < got.Length; i++) maxErr = Math.Max(maxErr, Math.Abs(got[i] - expected[i]));
         // Products of values in [-1, 1], K + R = 57 terms (R scaled by 1.5): 1e-5 * (K + 1.5 R) bounds f32 accumulation.
         return Report($"lora Tiled f32 {m}x{n}x{k} r{r}", maxErr, 1e-5 * (k + 1.5 * r));
+    }
+
+    // An int4 kernel against MatMulQ4Ref (f64) at a shape crossing the tile edges (Ops/MatMulQ4Tests.cs for the tolerance).
+    private static bool Q4(Accelerator acc, int m, int n, int k, Q4Version version)
+    {
+        var rng = new Random(m * n + k);
+        var x = Enumerable.Range(0, m * k).Select(_ => rng.NextDouble() * 2 - 1).ToArray();
+        var weights = TinyLlama.Tensors.Tensor.FromArray(Enumerable.Range(0, n * k).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray(), [n, k]);
+        var bytes = TinyLlama.Quantization.Quantize.Q4_0(weights).ToArray<byte>();
+        var expected = new double[m * n];
+        MatMulQ4Ref.Forward(x, bytes, m, n, k, expected);
+        var words = new ushort[bytes.Length / 2];
+        Buffer.BlockCopy(bytes, 0, words, 0, bytes.Length);
+        using var xB = acc.Allocate1D(x.Select(v => (float)v).ToArray());
+        using var wB = acc.Allocate1D(words);
+        using var y = acc.Allocate1D<float>(m * n);
+        MatMulQ4Kernels.Launch(acc, acc.DefaultStream, new MatMulQ4Args(new Q4Shape { M = m, N = n, K = k }, xB.View, wB.View, y.View), version);
+        acc.Synchronize();
+        var got = y.GetAsArray1D();
+        double maxErr = 0;
+        for (int i = 0; i < got.Length; i++) maxErr = Math.Max(maxErr, Math.Abs(got[i] - expected[i]));
+        // |x| <= 1 and |w| <= 1 (d = amax / 8): K terms of at most 1 bound f32 accumulation by 1e-5 K.
+        return Report($"q4 {version} f32 {m}x{n}x{k}", maxErr, 1e-5 * k);
     }
 
     private static bool Report(string what, double maxErr, double tol)

@@ -15,6 +15,7 @@ internal static class BenchCommand
         bench.Subcommands.Add(CreateGemm());
         bench.Subcommands.Add(BenchGenerateCommand.Create());
         bench.Subcommands.Add(BenchTrainCommand.Create());
+        bench.Subcommands.Add(BenchQ4Command.Create());
         return bench;
     }
 

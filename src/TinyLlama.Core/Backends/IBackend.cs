@@ -146,6 +146,19 @@ public interface IBackend
     /// <summary>dGate and dUp (overwritten) from dy.</summary>
     void SwiGluBackward(Tensor gate, Tensor up, Tensor dy, Tensor dGate, Tensor dUp);
 
+    // ---------------- int4 (Quantization/QuantType.cs) ----------------
+
+    /// <summary>
+    /// The product of a linear layer with Q4_0 weights (llama.cpp's block layout): y [M, N] = x [M, K] @
+    /// dequantize(w)^T, where w [N, K / 32 * 18] (DType.Q4, contiguous) holds output n's K / 32 blocks in row
+    /// n. x is contiguous F32 or F64 and y the same dtype. The weights are expanded block by block where they
+    /// are used; no f32 copy of w is kept.
+    /// </summary>
+    void MatMulQ4(Tensor x, Tensor w, Tensor y);
+
+    /// <summary>y [N, K] (F32 or F64, contiguous) = the values of the Q4_0 blocks w [N, K / 32 * 18].</summary>
+    void DequantizeQ4(Tensor w, Tensor y);
+
     // ---------------- optimizer support ----------------
 
     /// <summary>
