@@ -4,10 +4,10 @@
 //
 // one GEMM with a rank-R term added before c is stored. It serves IBackend.LowRankMatMul (CPU definition
 // CpuBackend.Lora.cs; naive reference Ops/Reference/LoraRef.cs and Reference below), which the fused LoRA
-// linear (Ops/Functional.Lora.cs) calls for its forward:
+// linear (Ops/Functional.Lora.cs) calls for its forward and for dx:
 //   forward   y  = x W^T + s u B^T          a = x, b = W^T (a transposed view), u = xd A^T (R = r), v = B^T
-// The mask is for a fused backward, dx = dy W + mask * (s g A) with g = dy B and the dropout mask, which
-// the kernels support and test but the op does not use yet (its backward runs on the GEMM).
+//   backward  dx = dy W + mask * (g A)   a = dy, b = W, u = g = s dy B, v = A, mask = dropout's keep-mask
+//             (without dropout, no mask: dx = dy W + g A)
 // Every operand is read through (row stride, column stride), so transposes cost nothing; c and mask are
 // dense row-major. 4 <= R <= 64 in practice; nothing here depends on it.
 //

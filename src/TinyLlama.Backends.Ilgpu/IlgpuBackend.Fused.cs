@@ -165,43 +165,47 @@ public sealed partial class IlgpuBackend
 
     // ---------------- LoRA (kernels/TinyLlama.Kernels/LoraLinear.cs) ----------------
 
-    public void LowRankMatMul(Tensor a, Tensor b, Tensor u, Tensor v, double scale, Tensor c)
+    public void LowRankMatMul(Tensor a, Tensor b, Tensor u, Tensor v, double scale, Tensor c, Tensor? mask = null)
     {
         const string op = "lora";
         CheckFloat(c, op);
         CheckSameDType(op, a, b, u, v, c);
+        if (mask is not null) CheckSameDType(op, c, mask);
         if (a.Rank != 2 || b.Rank != 2 || u.Rank != 2 || v.Rank != 2 || c.Rank != 2 || a.Size(1) != b.Size(0) || u.Size(1) != v.Size(0)
-            || c.Size(0) != a.Size(0) || c.Size(0) != u.Size(0) || c.Size(1) != b.Size(1) || c.Size(1) != v.Size(1))
-            throw new ArgumentException($"{op}: a [M, K] @ b [K, N] + u [M, R] @ v [R, N] -> c [M, N] expected, got {Shapes.Format(a.Shape)}, {Shapes.Format(b.Shape)}, {Shapes.Format(u.Shape)}, {Shapes.Format(v.Shape)}, {Shapes.Format(c.Shape)}");
+            || c.Size(0) != a.Size(0) || c.Size(0) != u.Size(0) || c.Size(1) != b.Size(1) || c.Size(1) != v.Size(1)
+            || (mask is not null && (mask.Rank != 2 || mask.Size(0) != c.Size(0) || mask.Size(1) != c.Size(1))))
+            throw new ArgumentException($"{op}: a [M, K] @ b [K, N] + u [M, R] @ v [R, N] (* mask [M, N]) -> c [M, N] expected, got {Shapes.Format(a.Shape)}, {Shapes.Format(b.Shape)}, {Shapes.Format(u.Shape)}, {Shapes.Format(v.Shape)}, {(mask is null ? "" : Shapes.Format(mask.Shape) + ", ")}{Shapes.Format(c.Shape)}");
         var shape = new LoraShape
         {
             M = c.Size(0), N = c.Size(1), K = a.Size(1), R = u.Size(1),
             ARowStride = a.Strides[0], AColStride = a.Strides[1], BRowStride = b.Strides[0], BColStride = b.Strides[1],
             URowStride = u.Strides[0], UColStride = u.Strides[1], VRowStride = v.Strides[0], VColStride = v.Strides[1],
+            HasMask = mask is null ? 0 : 1,
         };
         lock (gate)
         {
             CheckDense(c, op);
-            if (c.DType == DType.F32) LowRankMatMulTyped(a, b, u, v, (float)scale, c, shape);
-            else LowRankMatMulTyped(a, b, u, v, scale, c, shape);
+            if (c.DType == DType.F32) LowRankMatMulTyped(a, b, u, v, (float)scale, c, mask, shape);
+            else LowRankMatMulTyped(a, b, u, v, scale, c, mask, shape);
         }
     }
 
     // Views start at each operand's first element (its offset), so the kernel's indices are relative.
-    private void LowRankMatMulTyped<T>(Tensor a, Tensor b, Tensor u, Tensor v, T scale, Tensor c, LoraShape shape)
+    private void LowRankMatMulTyped<T>(Tensor a, Tensor b, Tensor u, Tensor v, T scale, Tensor c, Tensor? mask, LoraShape shape)
         where T : unmanaged, IFloatingPointIeee754<T>
     {
         const string op = "lora";
         ArrayView<T> From(Tensor t) => Whole<T>(t, op).SubView(t.Offset);
         var (av, bv, uv, vv, cv) = (From(a), From(b), From(u), From(v), Dense<T>(c, op));
-        LoraLinearKernels.Validate(shape, av.Length, bv.Length, uv.Length, vv.Length, cv.Length, cv.Length);
+        var mv = mask is null ? cv : Dense<T>(mask, op);   // read only when shape.HasMask is 1
+        LoraLinearKernels.Validate(shape, av.Length, bv.Length, uv.Length, vv.Length, mv.Length, cv.Length);
         if (c.Numel == 0) return;
         if (typeof(T) == typeof(float) && SupportsTiledKernels)
         {
-            var args = new LoraLinearArgs(shape, float.CreateTruncating(scale), av.Cast<float>(), bv.Cast<float>(), uv.Cast<float>(), vv.Cast<float>(), cv.Cast<float>(), cv.Cast<float>());
+            var args = new LoraLinearArgs(shape, float.CreateTruncating(scale), av.Cast<float>(), bv.Cast<float>(), uv.Cast<float>(), vv.Cast<float>(), mv.Cast<float>(), cv.Cast<float>());
             LoraLinearKernels.Launch(accelerator, Stream, args, LoraVersion.Tiled);
             return;
         }
-        Auto(LoraLinearKernels.LoraLinearForwardKernel<T>, accelerator.LoadAutoGroupedStreamKernel)(c.Numel, av, bv, uv, vv, cv, scale, cv, shape);
+        Auto(LoraLinearKernels.LoraLinearForwardKernel<T>, accelerator.LoadAutoGroupedStreamKernel)(c.Numel, av, bv, uv, vv, mv, scale, cv, shape);
     }
 }

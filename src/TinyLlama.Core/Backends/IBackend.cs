@@ -138,10 +138,11 @@ public interface IBackend
 
     /// <summary>
     /// A GEMM with a low-rank term, the fused LoRA linear's product: c [M, N] = a [M, K] @ b [K, N] +
-    /// scale * (u [M, R] @ v [R, N]), written once. a, b, u and v may be strided views (W^T and B^T are
-    /// transposes); c is contiguous; one float dtype.
+    /// scale * (u [M, R] @ v [R, N]) (* mask [M, N] on the low-rank term when a mask is given), written once.
+    /// a, b, u and v may be strided views (W^T and B^T are transposes); c and mask are contiguous; one float
+    /// dtype. The forward is y = x W^T + s u B^T; the backward with dropout is dx = dy W + mask * (g A).
     /// </summary>
-    void LowRankMatMul(Tensor a, Tensor b, Tensor u, Tensor v, double scale, Tensor c);
+    void LowRankMatMul(Tensor a, Tensor b, Tensor u, Tensor v, double scale, Tensor c, Tensor? mask = null);
 
     /// <summary>dGate and dUp (overwritten) from dy.</summary>
     void SwiGluBackward(Tensor gate, Tensor up, Tensor dy, Tensor dGate, Tensor dUp);

@@ -49,9 +49,10 @@ public class Linear : Module
         if (lora is not null && CanFuseLora(x))
         {
             // One fused op (Ops/Functional.Lora.cs): the adapter's term is added into x W^T in place.
-            var a = LoraA!.Weight;
-            var xd = lora.Dropout > 0 ? Functional.Dropout(x, lora.Dropout, Training, lora.Generator) : x;
-            var fused = Functional.LoraLinear(x, xd, Weight, a, LoraB!.Weight, lora.Alpha / lora.Rank);
+            // Dropout on the adapter's input enters as its keep-mask (drawn as Functional.Dropout draws it), so
+            // the backward forms dx = dy W + mask * (s dy B A) in one product.
+            var mask = lora.Dropout > 0 && Training ? Functional.DropoutMask(x.shape, lora.Dropout, lora.Generator, x.DType, x.Device) : null;
+            var fused = Functional.LoraLinear(x, Weight, LoraA!.Weight, LoraB!.Weight, lora.Alpha / lora.Rank, mask);
             return Bias is null ? fused : fused + Bias;
         }
         var y = Tensor.MatMul(x, Weight.MT);

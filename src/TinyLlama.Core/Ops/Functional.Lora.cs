@@ -6,6 +6,10 @@
 // Backward, with dy [N, out], g = s dy B [N, r]:
 //   dx  = dy W            (main path; W frozen so there is no dW unless W requires grad: dW = dy^T x)
 //   dxd = g A             (the adapter's input; the dropout node, if any, carries it on to x)
+// When the adapter's input is x itself or x * mask (the layer's form: dropout's scaled keep-mask given to
+// the op instead of a separate Dropout node), the two paths meet in one product with a rank-r term:
+//   dx  = dy W + mask * (g A)      (IBackend.LowRankMatMul with the mask; on ILGPU one kernel)
+// which is what PyTorch computes as two GEMMs, a dropout backward and an add.
 //   dA  = g^T xd          [r, in]
 //   dB  = s dy^T u        [out, r]
 // Naive definition: Ops/Reference/LoraRef.cs.
@@ -17,37 +21,69 @@ public static partial class Functional
 {
     /// <summary>
     /// x [..., in] W^T + scale * (xLora [..., in] A^T) B^T with weight [out, in], loraA [r, in], loraB [out, r],
-    /// all one float dtype (f32 or f64). xLora is x itself, or dropout(x) for adapter dropout.
+    /// all one float dtype (f32 or f64). xLora is any tensor of x's shape (x itself, or dropout(x) built by
+    /// the caller); gradients flow to both.
     /// </summary>
-    public static Tensor LoraLinear(Tensor x, Tensor xLora, Tensor weight, Tensor loraA, Tensor loraB, double scale)
+    public static Tensor LoraLinear(Tensor x, Tensor xLora, Tensor weight, Tensor loraA, Tensor loraB, double scale) =>
+        ReferenceEquals(x, xLora) ? LoraLinear(x, weight, loraA, loraB, scale) : LoraLinearCore(x, xLora, null, weight, loraA, loraB, scale);
+
+    /// <summary>
+    /// The LoRA layer's form: x W^T + scale * ((x * dropoutMask) A^T) B^T, where dropoutMask (x's shape and
+    /// dtype, 0 or 1 / (1 - p), as <see cref="DropoutMask"/> draws it) is null without dropout. One node:
+    /// dx = dy W + mask * (scale dy B A) comes out of one product.
+    /// </summary>
+    public static Tensor LoraLinear(Tensor x, Tensor weight, Tensor loraA, Tensor loraB, double scale, Tensor? dropoutMask = null) =>
+        LoraLinearCore(x, null, dropoutMask, weight, loraA, loraB, scale);
+
+    /// <summary>The op; the adapter reads xLora when given, else x (* mask).</summary>
+    private static Tensor LoraLinearCore(Tensor x, Tensor? xLora, Tensor? mask, Tensor weight, Tensor loraA, Tensor loraB, double scale)
     {
         const string op = "lora_linear";
         int inF = weight.Size(1), outF = weight.Size(0), r = loraA.Size(0);
-        if (x.Rank < 1 || x.shape[^1] != inF || !x.shape.AsSpan().SequenceEqual(xLora.shape) || loraA.Rank != 2 || loraA.Size(1) != inF || loraB.Rank != 2 || loraB.Size(0) != outF || loraB.Size(1) != r)
-            throw new ArgumentException($"{op}: x {Shapes.Format(x.shape)}, weight {Shapes.Format(weight.shape)}, A {Shapes.Format(loraA.shape)}, B {Shapes.Format(loraB.shape)} are not x [..., in], W [out, in], A [r, in], B [out, r]");
-        if (x.DType is not (DType.F32 or DType.F64) || xLora.DType != x.DType || weight.DType != x.DType || loraA.DType != x.DType || loraB.DType != x.DType)
-            throw new ArgumentException($"{op}: expected one f32 or f64 dtype, got x {x.DType.Name()}, W {weight.DType.Name()}, A {loraA.DType.Name()}, B {loraB.DType.Name()}");
+        var side = xLora ?? mask;
+        if (x.Rank < 1 || x.shape[^1] != inF || (side is not null && !x.shape.AsSpan().SequenceEqual(side.shape)) || loraA.Rank != 2 || loraA.Size(1) != inF || loraB.Rank != 2 || loraB.Size(0) != outF || loraB.Size(1) != r)
+            throw new ArgumentException($"{op}: x {Shapes.Format(x.shape)}, {(xLora is not null ? "x_lora" : "mask")} {(side is null ? "-" : Shapes.Format(side.shape))}, weight {Shapes.Format(weight.shape)}, A {Shapes.Format(loraA.shape)}, B {Shapes.Format(loraB.shape)} are not x [..., in] (x_lora or mask alike), W [out, in], A [r, in], B [out, r]");
+        if (x.DType is not (DType.F32 or DType.F64) || (side is not null && side.DType != x.DType) || weight.DType != x.DType || loraA.DType != x.DType || loraB.DType != x.DType)
+            throw new ArgumentException($"{op}: expected one f32 or f64 dtype, got x {x.DType.Name()}, W {weight.DType.Name()}, A {loraA.DType.Name()}, B {loraB.DType.Name()}{(side is null ? "" : $", {(xLora is not null ? "x_lora" : "mask")} {side.DType.Name()}")}");
         int n = x.Numel / Math.Max(inF, 1);
-        var x2 = x.Detach().Reshape(n, inF);          // (N, in)
-        var xd2 = xLora.Detach().Reshape(n, inF);     // (N, in)
-        Tensor u;
+        var x2 = x.Detach().Reshape(n, inF);                                                      // (N, in)
+        var mask2 = mask?.Detach().Reshape(n, inF).Contiguous();                                   // (N, in) or null
+        Tensor xd2, u;                                                                             // (N, in), (N, r)
         using (GradMode.NoGrad())
-            u = Tensor.MatMul(xd2, loraA.Detach().MT).Contiguous();       // (N, r)
-        var y = Tensor.Zeros([n, outF], x.DType, x.Device);              // (N, out)
-        y.Backend.LowRankMatMul(x2, weight.Detach().MT, u, loraB.Detach().MT, scale, y); // y = x W^T + s u B^T
+        {
+            xd2 = xLora is not null ? xLora.Detach().Reshape(n, inF)
+                : mask2 is not null ? Tensor.BinaryRaw(Backends.BinaryOp.Mul, x2, mask2)         // dropout(x), as Functional.Dropout computes it
+                : x2;
+            u = Tensor.MatMul(xd2, loraA.Detach().MT).Contiguous();
+        }
+        var y = Tensor.Zeros([n, outF], x.DType, x.Device);                                       // (N, out)
+        y.Backend.LowRankMatMul(x2, weight.Detach().MT, u, loraB.Detach().MT, scale, y);          // y = x W^T + s u B^T
         var outShape = x.shape[..^1].Append(outF).ToArray();
-        return Engine.Record(y.Reshape(outShape), "LoraLinearBackward", [x, xLora, weight, loraA, loraB], dy =>
+        Tensor[] inputs = xLora is not null ? [x, xLora, weight, loraA, loraB] : [x, weight, loraA, loraB];
+        return Engine.Record(y.Reshape(outShape), "LoraLinearBackward", inputs, dy =>
         {
             var dy2 = dy.Reshape(n, outF);
+            bool adapterInputGrad = xLora?.RequiresGrad ?? x.RequiresGrad;
             // g = s dy B (N, r) is needed only by the adapter input and A.
-            var g = xLora.RequiresGrad || loraA.RequiresGrad ? Tensor.MatMul(dy2, loraB.Detach()) * scale : null;
-            return [
-                x.RequiresGrad ? Tensor.MatMul(dy2, weight.Detach()).Reshape(x.shape) : null,
-                xLora.RequiresGrad ? Tensor.MatMul(g!, loraA.Detach()).Reshape(x.shape) : null,
-                weight.RequiresGrad ? Tensor.MatMul(dy2.MT, x2) : null,
-                loraA.RequiresGrad ? Tensor.MatMul(g!.MT, xd2) : null,
-                loraB.RequiresGrad ? Tensor.MatMul(dy2.MT, u) * scale : null,
-            ];
+            var g = adapterInputGrad || loraA.RequiresGrad ? Tensor.MatMul(dy2, loraB.Detach()) * scale : null;
+            var dW = weight.RequiresGrad ? Tensor.MatMul(dy2.MT, x2) : null;
+            var dA = loraA.RequiresGrad ? Tensor.MatMul(g!.MT, xd2) : null;
+            var dB = loraB.RequiresGrad ? Tensor.MatMul(dy2.MT, u) * scale : null;
+            if (xLora is not null)
+                return [
+                    x.RequiresGrad ? Tensor.MatMul(dy2, weight.Detach()).Reshape(x.shape) : null,
+                    xLora.RequiresGrad ? Tensor.MatMul(g!, loraA.Detach()).Reshape(x.shape) : null,
+                    dW, dA, dB,
+                ];
+            Tensor? dx = null;
+            if (x.RequiresGrad)
+            {
+                // Both paths meet in one product: dx = dy W + mask * (g A).
+                dx = Tensor.Zeros([n, inF], x.DType, x.Device);
+                dx.Backend.LowRankMatMul(dy2.Contiguous(), weight.Detach(), g!.Contiguous(), loraA.Detach(), 1.0, dx, mask2);
+                dx = dx.Reshape(x.shape);
+            }
+            return [dx, dW, dA, dB];
         });
     }
 }
