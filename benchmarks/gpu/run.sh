@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU benchmark of the ILGPU GEMM and FlashAttention kernels (kernels/TinyLlama.Kernels): publishes the
+# GPU benchmark of the ILGPU kernels (kernels/TinyLlama.Kernels: GEMM, FlashAttention, fused LoRA, int4 Q4_0): publishes the
 # KernelBench harness and the tinyllama CLI self-contained for linux-x64 (no trimming: ILGPU compiles
 # kernels from IL at run time), runs the kernel tests on CUDA when a .NET SDK and a GPU are here, times
 # PyTorch when python3 with CUDA torch is here, and prints KernelBench's table (ms, TFLOP/s, % of peak,
