@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU benchmark of the ILGPU kernels (kernels/TinyLlama.Kernels: GEMM, FlashAttention, fused LoRA, int4 Q4_0): publishes the
 # KernelBench harness and the tinyllama CLI self-contained for linux-x64 (no trimming: ILGPU compiles
-# kernels from IL at run time), runs the kernel tests on CUDA when a .NET SDK and a GPU are here, times
+# kernels from IL at run time), checks every backend op on CUDA against the CPU (`tinyllama check`), runs
+# the xunit kernel tests on CUDA when a .NET SDK is here too, times
 # PyTorch when python3 with CUDA torch is here, and prints KernelBench's table (ms, TFLOP/s, % of peak,
 # ratio to PyTorch). See benchmarks/gpu/README.md.
 #
@@ -41,12 +42,21 @@ BENCH="$OUT/kernelbench/KernelBench"
 
 if ! has_gpu; then
     echo "== no NVIDIA GPU: checking the plumbing on ILGPU's CPU accelerator (no meaningful timings)"
+    "$OUT/tinyllama/tinyllama" check --device ilgpu-cpu | tee "$OUT/check.txt"
+    [[ "${PIPESTATUS[0]}" == 0 ]] || status=1
     "$BENCH" --device ilgpu-cpu --quick | tee "$OUT/table.txt"
-    exit "${PIPESTATUS[0]}"
+    [[ "${PIPESTATUS[0]}" == 0 ]] || status=1
+    exit "$status"
 fi
 
 echo "== device"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/device.txt"
+
+echo "== every backend op and a small model on CUDA against the CPU (tinyllama check; needs no SDK)"
+if ! "$OUT/tinyllama/tinyllama" check --device cuda 2>&1 | tee "$OUT/check.txt"; then
+    echo "run.sh: tinyllama check FAILED (see $OUT/check.txt); timing anyway" >&2
+    status=1
+fi
 
 if have dotnet && [[ -f "$ROOT/tests/TinyLlama.Tests/TinyLlama.Tests.csproj" ]]; then
     echo "== kernel tests on the CPU accelerator and on CUDA (TINYLLAMA_TEST_CUDA=1)"

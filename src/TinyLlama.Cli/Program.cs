@@ -21,6 +21,7 @@ public static class Program
         root.Subcommands.Add(ModelCommands.CreateGenerate());
         root.Subcommands.Add(SftCommand.Create());
         root.Subcommands.Add(DemoCommand.Create());
+        root.Subcommands.Add(CheckCommand.Create());
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {
