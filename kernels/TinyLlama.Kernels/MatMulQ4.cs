@@ -306,7 +306,7 @@ public static class MatMulQ4Kernels
                 break;
             }
             default:
-                throw new ArgumentOutOfRangeException(nameof(version), version, "matmul q4: unknown version");
+                throw new ArgumentOutOfRangeException(nameof(version), $"matmul q4: unknown version {(int)version}");
         }
     }
 }

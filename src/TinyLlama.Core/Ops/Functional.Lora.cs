@@ -39,6 +39,8 @@ public static partial class Functional
     private static Tensor LoraLinearCore(Tensor x, Tensor? xLora, Tensor? mask, Tensor weight, Tensor loraA, Tensor loraB, double scale)
     {
         const string op = "lora_linear";
+        if (weight.Rank != 2 || loraA.Rank != 2)
+            throw new ArgumentException($"{op}: weight {Shapes.Format(weight.shape)} and A {Shapes.Format(loraA.shape)} must be matrices W [out, in] and A [r, in]");
         int inF = weight.Size(1), outF = weight.Size(0), r = loraA.Size(0);
         var side = xLora ?? mask;
         if (x.Rank < 1 || x.shape[^1] != inF || (side is not null && !x.shape.AsSpan().SequenceEqual(side.shape)) || loraA.Rank != 2 || loraA.Size(1) != inF || loraB.Rank != 2 || loraB.Size(0) != outF || loraB.Size(1) != r)

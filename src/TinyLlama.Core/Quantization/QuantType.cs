@@ -10,13 +10,16 @@
 //     qs[16] byte j holds weight j in its low nibble and weight j + 16 in its high nibble
 //     weight = (nibble - 8) * d
 //   Quantizing a block: max = the weight of largest magnitude, with its sign; d = max / -8; each weight
-//   becomes min(15, trunc(x / d + 8.5)). So the largest weight is exactly nibble 0 (-8 d = max), weights of
-//   the other sign reach nibble 15 (7 d, clamped), and the rounding error is at most |d| / 2 elsewhere.
+//   becomes min(15, trunc(x * (1 / d) + 8.5)). So the largest weight is nibble 0 (-8 d = max before d is
+//   rounded to binary16), weights of the other sign reach nibble 15 (7 d, clamped), and the rounding error
+//   is at most |d| / 2 elsewhere.
 // Q8_0 (34 bytes per 32 weights):
 //     d      binary16 scale
 //     qs[32] int8 weights
-//     weight = q * d, with d = max |x| / 127 and q = round(x / d) (halves away from zero)
-// d is rounded to binary16 (nearest even) when stored; the quantizers divide by the unrounded d, as ggml does.
+//     weight = q * d, with d = max |x| / 127 and q = round(x * (1 / d)) (halves away from zero)
+// d is rounded to binary16 (nearest even) when stored; the quantizers multiply by 1 / d of the unrounded d,
+// as ggml's reference C is written. (A C build that contracts x * id + 8.5 into one FMA can differ from it
+// in rare truncation ties; these quantizers follow the C as written, without contraction.)
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
@@ -100,7 +103,7 @@ public static class QuantTypes
     {
         QuantType.Q4_0 => Q4_0Traits,
         QuantType.Q8_0 => Q8_0Traits,
-        _ => throw new ArgumentOutOfRangeException(nameof(type), type, "unknown quantization type"),
+        _ => throw new ArgumentOutOfRangeException(nameof(type), $"unknown quantization type {(int)type}"),
     };
 
     /// <summary>Parses q4_0 / q8_0 (any case).</summary>

@@ -1,13 +1,16 @@
 // The int4 product with Q4_0 weights (IBackend.MatMulQ4, Functional.LinearQ4) against its naive
 // definition (Ops/Reference/MatMulQ4Ref.cs) on the CPU backend (small-M path in registers, large-M path
-// through expanded panels, including several panels, and f64) and on the ILGPU backend's CPU accelerator;
+// through expanded panels, also forced to cross several panels, and f64) and on the ILGPU backend's CPU accelerator;
 // the AVX2 block dot against its scalar twin at every block count 1..9; DequantizeQ4 on both backends;
 // the gradient of x through LinearQ4 against central finite differences in f64; and the shape errors.
 //
 // Tolerance (f32): 1e-5 times sum_k |x_k| |w_nk| per output, which bounds every partial sum of the
-// product: f32 accumulation of up to 32768 terms (blockwise, so errors grow with about sqrt(K / 32) blocks)
-// stays far below it, while a wrong nibble, block, scale or row moves a result by O(1) of that scale.
-// f64: 1e-12 of the same scale.
+// product: f32 accumulation of K <= 288 terms stays far below it, while one wrong nibble moves a result by
+// |d x| (about 0.25 for unit normals), over 100 times the tolerance at these K, and a wrong block, scale,
+// row or panel by more. f64: 1e-12
+// of the same scale. The ILGPU backend here is ILGPU's CPU accelerator with 4-lane warps, so it runs the
+// naive kernel; the mat-vec and tiled kernels are tested directly in Ilgpu/MatMulQ4KernelTests.cs and
+// through the backend on a GPU by `tinyllama check`.
 using TinyLlama.Backends.Cpu;
 using TinyLlama.Ops.Reference;
 using TinyLlama.Quantization;
@@ -25,7 +28,6 @@ public class MatMulQ4Tests
         { 1, 67, 96 },      // mat-vec, N odd
         { 3, 13, 64 },
         { 4, 7, 288 },      // the largest M of the small-M path
-        { 5, 37, 131072 },  // large-M path: 16-row panels, so three panels (16, 16, 5 rows)
         { 37, 70, 160 },
         { 130, 9, 64 },
     };
@@ -79,6 +81,25 @@ public class MatMulQ4Tests
             for (int j = 0; j < n; j++)
                 for (int e = 0; e < k; e++) abs[i * n + j] += Math.Abs(x[i * k + e]) * Math.Abs(weights[j * k + e]);
         return abs;
+    }
+
+    [Fact]
+    public unsafe void LargeMPathCrossesPanels()
+    {
+        // Panels of 16 rows (16 x 96 values) over N = 37: three panels of 16, 16 and 5 rows.
+        const int m = 6, n = 37, k = 96;
+        var x = Tensor.RandN([m, k], new Generator(51));
+        var q = Quantize.Q4_0(Tensor.RandN([n, k], new Generator(52)));
+        var bytes = q.ToArray<byte>();
+        var xs = x.ToArray<double>();
+        var expected = new double[m * n];
+        MatMulQ4Ref.Forward(xs, bytes, m, n, k, expected);
+        var magnitude = Magnitude(xs, bytes, m, n, k);
+        var y = Tensor.Full([m, n], 7.0);                       // dirty: every element must be written
+        fixed (byte* w = bytes) CpuBackend.MatMulQ4Panels(x, w, y, m, n, k, panelValues: 16 * k);
+        var got = y.ToArray<double>();
+        for (int i = 0; i < got.Length; i++)
+            Assert.True(Math.Abs(got[i] - expected[i]) <= 1e-5 * magnitude[i], $"y[{i / n}, {i % n}] = {got[i]}, expected {expected[i]}");
     }
 
     [SkippableFact]

@@ -19,7 +19,7 @@ public sealed partial class CpuBackend
             || (mask is not null && !mask.shape.AsSpan().SequenceEqual(c.shape)))
             throw new ArgumentException($"lora: a [M, K] @ b [K, N] + u [M, R] @ v [R, N] (* mask [M, N]) -> c [M, N] expected, got {Shapes.Format(a.shape)}, {Shapes.Format(b.shape)}, {Shapes.Format(u.shape)}, {Shapes.Format(v.shape)}, {(mask is null ? "" : Shapes.Format(mask.shape) + ", ")}{Shapes.Format(c.shape)}");
         if (a.DType != c.DType || b.DType != c.DType || u.DType != c.DType || v.DType != c.DType || (mask is not null && mask.DType != c.DType))
-            throw new ArgumentException($"lora: dtypes {a.DType.Name()}, {b.DType.Name()}, {u.DType.Name()}, {v.DType.Name()}, {c.DType.Name()} differ");
+            throw new ArgumentException($"lora: dtypes {a.DType.Name()}, {b.DType.Name()}, {u.DType.Name()}, {v.DType.Name()}, {(mask is null ? "" : mask.DType.Name() + ", ")}{c.DType.Name()} differ");
         MatMul(a, b, c);                                  // c [M, N] = a b
         var scaled = Tensor.Zeros(u.shape, u.DType, Device);
         if (u.DType == DType.F32) TensorPrimitives.Multiply<float>(Span<float>(u.Contiguous()), (float)scale, Span<float>(scaled));

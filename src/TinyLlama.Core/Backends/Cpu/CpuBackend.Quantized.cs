@@ -11,6 +11,7 @@
 //   through the packed GEMM into its columns of y (Gemm.Run with ldc = N). Expanding costs N K once against
 //   2 M N K flops, and the panel stays in cache while the GEMM packs it.
 // F64 (references and gradient checks): plain loops over the expanded blocks.
+using System.Buffers;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -64,12 +65,15 @@ public sealed unsafe partial class CpuBackend
         }
     }
 
-    /// <summary>The large-M path: expand rows [n0, n0 + p) of w into f32 and multiply them with the packed GEMM.</summary>
-    private static void MatMulQ4Panels(Tensor x, byte* w, Tensor y, int m, int n, int k)
+    /// <summary>
+    /// The large-M path: expand rows [n0, n0 + p) of w into f32 and multiply them with the packed GEMM, p rows
+    /// of about <paramref name="panelValues"/> values at a time (a parameter so tests can cross panels at small K).
+    /// </summary>
+    internal static void MatMulQ4Panels(Tensor x, byte* w, Tensor y, int m, int n, int k, int panelValues = Q4PanelValues)
     {
         int rowBytes = k / 32 * Q4BlockBytes;
-        int p = Math.Min(n, Math.Max(16, Q4PanelValues / k / 16 * 16));
-        var panel = new float[(long)p * k];                       // (p, K) rows of w as f32
+        int p = Math.Min(n, Math.Max(16, panelValues / k / 16 * 16));
+        var panel = ArrayPool<float>.Shared.Rent(p * k);          // (p, K) rows of w as f32, reused across calls
         var panelStorage = new CpuStorage(DType.F32, panel);
         var xOperand = new GemmOperand(Host(x), k, 1);           // x [M, K]
         var bOperand = new GemmOperand(panelStorage, 1, k);      // panel^T [K, p]
@@ -85,6 +89,7 @@ public sealed unsafe partial class CpuBackend
             });
             Gemm.Run(m, rows, k, xOperand, x.Offset, bOperand, 0, Host(y), y.Offset + n0, n, accumulate: false, parallel: true);
         }
+        ArrayPool<float>.Shared.Return(panel);
     }
 
     /// <summary>Rows [start, end) of w times every row of x, in f64.</summary>
