@@ -31,6 +31,14 @@ public static class IlgpuDevices
     /// </summary>
     public static readonly CPUDevice CpuAcceleratorDevice = new(numThreadsPerWarp: 4, numWarpsPerMultiprocessor: 4, numMultiprocessors: 1);
 
+    /// <summary>
+    /// ilgpu-cpu:1, the CPU accelerator shaped like a GPU: 32-thread warps, 8 warps per group (256 threads).
+    /// The backend takes its GPU code paths there (tiled GEMM, FlashAttention, the tiled fused LoRA, the int4
+    /// mat-vec and tiled kernels), so `tinyllama check --device ilgpu-cpu:1` runs the GPU dispatch without a
+    /// GPU; slower than ilgpu-cpu (256 OS threads meet at every barrier).
+    /// </summary>
+    public static readonly CPUDevice GpuShapedCpuDevice = new(numThreadsPerWarp: 32, numWarpsPerMultiprocessor: 8, numMultiprocessors: 1);
+
     private static readonly object Gate = new();
     private static Context? context;
     private static bool resolverInstalled;
@@ -46,6 +54,7 @@ public static class IlgpuDevices
                 InstallNativeResolver();
                 context = Context.Create(builder => builder
                     .CPU(CpuAcceleratorDevice)
+                    .CPU(GpuShapedCpuDevice)
                     .Cuda()
                     .OpenCL()
                     .EnableAlgorithms());

@@ -10,7 +10,7 @@ internal static class DeviceOption
 {
     public static Option<string> Create() => new("--device")
     {
-        Description = "Where to compute: cpu, cuda[:N], opencl[:N] or ilgpu-cpu (ILGPU's CPU accelerator, for testing kernels)",
+        Description = "Where to compute: cpu, cuda[:N], opencl[:N] or ilgpu-cpu[:1] (ILGPU's CPU accelerator, for testing kernels; :1 shaped like a GPU, taking the GPU code paths)",
         DefaultValueFactory = _ => "cpu",
         Recursive = true,
     };

@@ -31,14 +31,14 @@ public readonly record struct Device(DeviceKind Kind, int Index = 0)
         var parts = s.Split(':');
         int index = 0;
         if (parts.Length > 2 || (parts.Length == 2 && !int.TryParse(parts[1], out index)))
-            throw new ArgumentException($"unknown device '{s}': expected cpu, cuda[:N], opencl[:N] or ilgpu-cpu");
+            throw new ArgumentException($"unknown device '{s}': expected cpu, cuda[:N], opencl[:N] or ilgpu-cpu[:1]");
         DeviceKind kind = parts[0].ToLowerInvariant() switch
         {
             "cpu" => DeviceKind.Cpu,
             "cuda" => DeviceKind.Cuda,
             "opencl" => DeviceKind.OpenCL,
             "ilgpu-cpu" => DeviceKind.IlgpuCpu,
-            _ => throw new ArgumentException($"unknown device '{s}': expected cpu, cuda[:N], opencl[:N] or ilgpu-cpu"),
+            _ => throw new ArgumentException($"unknown device '{s}': expected cpu, cuda[:N], opencl[:N] or ilgpu-cpu[:1]"),
         };
         return new Device(kind, index);
     }
@@ -48,7 +48,7 @@ public readonly record struct Device(DeviceKind Kind, int Index = 0)
         DeviceKind.Cpu => "cpu",
         DeviceKind.Cuda => $"cuda:{Index}",
         DeviceKind.OpenCL => $"opencl:{Index}",
-        DeviceKind.IlgpuCpu => "ilgpu-cpu",
+        DeviceKind.IlgpuCpu => Index == 0 ? "ilgpu-cpu" : $"ilgpu-cpu:{Index}",
         _ => Kind.ToString(),
     };
 }

@@ -1,5 +1,6 @@
 // The backend check (Backends/BackendCheck.cs, `tinyllama check`): every op case passes on ILGPU's CPU
-// accelerator (the same cases a GPU build runs with `tinyllama check --device cuda`), the comparison fails
+// accelerator, in its fast 4-lane shape and in its GPU shape (ilgpu-cpu:1, where the backend takes its GPU
+// kernel versions); these are the cases a GPU build runs with `tinyllama check --device cuda`. The comparison fails
 // on a wrong value, a wrong integer, a wrong shape and an exception, and the CLI verb reports, filters and
 // refuses a device that is not there.
 using TinyLlama.Backends;
@@ -25,6 +26,29 @@ public class BackendCheckTests
         var c = BackendCheck.OpCases().Single(x => x.Name == name);
         var r = BackendCheck.Run(c, IlgpuTestUtil.Dev);
         Assert.True(r.Passed, $"{name}: {r.Error ?? $"worst error / allowance {r.WorstRatio}"}");
+    }
+
+    [Theory]
+    [MemberData(nameof(CaseNames))]
+    public void OpCasePassesOnTheGpuShapedCpuAccelerator(string name)
+    {
+        // ilgpu-cpu:1 has 32-lane warps and 256-thread groups, so the backend dispatches its GPU versions
+        // (tiled GEMM, FlashAttention, tiled fused LoRA, int4 mat-vec and tiled): the backend-level check
+        // of those paths that otherwise only a GPU gives.
+        var c = BackendCheck.OpCases().Single(x => x.Name == name);
+        var r = BackendCheck.Run(c, GpuShaped);
+        Assert.True(r.Passed, $"{name}: {r.Error ?? $"worst error / allowance {r.WorstRatio}"}");
+    }
+
+    private static Device GpuShaped => TinyLlama.Backends.Ilgpu.IlgpuDevices.Resolve("ilgpu-cpu:1");
+
+    [Fact]
+    public void GpuShapedDeviceTakesTheTiledPaths()
+    {
+        var backend = (TinyLlama.Backends.Ilgpu.IlgpuBackend)GpuShaped.Backend;
+        Assert.True(backend.Accelerator.WarpSize == 32 && backend.Accelerator.MaxNumThreadsPerGroup >= 256,
+            $"ilgpu-cpu:1 has warp {backend.Accelerator.WarpSize} and {backend.Accelerator.MaxNumThreadsPerGroup} threads per group");
+        Assert.Equal("ilgpu-cpu:1", GpuShaped.ToString());
     }
 
     [Fact]

@@ -10,7 +10,7 @@
 // row or panel by more. f64: 1e-12
 // of the same scale. The ILGPU backend here is ILGPU's CPU accelerator with 4-lane warps, so it runs the
 // naive kernel; the mat-vec and tiled kernels are tested directly in Ilgpu/MatMulQ4KernelTests.cs and
-// through the backend on a GPU by `tinyllama check`.
+// through the backend on the GPU-shaped ilgpu-cpu:1 in Ilgpu/BackendCheckTests.cs (`tinyllama check`).
 using TinyLlama.Backends.Cpu;
 using TinyLlama.Ops.Reference;
 using TinyLlama.Quantization;
