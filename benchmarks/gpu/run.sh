@@ -8,6 +8,8 @@
 #
 #   benchmarks/gpu/run.sh            publish (needs a .NET 10 SDK), test, time torch, time the kernels
 #   benchmarks/gpu/run.sh publish    publish only, into $OUT (e.g. on a build machine without a GPU)
+#   benchmarks/gpu/run.sh pack       publish, then pack $OUT/bin into .device/gpu.tar.xz (git-ignored, ~36 MB)
+#                                    for a GPU machine without .NET; there: tar -xJf .device/gpu.tar.xz -C "$OUT"
 #   benchmarks/gpu/run.sh run        skip publishing: use the binaries already in $OUT
 #
 # Environment: OUT (default benchmarks/gpu/out), GPU (h100-sxm | h100-pcie | h200; default: from the device
@@ -27,22 +29,29 @@ status=0
 have() { command -v "$1" >/dev/null 2>&1; }
 has_gpu() { have nvidia-smi && nvidia-smi -L >/dev/null 2>&1; }
 
-if [[ "$MODE" == "all" || "$MODE" == "publish" ]]; then
+if [[ "$MODE" == "all" || "$MODE" == "publish" || "$MODE" == "pack" ]]; then
     have dotnet || { echo "run.sh: no dotnet SDK here; publish elsewhere and use 'run.sh run'" >&2; exit 2; }
-    echo "== publish (self-contained linux-x64, untrimmed) into $OUT"
+    echo "== publish (self-contained linux-x64, untrimmed) into $OUT/bin"
+    # Both programs in one folder: they share the runtime and the TinyLlama/ILGPU assemblies, which halves the pack.
     dotnet publish "$ROOT/benchmarks/gpu/KernelBench/KernelBench.csproj" -c Release -r linux-x64 --self-contained \
-        -p:PublishTrimmed=false -o "$OUT/kernelbench"
+        -p:PublishTrimmed=false -o "$OUT/bin"
     dotnet publish "$ROOT/src/TinyLlama.Cli/TinyLlama.Cli.csproj" -c Release -r linux-x64 --self-contained \
-        -p:PublishTrimmed=false -o "$OUT/tinyllama"
-    [[ "$MODE" == "publish" ]] && exit 0
+        -p:PublishTrimmed=false -o "$OUT/bin"
+    if [[ "$MODE" == "pack" ]]; then
+        mkdir -p "$ROOT/.device"
+        tar -cJf "$ROOT/.device/gpu.tar.xz" -C "$OUT" bin
+        echo "== packed $(du -h "$ROOT/.device/gpu.tar.xz" | cut -f1) into .device/gpu.tar.xz"
+    fi
+    [[ "$MODE" == "publish" || "$MODE" == "pack" ]] && exit 0
 fi
 
-BENCH="$OUT/kernelbench/KernelBench"
+BENCH="$OUT/bin/KernelBench"
+CLI="$OUT/bin/tinyllama"
 [[ -x "$BENCH" ]] || { echo "run.sh: $BENCH is missing; run 'run.sh publish' first" >&2; exit 2; }
 
 if ! has_gpu; then
     echo "== no NVIDIA GPU: checking the plumbing on ILGPU's CPU accelerator (no meaningful timings)"
-    "$OUT/tinyllama/tinyllama" check --device ilgpu-cpu | tee "$OUT/check.txt"
+    "$CLI" check --device ilgpu-cpu | tee "$OUT/check.txt"
     [[ "${PIPESTATUS[0]}" == 0 ]] || status=1
     "$BENCH" --device ilgpu-cpu --quick | tee "$OUT/table.txt"
     [[ "${PIPESTATUS[0]}" == 0 ]] || status=1
@@ -53,7 +62,7 @@ echo "== device"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/device.txt"
 
 echo "== every backend op and a small model on CUDA against the CPU (tinyllama check; needs no SDK)"
-if ! "$OUT/tinyllama/tinyllama" check --device cuda 2>&1 | tee "$OUT/check.txt"; then
+if ! "$CLI" check --device cuda 2>&1 | tee "$OUT/check.txt"; then
     echo "run.sh: tinyllama check FAILED (see $OUT/check.txt); timing anyway" >&2
     status=1
 fi
