@@ -91,6 +91,11 @@ else
     rm -f "$TORCH_JSON"
 fi
 
+echo "== a training step of the 110M config on CUDA (tokens/s; host reads per step: 1 = the loss, none inside)"
+for dt in f32 bf16; do
+    "$CLI" bench train --preset stories110M --batch-size 8 --seq-len 512 --steps 5 --dtype "$dt" --device cuda 2>&1 | tee -a "$OUT/train.txt" || status=1
+done
+
 echo "== KernelBench"
 gpu_args=()
 [[ -n "${GPU:-}" ]] && gpu_args=(--gpu "$GPU")
