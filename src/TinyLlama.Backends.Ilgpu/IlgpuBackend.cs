@@ -41,10 +41,14 @@ public sealed partial class IlgpuBackend : IBackend, IDisposable
 
     private ArrayView<int> ErrorView => errors.View;
 
-    /// <summary>Device-to-host reads so far (downloads and synchronisations): each is a point where the host waits.</summary>
-    public long HostReads => Interlocked.Read(ref hostReads);
+    /// <summary>
+    /// Device-to-host reads made so far by the calling thread (downloads and synchronisations): each is a point
+    /// where the host waits. Counted per thread, so that code measuring its own round trips (a training step,
+    /// a test) is not disturbed by other threads using the same device.
+    /// </summary>
+    public long HostReads => hostReads.Value;
 
-    private long hostReads;
+    private readonly ThreadLocal<long> hostReads = new(() => 0);
 
     // Called with the gate held, after the stream has drained: turns a recorded device error into an exception.
     private void ThrowDeviceErrors()
@@ -102,7 +106,7 @@ public sealed partial class IlgpuBackend : IBackend, IDisposable
     {
         lock (gate)
         {
-            Interlocked.Increment(ref hostReads);
+            hostReads.Value++;
             accelerator.Synchronize();
             ThrowDeviceErrors();
         }
@@ -116,6 +120,7 @@ public sealed partial class IlgpuBackend : IBackend, IDisposable
             Pool.Trim();
             errors.Dispose();
             accelerator.Dispose();
+            hostReads.Dispose();
         }
     }
 
@@ -157,7 +162,7 @@ public sealed partial class IlgpuBackend : IBackend, IDisposable
         var bytes = MemoryMarshal.AsBytes(destination[..source.Numel]);
         lock (gate)
         {
-            Interlocked.Increment(ref hostReads);
+            hostReads.Value++;
             s.DeviceBytes.SubView((long)source.Offset * size, bytes.Length).CopyToCPU(Stream, bytes);
             Stream.Synchronize();
             ThrowDeviceErrors();

@@ -12,7 +12,7 @@ using static TinyLlama.Tests.Ilgpu.IlgpuTestUtil;
 
 namespace TinyLlama.Tests.Ilgpu;
 
-[Collection("ilgpu")] // alone on the backend, so HostReads counts only this test's reads
+[Collection("ilgpu")] // HostReads counts the calling thread's reads, so other tests on the device do not disturb it
 public class IlgpuHostReadTests
 {
     private static LlamaConfig Small() => Tests.Model.LlamaTests.Tiny(vocab: 29, hidden: 16, layers: 2, heads: 4, kvHeads: 2, ffn: 20, maxPos: 32);
