@@ -53,14 +53,14 @@ public class IlgpuEndToEndTests
     {
         // The step's one read is its loss, taken after AdamW: nothing inside forward, backward or the update
         // waits for the device (the same measure `benchmarks/gpu/run.sh` takes on CUDA for the 110M config).
-        var (code, output, err) = CliRunner.Run("bench", "train", "--preset", "stories260K", "--batch-size", "2", "--seq-len", "16",
-                                                "--steps", "2", "--warmup", "1", "--json", "--device", "ilgpu-cpu");
+        var (code, output, err) = CliRunner.Run("bench", "train", "--preset", "stories260K", "--batch-size", "1", "--seq-len", "8",
+                                                "--steps", "1", "--warmup", "0", "--json", "--device", "ilgpu-cpu");
         Assert.True(code == 0, err);
         var json = JsonDocument.Parse(output).RootElement;
         Assert.Equal(1, json.GetProperty("host_reads_per_step").GetInt32());
         Assert.True(json.GetProperty("tokens_per_second").GetDouble() > 0);
-        (code, output, err) = CliRunner.Run("bench", "train", "--preset", "stories260K", "--batch-size", "2", "--seq-len", "16",
-                                            "--steps", "2", "--warmup", "1", "--json", "--lora-rank", "4", "--device", "ilgpu-cpu");
+        (code, output, err) = CliRunner.Run("bench", "train", "--preset", "stories260K", "--batch-size", "1", "--seq-len", "8",
+                                            "--steps", "1", "--warmup", "0", "--json", "--lora-rank", "4", "--device", "ilgpu-cpu");
         Assert.True(code == 0, err);
         Assert.Equal(1, JsonDocument.Parse(output).RootElement.GetProperty("host_reads_per_step").GetInt32());
     }
