@@ -171,10 +171,7 @@ public sealed partial class IlgpuBackend
         CheckFloat(c, op);
         CheckSameDType(op, a, b, u, v, c);
         if (mask is not null) CheckSameDType(op, c, mask);
-        if (a.Rank != 2 || b.Rank != 2 || u.Rank != 2 || v.Rank != 2 || c.Rank != 2 || a.Size(1) != b.Size(0) || u.Size(1) != v.Size(0)
-            || c.Size(0) != a.Size(0) || c.Size(0) != u.Size(0) || c.Size(1) != b.Size(1) || c.Size(1) != v.Size(1)
-            || (mask is not null && (mask.Rank != 2 || mask.Size(0) != c.Size(0) || mask.Size(1) != c.Size(1))))
-            throw new ArgumentException($"{op}: a [M, K] @ b [K, N] + u [M, R] @ v [R, N] (* mask [M, N]) -> c [M, N] expected, got {Shapes.Format(a.Shape)}, {Shapes.Format(b.Shape)}, {Shapes.Format(u.Shape)}, {Shapes.Format(v.Shape)}, {(mask is null ? "" : Shapes.Format(mask.Shape) + ", ")}{Shapes.Format(c.Shape)}");
+        Functional.CheckLowRankMatMul(a, b, u, v, c, mask);
         var shape = new LoraShape
         {
             M = c.Size(0), N = c.Size(1), K = a.Size(1), R = u.Size(1),

@@ -41,9 +41,7 @@ public sealed partial class IlgpuBackend
     public void DequantizeQ4(Tensor w, Tensor y)
     {
         const string op = "dequantize_q4";
-        var (n, k) = Quantize.CheckQ4Weight(w, op);
-        if (y.Rank != 2 || y.Size(0) != n || y.Size(1) != k || y.DType is not (DType.F32 or DType.F64) || !y.IsContiguous)
-            throw new ArgumentException($"{op}: expected a contiguous f32 or f64 y [{n}, {k}], got {y.DType.Name()} {Shapes.Format(y.Shape)}");
+        var (n, k) = Quantize.CheckDequantizeQ4(w, y, op);
         var shape = new Q4Shape { M = 0, N = n, K = k };
         lock (gate)
         {

@@ -59,8 +59,9 @@ internal static class BenchTrainCommand
                 optimizer.Step();
                 loss.Item();                                   // the step's one read: waits for the device
                 double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
-                if (s >= 0) rates[s] = input.Numel / seconds;
-                if (s >= 0) reads = Math.Max(reads, (ilgpu?.HostReads ?? 0) - readsBefore);
+                if (s < 0) continue;
+                rates[s] = input.Numel / seconds;
+                reads = Math.Max(reads, (ilgpu?.HostReads ?? 0) - readsBefore);
             }
             Array.Sort(rates);
             double median = rates[n / 2];

@@ -35,6 +35,18 @@ public static partial class Functional
     public static Tensor LoraLinear(Tensor x, Tensor weight, Tensor loraA, Tensor loraB, double scale, Tensor? dropoutMask = null) =>
         LoraLinearCore(x, null, dropoutMask, weight, loraA, loraB, scale);
 
+    /// <summary>
+    /// The shapes IBackend.LowRankMatMul accepts, checked by every backend: a [M, K] @ b [K, N] + u [M, R] @ v [R, N]
+    /// (* mask [M, N]) -> c [M, N]; throws a one-line error otherwise.
+    /// </summary>
+    public static void CheckLowRankMatMul(Tensor a, Tensor b, Tensor u, Tensor v, Tensor c, Tensor? mask)
+    {
+        if (a.Rank != 2 || b.Rank != 2 || u.Rank != 2 || v.Rank != 2 || c.Rank != 2 || a.shape[1] != b.shape[0] || u.shape[1] != v.shape[0]
+            || c.shape[0] != a.shape[0] || c.shape[0] != u.shape[0] || c.shape[1] != b.shape[1] || c.shape[1] != v.shape[1]
+            || (mask is not null && !mask.shape.AsSpan().SequenceEqual(c.shape)))
+            throw new ArgumentException($"lora: a [M, K] @ b [K, N] + u [M, R] @ v [R, N] (* mask [M, N]) -> c [M, N] expected, got {Shapes.Format(a.shape)}, {Shapes.Format(b.shape)}, {Shapes.Format(u.shape)}, {Shapes.Format(v.shape)}, {(mask is null ? "" : Shapes.Format(mask.shape) + ", ")}{Shapes.Format(c.shape)}");
+    }
+
     /// <summary>The op; the adapter reads xLora when given, else x (* mask).</summary>
     private static Tensor LoraLinearCore(Tensor x, Tensor? xLora, Tensor? mask, Tensor weight, Tensor loraA, Tensor loraB, double scale)
     {
@@ -43,7 +55,7 @@ public static partial class Functional
             throw new ArgumentException($"{op}: weight {Shapes.Format(weight.shape)} and A {Shapes.Format(loraA.shape)} must be matrices W [out, in] and A [r, in]");
         int inF = weight.Size(1), outF = weight.Size(0), r = loraA.Size(0);
         var side = xLora ?? mask;
-        if (x.Rank < 1 || x.shape[^1] != inF || (side is not null && !x.shape.AsSpan().SequenceEqual(side.shape)) || loraA.Rank != 2 || loraA.Size(1) != inF || loraB.Rank != 2 || loraB.Size(0) != outF || loraB.Size(1) != r)
+        if (x.Rank < 1 || x.shape[^1] != inF || (side is not null && !x.shape.AsSpan().SequenceEqual(side.shape)) || loraA.Size(1) != inF || loraB.Rank != 2 || loraB.Size(0) != outF || loraB.Size(1) != r)
             throw new ArgumentException($"{op}: x {Shapes.Format(x.shape)}, {(xLora is not null ? "x_lora" : "mask")} {(side is null ? "-" : Shapes.Format(side.shape))}, weight {Shapes.Format(weight.shape)}, A {Shapes.Format(loraA.shape)}, B {Shapes.Format(loraB.shape)} are not x [..., in] (x_lora or mask alike), W [out, in], A [r, in], B [out, r]");
         if (x.DType is not (DType.F32 or DType.F64) || (side is not null && side.DType != x.DType) || weight.DType != x.DType || loraA.DType != x.DType || loraB.DType != x.DType)
             throw new ArgumentException($"{op}: expected one f32 or f64 dtype, got x {x.DType.Name()}, W {weight.DType.Name()}, A {loraA.DType.Name()}, B {loraB.DType.Name()}{(side is null ? "" : $", {(xLora is not null ? "x_lora" : "mask")} {side.DType.Name()}")}");

@@ -125,7 +125,8 @@ public static class QuantTypes
     /// <summary>Quantizes x (a multiple of 32 finite values) into Q4_0 blocks (18 bytes per 32 values).</summary>
     public static void QuantizeRowQ4_0(ReadOnlySpan<float> x, Span<byte> blocks)
     {
-        var output = Blocks<BlockQ4_0>(CheckRow(Q4_0Traits, x.Length, blocks.Length, blocks));
+        CheckRow(Q4_0Traits, x.Length, blocks.Length);
+        var output = Blocks<BlockQ4_0>(blocks);
         for (int b = 0; b < output.Length; b++)
         {
             var v = x.Slice(b * 32, 32);
@@ -151,7 +152,8 @@ public static class QuantTypes
     /// <summary>Expands Q4_0 blocks into y (32 values per 18 bytes).</summary>
     public static void DequantizeRowQ4_0(ReadOnlySpan<byte> blocks, Span<float> y)
     {
-        var input = Blocks<BlockQ4_0>(CheckRow(Q4_0Traits, y.Length, blocks.Length, blocks));
+        CheckRow(Q4_0Traits, y.Length, blocks.Length);
+        var input = Blocks<BlockQ4_0>(blocks);
         for (int b = 0; b < input.Length; b++)
         {
             float d = HalfToSingle(BitConverter.HalfToUInt16Bits(input[b].D));
@@ -169,7 +171,8 @@ public static class QuantTypes
     /// <summary>Quantizes x (a multiple of 32 finite values) into Q8_0 blocks (34 bytes per 32 values).</summary>
     public static void QuantizeRowQ8_0(ReadOnlySpan<float> x, Span<byte> blocks)
     {
-        var output = Blocks<BlockQ8_0>(CheckRow(Q8_0Traits, x.Length, blocks.Length, blocks));
+        CheckRow(Q8_0Traits, x.Length, blocks.Length);
+        var output = Blocks<BlockQ8_0>(blocks);
         for (int b = 0; b < output.Length; b++)
         {
             var v = x.Slice(b * 32, 32);
@@ -190,7 +193,8 @@ public static class QuantTypes
     /// <summary>Expands Q8_0 blocks into y (32 values per 34 bytes).</summary>
     public static void DequantizeRowQ8_0(ReadOnlySpan<byte> blocks, Span<float> y)
     {
-        var input = Blocks<BlockQ8_0>(CheckRow(Q8_0Traits, y.Length, blocks.Length, blocks));
+        CheckRow(Q8_0Traits, y.Length, blocks.Length);
+        var input = Blocks<BlockQ8_0>(blocks);
         for (int b = 0; b < input.Length; b++)
         {
             float d = HalfToSingle(BitConverter.HalfToUInt16Bits(input[b].D));
@@ -213,16 +217,10 @@ public static class QuantTypes
         return (float)BitConverter.UInt16BitsToHalf(bits);
     }
 
-    private static ReadOnlySpan<byte> CheckRow(QuantTraits t, int values, int bytes, ReadOnlySpan<byte> blocks)
+    /// <summary>Throws unless <paramref name="values"/> values fill exactly <paramref name="bytes"/> bytes of blocks.</summary>
+    private static void CheckRow(QuantTraits t, int values, int bytes)
     {
         if (values % t.BlockSize != 0 || bytes != values / t.BlockSize * t.BlockBytes)
             throw new ArgumentException($"{t.Name}: {values} values and {bytes} bytes do not match ({t.BlockSize} values per {t.BlockBytes}-byte block)");
-        return blocks;
-    }
-
-    private static Span<byte> CheckRow(QuantTraits t, int values, int bytes, Span<byte> blocks)
-    {
-        CheckRow(t, values, bytes, (ReadOnlySpan<byte>)blocks);
-        return blocks;
     }
 }

@@ -52,6 +52,15 @@ public static class Quantize
         return (w.Size(0), w.Size(1) / 18 * 32);
     }
 
+    /// <summary>(N, K) of y [N, K] = dequantize(w [N, K / 32 * 18]) with y contiguous f32 or f64; throws a one-line error otherwise.</summary>
+    public static (int N, int K) CheckDequantizeQ4(Tensor w, Tensor y, string op)
+    {
+        var (n, k) = CheckQ4Weight(w, op);
+        if (y.Rank != 2 || y.Size(0) != n || y.Size(1) != k || y.DType is not (DType.F32 or DType.F64) || !y.IsContiguous)
+            throw new ArgumentException($"{op}: expected a contiguous f32 or f64 y [{n}, {k}], got {y.DType.Name()} {Shapes.Format(y.Shape)}");
+        return (n, k);
+    }
+
     /// <summary>(M, N, K) of y [M, N] = x [M, K] @ dequantize(w [N, K / 32 * 18])^T; throws a one-line error otherwise.</summary>
     public static (int M, int N, int K) CheckMatMulQ4(Tensor x, Tensor w, Tensor y, string op)
     {

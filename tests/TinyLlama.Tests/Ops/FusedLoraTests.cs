@@ -93,14 +93,22 @@ public class FusedLoraTests
         var a = lin.LoraA!.Weight.Detach().Clone().RequiresGrad_();
         var b = lin.LoraB.Weight.Detach().Clone().RequiresGrad_();
         var expected = Tensor.MatMul(x2, lin.Weight.Detach().MT) + lin.Bias!.Detach() + Tensor.MatMul(Tensor.MatMul(x2, a.MT) * Scale, b.MT);
+        AssertLayerMatchesComposition(lin, x, y, x2, a, b, expected, RandN(14, 2, 5, Out));
+        Assert.Null(lin.Weight.Grad); // W is frozen
+    }
+
+    /// <summary>
+    /// The layer's y equals the composition's, and after backpropagating dy through both, so do the gradients of
+    /// x, A and B (the composition's leaves x2, a, b are copies of the layer's x, A, B).
+    /// </summary>
+    private static void AssertLayerMatchesComposition(Linear lin, Tensor x, Tensor y, Tensor x2, Tensor a, Tensor b, Tensor expected, Tensor dy)
+    {
         FusedAssert.Close(expected.ToArray<double>(), y.ToArray<double>(), 1e-12, 1e-12, "y");
-        var dy = RandN(14, 2, 5, Out);
         y.Backward(dy);
         expected.Backward(dy);
         FusedAssert.Close(x2.Grad!.ToArray<double>(), x.Grad!.ToArray<double>(), 1e-12, 1e-12, "dx");
-        FusedAssert.Close(a.Grad!.ToArray<double>(), lin.LoraA.Weight.Grad!.ToArray<double>(), 1e-12, 1e-12, "dA");
-        FusedAssert.Close(b.Grad!.ToArray<double>(), lin.LoraB.Weight.Grad!.ToArray<double>(), 1e-12, 1e-12, "dB");
-        Assert.Null(lin.Weight.Grad); // W is frozen
+        FusedAssert.Close(a.Grad!.ToArray<double>(), lin.LoraA!.Weight.Grad!.ToArray<double>(), 1e-12, 1e-12, "dA");
+        FusedAssert.Close(b.Grad!.ToArray<double>(), lin.LoraB!.Weight.Grad!.ToArray<double>(), 1e-12, 1e-12, "dB");
     }
 
     /// <summary>A dropout keep-mask of p = 0.3 in f64: 0 or 1 / 0.7, as Functional.DropoutMask draws it.</summary>
@@ -176,13 +184,7 @@ public class FusedLoraTests
         var b = lin.LoraB.Weight.Detach().Clone().RequiresGrad_();
         var xd = Functional.Dropout(x2, 0.25, true, replay);
         var expected = Tensor.MatMul(x2, lin.Weight.Detach().MT) + Tensor.MatMul(Tensor.MatMul(xd, a.MT) * Scale, b.MT);
-        FusedAssert.Close(expected.ToArray<double>(), y.ToArray<double>(), 1e-12, 1e-12, "y");
-        var dy = RandN(44, 2, 5, Out);
-        y.Backward(dy);
-        expected.Backward(dy);
-        FusedAssert.Close(x2.Grad!.ToArray<double>(), x.Grad!.ToArray<double>(), 1e-12, 1e-12, "dx");
-        FusedAssert.Close(a.Grad!.ToArray<double>(), lin.LoraA.Weight.Grad!.ToArray<double>(), 1e-12, 1e-12, "dA");
-        FusedAssert.Close(b.Grad!.ToArray<double>(), lin.LoraB.Weight.Grad!.ToArray<double>(), 1e-12, 1e-12, "dB");
+        AssertLayerMatchesComposition(lin, x, y, x2, a, b, expected, RandN(44, 2, 5, Out));
         Assert.Equal(gen.GetState(), replay.GetState());   // both drew exactly one mask
     }
 }

@@ -192,9 +192,7 @@ public sealed unsafe partial class CpuBackend
     public void DequantizeQ4(Tensor w, Tensor y)
     {
         const string op = "dequantize_q4";
-        var (n, k) = Quantize.CheckQ4Weight(w, op);
-        if (y.Rank != 2 || y.Size(0) != n || y.Size(1) != k || y.DType is not (DType.F32 or DType.F64) || !y.IsContiguous)
-            throw new ArgumentException($"{op}: expected a contiguous f32 or f64 y [{n}, {k}], got {y.DType.Name()} {Shapes.Format(y.Shape)}");
+        var (n, k) = Quantize.CheckDequantizeQ4(w, y, op);
         int rowBytes = k / 32 * Q4BlockBytes;
         var storage = Host(w);
         int wOffset = w.Offset;
