@@ -1,4 +1,8 @@
-// Runs the CLI in-process and captures stdout, stderr and the exit code.
+// Runs the CLI and captures stdout, stderr and the exit code: in-process (Run), or as a child process
+// with extra environment variables (RunProcess), for what .NET fixes when a process starts, such as
+// the SIMD paths that DOTNET_EnableAVX512=0 or DOTNET_EnableAVX2=0 switch off.
+using System.Diagnostics;
+
 namespace TinyLlama.Tests.Cli;
 
 internal static class CliRunner
@@ -9,5 +13,32 @@ internal static class CliRunner
         var stderr = new StringWriter();
         int code = TinyLlama.Cli.Program.Run(args, stdout, stderr);
         return (code, stdout.ToString(), stderr.ToString());
+    }
+
+    /// <summary>
+    /// Runs tinyllama.dll (built beside the tests) under the dotnet host that runs the tests, with
+    /// <paramref name="environment"/> added to this process's environment; fails the test after
+    /// <paramref name="timeout"/>.
+    /// </summary>
+    public static (int Code, string Out, string Err) RunProcess(IReadOnlyDictionary<string, string> environment, TimeSpan timeout, params string[] args)
+    {
+        string cli = typeof(TinyLlama.Cli.Program).Assembly.Location;
+        // `dotnet test` names its host in DOTNET_HOST_PATH; the test host itself may be that executable.
+        string host = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } h ? h
+            : Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet" ? Environment.ProcessPath! : "dotnet";
+        var start = new ProcessStartInfo(host) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        start.ArgumentList.Add(cli);
+        foreach (var a in args) start.ArgumentList.Add(a);
+        foreach (var (key, value) in environment) start.Environment[key] = value;
+        using var process = Process.Start(start) ?? throw new InvalidOperationException($"could not start {host}");
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        if (!process.WaitForExit(timeout))
+        {
+            process.Kill(entireProcessTree: true);
+            Assert.Fail($"tinyllama {string.Join(' ', args)} did not finish within {timeout.TotalSeconds:F0} s");
+        }
+        process.WaitForExit();
+        return (process.ExitCode, stdout.Result, stderr.Result);
     }
 }

@@ -80,6 +80,8 @@ public class ModelCommandTests
     [InlineData(2, "perplexity", "--model", "x", "--text", "a", "--bogus")]
     [InlineData(2, "info", "--preset", "nope")]
     [InlineData(2, "frobnicate")]
+    [InlineData(2, "demo", "--quick", "--eval-every", "-1")]
+    [InlineData(2, "demo", "--quick", "--eval-every", "often")]
     [InlineData(1, "perplexity", "--model", "/nonexistent/model", "--text", "a")]
     [InlineData(1, "info", "--model", "/nonexistent/model")]
     public void BadInputGivesOneLineAndTheDocumentedExitCode(int expectedCode, params string[] args)
