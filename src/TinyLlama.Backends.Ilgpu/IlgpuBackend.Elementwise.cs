@@ -15,8 +15,8 @@ public sealed partial class IlgpuBackend
     {
         if (!source.Shape.AsSpan().SequenceEqual(destination.Shape))
             throw new ArgumentException($"copy: shape {Shapes.Format(source.Shape)} into {Shapes.Format(destination.Shape)}");
-        if (destination.DType == DType.Q4 && source.DType != DType.Q4)
-            throw new NotSupportedException($"cannot convert {source.DType.Name()} to q4 by copying; quantize instead");
+        if ((destination.DType.IsQuantized() || source.DType.IsQuantized()) && source.DType != destination.DType)
+            throw new NotSupportedException($"cannot convert {source.DType.Name()} to {destination.DType.Name()} by copying; quantize or dequantize instead");
         lock (gate)
         {
             var l = Layouts("copy", destination.Shape, source, destination);
@@ -29,7 +29,7 @@ public sealed partial class IlgpuBackend
                     case DType.F64: CopySame<double>(source, l[0], destination, l[1]); break;
                     case DType.F16 or DType.BF16: CopySame<ushort>(source, l[0], destination, l[1]); break;
                     case DType.I32: CopySame<int>(source, l[0], destination, l[1]); break;
-                    case DType.Q4: CopySame<byte>(source, l[0], destination, l[1]); break;
+                    case DType.Q4 or DType.Q8_0 or DType.Q4_K or DType.Q6_K: CopySame<byte>(source, l[0], destination, l[1]); break;
                 }
                 return;
             }
@@ -40,7 +40,6 @@ public sealed partial class IlgpuBackend
                 case DType.F16: CopyFrom<ushort, F16>(source, l[0], destination, l[1]); break;
                 case DType.BF16: CopyFrom<ushort, BF16>(source, l[0], destination, l[1]); break;
                 case DType.I32: CopyFrom<int, I32>(source, l[0], destination, l[1]); break;
-                case DType.Q4: throw new NotSupportedException("cannot convert q4 by copying; dequantize instead");
             }
         }
     }
@@ -87,7 +86,7 @@ public sealed partial class IlgpuBackend
                 case DType.F16: FillTyped(destination, l, BitConverter.HalfToUInt16Bits((System.Half)value)); break;
                 case DType.BF16: FillTyped(destination, l, BFloat16.FromSingle((float)value).Bits); break;
                 case DType.I32: FillTyped(destination, l, checked((int)value)); break;
-                case DType.Q4: FillTyped(destination, l, checked((byte)value)); break;
+                case DType.Q4 or DType.Q8_0 or DType.Q4_K or DType.Q6_K: FillTyped(destination, l, checked((byte)value)); break;
             }
         }
     }

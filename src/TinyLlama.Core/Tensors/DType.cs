@@ -14,8 +14,14 @@ public enum DType
     BF16,
     /// <summary>32-bit signed integer (token ids, indices).</summary>
     I32,
-    /// <summary>Packed 4-bit quantized blocks (bytes); the block layout is given by the quantization format.</summary>
+    /// <summary>Q4_0 blocks (bytes, 18 per 32 weights: llama.cpp's block_q4_0); shape [rows, row bytes].</summary>
     Q4,
+    /// <summary>Q8_0 blocks (bytes, 34 per 32 weights: llama.cpp's block_q8_0); shape [rows, row bytes].</summary>
+    Q8_0,
+    /// <summary>Q4_K super-blocks (bytes, 144 per 256 weights: llama.cpp's block_q4_K); shape [rows, row bytes].</summary>
+    Q4_K,
+    /// <summary>Q6_K super-blocks (bytes, 210 per 256 weights: llama.cpp's block_q6_K); shape [rows, row bytes].</summary>
+    Q6_K,
 }
 
 /// <summary>Traits of each <see cref="DType"/>.</summary>
@@ -29,12 +35,15 @@ public static class DTypes
         DType.F16 => 2,
         DType.BF16 => 2,
         DType.I32 => 4,
-        DType.Q4 => 1,
+        DType.Q4 or DType.Q8_0 or DType.Q4_K or DType.Q6_K => 1,
         _ => throw new ArgumentOutOfRangeException(nameof(t)),
     };
 
     /// <summary>True for the floating-point types.</summary>
     public static bool IsFloat(this DType t) => t is DType.F32 or DType.F64 or DType.F16 or DType.BF16;
+
+    /// <summary>True for the block-quantized types (byte storage; the row layout is the format's, see Quantization/QuantType.cs).</summary>
+    public static bool IsQuantized(this DType t) => t is DType.Q4 or DType.Q8_0 or DType.Q4_K or DType.Q6_K;
 
     /// <summary>True for the 16-bit float types, which ops compute in f32.</summary>
     public static bool IsHalf(this DType t) => t is DType.F16 or DType.BF16;
@@ -48,6 +57,9 @@ public static class DTypes
         DType.BF16 => "bfloat16",
         DType.I32 => "int32",
         DType.Q4 => "q4",
+        DType.Q8_0 => "q8_0",
+        DType.Q4_K => "q4_K",
+        DType.Q6_K => "q6_K",
         _ => t.ToString(),
     };
 
@@ -70,7 +82,7 @@ public static class DTypes
         DType.F16 => typeof(Half),
         DType.BF16 => typeof(BFloat16),
         DType.I32 => typeof(int),
-        DType.Q4 => typeof(byte),
+        DType.Q4 or DType.Q8_0 or DType.Q4_K or DType.Q6_K => typeof(byte),
         _ => throw new ArgumentOutOfRangeException(nameof(t)),
     };
 

@@ -14,7 +14,7 @@ public sealed partial class Tensor
 
     public override string ToString()
     {
-        var values = DType == DType.Q4 ? null : ToArray<double>();
+        var values = DType.IsQuantized() ? null : ToArray<double>();
         var sb = new StringBuilder("tensor(");
         if (values is null) sb.Append("<packed>");
         else

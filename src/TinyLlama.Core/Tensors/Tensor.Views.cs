@@ -232,7 +232,7 @@ public sealed partial class Tensor
             case DType.F16: { var h = new Half[dense.Numel]; dense.Backend.Download<Half>(dense, h); dst.Backend.Upload<Half>(h, dst.Storage); break; }
             case DType.BF16: { var h = new BFloat16[dense.Numel]; dense.Backend.Download<BFloat16>(dense, h); dst.Backend.Upload<BFloat16>(h, dst.Storage); break; }
             case DType.I32: { var h = new int[dense.Numel]; dense.Backend.Download<int>(dense, h); dst.Backend.Upload<int>(h, dst.Storage); break; }
-            case DType.Q4: { var h = new byte[dense.Numel]; dense.Backend.Download<byte>(dense, h); dst.Backend.Upload<byte>(h, dst.Storage); break; }
+            case DType.Q4 or DType.Q8_0 or DType.Q4_K or DType.Q6_K: { var h = new byte[dense.Numel]; dense.Backend.Download<byte>(dense, h); dst.Backend.Upload<byte>(h, dst.Storage); break; }
         }
     }
 

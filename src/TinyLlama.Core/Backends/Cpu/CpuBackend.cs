@@ -60,7 +60,10 @@ public sealed partial class CpuBackend : IBackend
             case DType.F16: CopyTo<Half>(s, d, plan); break;
             case DType.BF16: CopyTo<BFloat16>(s, d, plan); break;
             case DType.I32: CopyTo<int>(s, d, plan); break;
-            case DType.Q4: CopyTo<byte>(s, d, plan); break;
+            case DType.Q4 or DType.Q8_0 or DType.Q4_K or DType.Q6_K:
+                if (s.DType != d.DType) throw new NotSupportedException($"cannot convert {s.DType.Name()} to {d.DType.Name()} by copying; dequantize instead");
+                CopyTo<byte>(s, d, plan);
+                break;
         }
     }
 
@@ -73,8 +76,8 @@ public sealed partial class CpuBackend : IBackend
             case DType.F16: CopyTyped<TS, Half>(s, d, plan); break;
             case DType.BF16: CopyTyped<TS, BFloat16>(s, d, plan); break;
             case DType.I32: CopyTyped<TS, int>(s, d, plan); break;
-            case DType.Q4:
-                if (typeof(TS) != typeof(byte)) throw new NotSupportedException($"cannot convert {s.DType.Name()} to q4 by copying; quantize instead");
+            case DType.Q4 or DType.Q8_0 or DType.Q4_K or DType.Q6_K:
+                if (s.DType != d.DType) throw new NotSupportedException($"cannot convert {s.DType.Name()} to {d.DType.Name()} by copying; quantize or dequantize instead");
                 CopyTyped<TS, byte>(s, d, plan);
                 break;
         }
@@ -149,7 +152,7 @@ public sealed partial class CpuBackend : IBackend
             case DType.F16: FillTyped(d, plan, (Half)value); break;
             case DType.BF16: FillTyped(d, plan, BFloat16.FromSingle((float)value)); break;
             case DType.I32: FillTyped(d, plan, checked((int)value)); break;
-            case DType.Q4: FillTyped(d, plan, checked((byte)value)); break;
+            case DType.Q4 or DType.Q8_0 or DType.Q4_K or DType.Q6_K: FillTyped(d, plan, checked((byte)value)); break;
         }
     }
 
