@@ -41,11 +41,18 @@ public class Linear : Module
     public Tensor? Bias { get; private set; }
 
     /// <summary>
+    /// Called with each input x [..., in] before the product (null: nothing is called). Calibration uses it:
+    /// GPTQ accumulates its Hessian 2 X X^T from the inputs a layer sees.
+    /// </summary>
+    public Action<Tensor>? InputObserver { get; set; }
+
+    /// <summary>
     /// x [..., in] -> [..., out]. W^T is a transposed view; the GEMM reads it in place. With a LoRA
     /// adapter, s * (dropout(x) A^T) B^T is added; without one, the only extra work is a null check.
     /// </summary>
     public virtual Tensor Forward(Tensor x)
     {
+        InputObserver?.Invoke(x);
         if (lora is not null && CanFuseLora(x))
         {
             // One fused op (Ops/Functional.Lora.cs): the adapter's term is added into x W^T in place.
