@@ -260,7 +260,7 @@ public sealed unsafe class CpuDecoder : IDisposable
         foreach (var lin in model.LmHead is null ? linears : linears.Append(model.LmHead))
         {
             if (lin.Bias is not null) return "a projection has a bias";
-            if (lin.HasLora && lin.Training && lin.LoraDropout > 0) return "LoRA dropout is active (training mode)";
+            if (lin is LoraLinear { Training: true, Dropout: > 0 }) return "LoRA dropout is active (training mode)";
         }
         return null;
     }
@@ -346,12 +346,12 @@ public sealed unsafe class CpuDecoder : IDisposable
     private Projection Project(Linear lin)
     {
         var p = new Projection { W = Pointer(lin.Weight), Out = lin.OutFeatures, In = lin.InFeatures };
-        if (lin.HasLora)
+        if (lin is LoraLinear lora)
         {
-            p.LoraA = Pointer(lin.LoraA!.Weight);
-            p.LoraB = Pointer(lin.LoraB!.Weight);
-            p.R = lin.LoraRank;
-            p.Scale = (float)lin.LoraScaling;
+            p.LoraA = Pointer(lora.LoraA.Weight);
+            p.LoraB = Pointer(lora.LoraB.Weight);
+            p.R = lora.Rank;
+            p.Scale = (float)lora.Scaling;
         }
         return p;
     }

@@ -47,16 +47,18 @@ public sealed class LlamaAttention : Module
     {
         this.config = config;
         int c = config.HiddenSize, hs = config.HeadDim;
-        QProj = RegisterModule("q_proj", new Linear(c, config.NumAttentionHeads * hs, false, gen, dtype, device, init: false));
-        KProj = RegisterModule("k_proj", new Linear(c, config.NumKeyValueHeads * hs, false, gen, dtype, device, init: false));
-        VProj = RegisterModule("v_proj", new Linear(c, config.NumKeyValueHeads * hs, false, gen, dtype, device, init: false));
-        OProj = RegisterModule("o_proj", new Linear(config.NumAttentionHeads * hs, c, false, gen, dtype, device, init: false));
+        RegisterModule("q_proj", new Linear(c, config.NumAttentionHeads * hs, false, gen, dtype, device, init: false));
+        RegisterModule("k_proj", new Linear(c, config.NumKeyValueHeads * hs, false, gen, dtype, device, init: false));
+        RegisterModule("v_proj", new Linear(c, config.NumKeyValueHeads * hs, false, gen, dtype, device, init: false));
+        RegisterModule("o_proj", new Linear(config.NumAttentionHeads * hs, c, false, gen, dtype, device, init: false));
     }
 
-    public Linear QProj { get; }
-    public Linear KProj { get; }
-    public Linear VProj { get; }
-    public Linear OProj { get; }
+    // The children are read from the registry on each use, so a module swapped in with ReplaceModule (a
+    // LoraLinear in a projection's place, and back) is the one that computes.
+    public Linear QProj => Child<Linear>("q_proj");
+    public Linear KProj => Child<Linear>("k_proj");
+    public Linear VProj => Child<Linear>("v_proj");
+    public Linear OProj => Child<Linear>("o_proj");
 
     /// <summary>x (B, T, C) at positions start..start+T-1 -> (B, T, C). With a cache, keys/values of earlier tokens come from it.</summary>
     public Tensor Forward(Tensor x, RotaryEmbedding rope, int start, KvCache? cache, int layer)
@@ -81,14 +83,14 @@ public sealed class LlamaMlp : Module
 {
     public LlamaMlp(LlamaConfig config, Generator? gen, DType dtype, Device device)
     {
-        GateProj = RegisterModule("gate_proj", new Linear(config.HiddenSize, config.IntermediateSize, false, gen, dtype, device, init: false));
-        UpProj = RegisterModule("up_proj", new Linear(config.HiddenSize, config.IntermediateSize, false, gen, dtype, device, init: false));
-        DownProj = RegisterModule("down_proj", new Linear(config.IntermediateSize, config.HiddenSize, false, gen, dtype, device, init: false));
+        RegisterModule("gate_proj", new Linear(config.HiddenSize, config.IntermediateSize, false, gen, dtype, device, init: false));
+        RegisterModule("up_proj", new Linear(config.HiddenSize, config.IntermediateSize, false, gen, dtype, device, init: false));
+        RegisterModule("down_proj", new Linear(config.IntermediateSize, config.HiddenSize, false, gen, dtype, device, init: false));
     }
 
-    public Linear GateProj { get; }
-    public Linear UpProj { get; }
-    public Linear DownProj { get; }
+    public Linear GateProj => Child<Linear>("gate_proj");
+    public Linear UpProj => Child<Linear>("up_proj");
+    public Linear DownProj => Child<Linear>("down_proj");
 
     /// <summary>x (B, T, C) -> (B, T, C).</summary>
     public Tensor Forward(Tensor x) => DownProj.Forward(Functional.SwiGlu(GateProj.Forward(x), UpProj.Forward(x)));
@@ -99,16 +101,16 @@ public sealed class LlamaDecoderLayer : Module
 {
     public LlamaDecoderLayer(LlamaConfig config, Generator? gen, DType dtype, Device device)
     {
-        SelfAttn = RegisterModule("self_attn", new LlamaAttention(config, gen, dtype, device));
-        Mlp = RegisterModule("mlp", new LlamaMlp(config, gen, dtype, device));
-        InputLayernorm = RegisterModule("input_layernorm", new RmsNorm(config.HiddenSize, config.RmsNormEps, dtype, device));
-        PostAttentionLayernorm = RegisterModule("post_attention_layernorm", new RmsNorm(config.HiddenSize, config.RmsNormEps, dtype, device));
+        RegisterModule("self_attn", new LlamaAttention(config, gen, dtype, device));
+        RegisterModule("mlp", new LlamaMlp(config, gen, dtype, device));
+        RegisterModule("input_layernorm", new RmsNorm(config.HiddenSize, config.RmsNormEps, dtype, device));
+        RegisterModule("post_attention_layernorm", new RmsNorm(config.HiddenSize, config.RmsNormEps, dtype, device));
     }
 
-    public LlamaAttention SelfAttn { get; }
-    public LlamaMlp Mlp { get; }
-    public RmsNorm InputLayernorm { get; }
-    public RmsNorm PostAttentionLayernorm { get; }
+    public LlamaAttention SelfAttn => Child<LlamaAttention>("self_attn");
+    public LlamaMlp Mlp => Child<LlamaMlp>("mlp");
+    public RmsNorm InputLayernorm => Child<RmsNorm>("input_layernorm");
+    public RmsNorm PostAttentionLayernorm => Child<RmsNorm>("post_attention_layernorm");
 
     /// <summary>x (B, T, C) -> (B, T, C): the residual stream, spelled out.</summary>
     public Tensor Forward(Tensor x, RotaryEmbedding rope, int start, KvCache? cache, int layer)
@@ -124,15 +126,15 @@ public sealed class LlamaModel : Module
 {
     public LlamaModel(LlamaConfig config, Generator? gen, DType dtype, Device device)
     {
-        EmbedTokens = RegisterModule("embed_tokens", new Embedding(config.VocabSize, config.HiddenSize, gen, dtype, device, init: false));
-        Layers = RegisterModule("layers", new ModuleList<LlamaDecoderLayer>(
+        RegisterModule("embed_tokens", new Embedding(config.VocabSize, config.HiddenSize, gen, dtype, device, init: false));
+        RegisterModule("layers", new ModuleList<LlamaDecoderLayer>(
             Enumerable.Range(0, config.NumHiddenLayers).Select(_ => new LlamaDecoderLayer(config, gen, dtype, device))));
-        Norm = RegisterModule("norm", new RmsNorm(config.HiddenSize, config.RmsNormEps, dtype, device));
+        RegisterModule("norm", new RmsNorm(config.HiddenSize, config.RmsNormEps, dtype, device));
     }
 
-    public Embedding EmbedTokens { get; }
-    public ModuleList<LlamaDecoderLayer> Layers { get; }
-    public RmsNorm Norm { get; }
+    public Embedding EmbedTokens => Child<Embedding>("embed_tokens");
+    public ModuleList<LlamaDecoderLayer> Layers => Child<ModuleList<LlamaDecoderLayer>>("layers");
+    public RmsNorm Norm => Child<RmsNorm>("norm");
 }
 
 /// <summary>LLaMA with its language-model head: token ids in, next-token logits out.</summary>
@@ -148,15 +150,15 @@ public sealed class LlamaForCausalLM : Module
     {
         Config = config;
         var dev = device ?? Device.Cpu;
-        Model = RegisterModule("model", new LlamaModel(config, generator, dtype, dev));
+        RegisterModule("model", new LlamaModel(config, generator, dtype, dev));
         if (!config.TieWordEmbeddings)
-            LmHead = RegisterModule("lm_head", new Linear(config.HiddenSize, config.VocabSize, false, generator, dtype, dev, init: false));
+            RegisterModule("lm_head", new Linear(config.HiddenSize, config.VocabSize, false, generator, dtype, dev, init: false));
         rope = new RotaryEmbedding(config, dtype, dev);
         if (initialize) InitWeights(generator ?? Generator.Default);
     }
 
     public LlamaConfig Config { get; }
-    public LlamaModel Model { get; }
+    public LlamaModel Model => Child<LlamaModel>("model");
 
     /// <summary>
     /// Recompute each decoder layer in the backward pass instead of keeping its activations
@@ -168,7 +170,7 @@ public sealed class LlamaForCausalLM : Module
     public Generator? CheckpointRng { get; set; }
 
     /// <summary>Null when the head is tied to the embedding.</summary>
-    public Linear? LmHead { get; }
+    public Linear? LmHead => Config.TieWordEmbeddings ? null : Child<Linear>("lm_head");
 
     private void InitWeights(Generator gen)
     {

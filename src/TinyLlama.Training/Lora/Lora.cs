@@ -1,11 +1,14 @@
 // Putting LoRA adapters (Hu et al., 2021, arXiv:2106.09685) on a LLaMA model, and taking them off.
 //
 // Apply does what PEFT's get_peft_model does for a LoraConfig with bias = "none": every linear layer
-// whose dotted name ends in a target ("model.layers.3.self_attn.q_proj" ends in "q_proj") gets an
-// adapter (Linear.EnableLora), and every base parameter (embeddings, norms, lm_head, every base weight)
-// is frozen, so that only the lora_A and lora_B weights train. Merge is PEFT's merge_and_unload: each
-// adapter is folded into its weight, W += (alpha / r) B A, and removed, which leaves a plain model with
-// Hugging Face's parameter names, ready to be saved as an ordinary checkpoint.
+// whose dotted name ends in a target ("model.layers.3.self_attn.q_proj" ends in "q_proj") is replaced by
+// a LoraLinear wrapping it (NN/LoraLinear.cs; Module.ReplaceModule), and every base parameter (embeddings,
+// norms, lm_head, every base weight) is frozen, so that only the lora_A and lora_B weights train. The
+// wrapper keeps the base's parameter names, so the model's names only gain "...lora_A.weight" and
+// "...lora_B.weight". Merge is PEFT's merge_and_unload: each adapter is folded into its weight,
+// W += (alpha / r) B A, and the base layer is put back, which leaves a plain model with Hugging Face's
+// parameter names, ready to be saved as an ordinary checkpoint. Remove (PEFT's unload) puts the bases
+// back without merging.
 using TinyLlama.Model;
 using TinyLlama.NN;
 using TinyLlama.Tensors;
@@ -20,9 +23,9 @@ public static class Lora
     /// dropout from <paramref name="config"/>) to each targeted linear layer of every decoder layer. A is
     /// initialised from <paramref name="generator"/> in module order (layer 0's q, k, v, o, gate, up,
     /// down, then layer 1's ...), B with zeros, so the model's output is unchanged; dropout masks are
-    /// drawn from the same generator. Returns the adapted layers by dotted name.
+    /// drawn from the same generator. Returns the adapted layers (now in the model) by dotted name.
     /// </summary>
-    public static IReadOnlyList<(string Name, Linear Layer)> Apply(LlamaForCausalLM model, LoraConfig config, Generator generator)
+    public static IReadOnlyList<(string Name, LoraLinear Layer)> Apply(LlamaForCausalLM model, LoraConfig config, Generator generator)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(generator);
@@ -31,9 +34,14 @@ public static class Lora
         if (existing.Count > 0) throw new InvalidOperationException($"the model already has LoRA adapters (e.g. on {existing[0].Name}); merge or remove them first");
         foreach (var p in model.Parameters())
             if (p.IsLeaf) p.RequiresGrad = false;
-        foreach (var (_, layer) in targets)
-            layer.EnableLora(config.Rank, config.Alpha, config.Dropout, generator);
-        return targets;
+        var adapted = new List<(string, LoraLinear)>(targets.Count);
+        foreach (var (name, layer) in targets)
+        {
+            var wrapper = LoraLinear.Wrap(layer, config.Rank, config.Alpha, config.Dropout, generator);
+            model.ReplaceModule(name, wrapper);
+            adapted.Add((name, wrapper));
+        }
+        return adapted;
     }
 
     /// <summary>
@@ -45,7 +53,7 @@ public static class Lora
         var targets = config.CanonicalTargets();
         var found = new List<(string, Linear)>();
         var matched = new HashSet<string>(StringComparer.Ordinal);
-        foreach (var (name, module) in NamedModules(model, ""))
+        foreach (var (name, module) in model.NamedModules())
         {
             if (module is not Linear linear || !name.StartsWith("model.layers.", StringComparison.Ordinal)) continue;
             string last = name[(name.LastIndexOf('.') + 1)..];
@@ -58,12 +66,12 @@ public static class Lora
         return found;
     }
 
-    /// <summary>The linear layers that currently carry an adapter, by dotted name, in module order.</summary>
-    public static IReadOnlyList<(string Name, Linear Layer)> AdaptedLayers(Module model)
+    /// <summary>The adapted layers currently in the model, by dotted name, in module order.</summary>
+    public static IReadOnlyList<(string Name, LoraLinear Layer)> AdaptedLayers(Module model)
     {
-        var list = new List<(string, Linear)>();
-        foreach (var (name, module) in NamedModules(model, ""))
-            if (module is Linear { HasLora: true } linear) list.Add((name, linear));
+        var list = new List<(string, LoraLinear)>();
+        foreach (var (name, module) in model.NamedModules())
+            if (module is LoraLinear lora) list.Add((name, lora));
         return list;
     }
 
@@ -80,40 +88,32 @@ public static class Lora
         var dict = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         foreach (var (name, layer) in AdaptedLayers(model))
         {
-            dict[name + ".lora_A.weight"] = layer.LoraA!.Weight;
-            dict[name + ".lora_B.weight"] = layer.LoraB!.Weight;
+            dict[name + ".lora_A.weight"] = layer.LoraA.Weight;
+            dict[name + ".lora_B.weight"] = layer.LoraB.Weight;
         }
         return dict;
     }
 
     /// <summary>
-    /// Folds every adapter into its base weight (W += (alpha / r) B A) and removes it, so the model has
-    /// Hugging Face's usual parameter names again. Base parameters stay frozen. Returns how many layers
-    /// were merged.
+    /// Folds every adapter into its base weight (W += (alpha / r) B A) and puts the base layer back, so the
+    /// model has Hugging Face's usual parameter names again. Base parameters stay frozen. Nothing is changed
+    /// when a base weight is not floating point (quantized). Returns how many layers were merged.
     /// </summary>
     public static int Merge(Module model)
     {
         var layers = AdaptedLayers(model); // collected first: merging edits the module tree
-        foreach (var (_, layer) in layers) layer.MergeLora();
+        foreach (var (name, layer) in layers)
+            if (!layer.Weight.DType.IsFloat())
+                throw new InvalidOperationException($"cannot merge the LoRA adapter of {name} into its {layer.Weight.DType.Name()} weight; dequantize the model first");
+        foreach (var (name, layer) in layers) model.ReplaceModule(name, layer.Merge());
         return layers.Count;
     }
 
-    /// <summary>Removes every adapter without merging (PEFT's unload). Returns how many layers had one.</summary>
+    /// <summary>Removes every adapter without merging (PEFT's unload): the base layers go back. Returns how many layers had one.</summary>
     public static int Remove(Module model)
     {
         var layers = AdaptedLayers(model);
-        foreach (var (_, layer) in layers) layer.RemoveLora();
+        foreach (var (name, layer) in layers) model.ReplaceModule(name, layer.Base);
         return layers.Count;
-    }
-
-    /// <summary>Every submodule with its dotted name, depth first in registration order (PyTorch's named_modules, without the root).</summary>
-    private static IEnumerable<(string Name, Module Module)> NamedModules(Module module, string prefix)
-    {
-        foreach (var (name, child) in module.NamedChildren())
-        {
-            string full = prefix + name;
-            yield return (full, child);
-            foreach (var item in NamedModules(child, full + ".")) yield return item;
-        }
     }
 }

@@ -21,6 +21,7 @@ using System.Text.Json;
 using TinyLlama.Autograd;
 using TinyLlama.Formats;
 using TinyLlama.Model;
+using TinyLlama.NN;
 using TinyLlama.Tensors;
 
 namespace TinyLlama.Training.Lora;
@@ -54,9 +55,9 @@ public static class PeftAdapter
         var adapted = Lora.AdaptedLayers(model);
         foreach (var (name, layer) in targets)
         {
-            if (!layer.HasLora) throw new ArgumentException($"PEFT save: {name} is a target of the config but has no LoRA adapter");
-            if (layer.LoraRank != config.Rank || layer.LoraAlpha != config.Alpha)
-                throw new ArgumentException($"PEFT save: {name} has r={layer.LoraRank}, alpha={layer.LoraAlpha} but the config says r={config.Rank}, alpha={config.Alpha}");
+            if (layer is not LoraLinear lora) throw new ArgumentException($"PEFT save: {name} is a target of the config but has no LoRA adapter");
+            if (lora.Rank != config.Rank || lora.Alpha != config.Alpha)
+                throw new ArgumentException($"PEFT save: {name} has r={lora.Rank}, alpha={lora.Alpha} but the config says r={config.Rank}, alpha={config.Alpha}");
         }
         if (adapted.Count != targets.Count)
         {
@@ -112,13 +113,13 @@ public static class PeftAdapter
         var existing = Lora.AdaptedLayers(model);
         if (existing.Count > 0) throw new InvalidOperationException($"the model already has LoRA adapters (e.g. on {existing[0].Name}); merge or remove them first");
 
-        Lora.Apply(model, config, generator ?? new Generator(0));
+        var adapted = Lora.Apply(model, config, generator ?? new Generator(0));
         using (GradMode.NoGrad())
         {
-            foreach (var (name, layer) in targets)
+            foreach (var (name, layer) in adapted)
             {
-                layer.LoraA!.Weight.CopyFrom_(file.Get(KeyPrefix + name + ".lora_A.weight"));
-                layer.LoraB!.Weight.CopyFrom_(file.Get(KeyPrefix + name + ".lora_B.weight"));
+                layer.LoraA.Weight.CopyFrom_(file.Get(KeyPrefix + name + ".lora_A.weight"));
+                layer.LoraB.Weight.CopyFrom_(file.Get(KeyPrefix + name + ".lora_B.weight"));
             }
         }
         return config;

@@ -77,13 +77,15 @@ public class CpuDecoderTests
         var gen = new Generator(6);
         using (GradMode.NoGrad())
         {
-            foreach (var layer in model.Model.Layers)
-                foreach (var lin in new Linear[] { layer.SelfAttn.QProj, layer.SelfAttn.VProj, layer.SelfAttn.OProj, layer.Mlp.GateProj, layer.Mlp.UpProj, layer.Mlp.DownProj })
-                {
-                    lin.EnableLora(rank: 3, alpha: 6, dropout: 0.1, gen);
-                    // B starts at zero (no change); make it non-zero so the adapter matters.
-                    lin.LoraB!.Weight.CopyFrom_(Tensor.RandN(lin.LoraB.Weight.Shape, gen, DType.F32, Device.Cpu, 0, 0.2));
-                }
+            // Every projection of every layer but k_proj (q, v, o, gate, up, down in module order).
+            foreach (var (name, module) in model.NamedModules().ToList())
+            {
+                if (module is not Linear lin || !name.StartsWith("model.layers.", StringComparison.Ordinal) || name.EndsWith("k_proj", StringComparison.Ordinal)) continue;
+                var lora = LoraLinear.Wrap(lin, rank: 3, alpha: 6, dropout: 0.1, gen);
+                model.ReplaceModule(name, lora);
+                // B starts at zero (no change); make it non-zero so the adapter matters.
+                lora.LoraB.Weight.CopyFrom_(Tensor.RandN(lora.LoraB.Weight.Shape, gen, DType.F32, Device.Cpu, 0, 0.2));
+            }
         }
         model.Eval(); // dropout off, as in generation
         AssertSameLogits(model, Ids(20, 53, 9), prefill: 4, new SpinPool(1));

@@ -83,14 +83,13 @@ public class FusedLoraTests
     [Fact]
     public void LoraLinearLayerEqualsTheComposition()
     {
-        var lin = new Linear(In, Out, bias: true, new Generator(10), DType.F64);
-        lin.EnableLora(R, alpha: R * Scale, dropout: 0, new Generator(11));
+        var lin = LoraLinear.Wrap(new Linear(In, Out, bias: true, new Generator(10), DType.F64), R, alpha: R * Scale, dropout: 0, new Generator(11));
         using (TinyLlama.Autograd.GradMode.NoGrad())
-            lin.LoraB!.Weight.CopyFrom_(RandN(12, Out, R)); // B starts at zero; make the adapter matter
+            lin.LoraB.Weight.CopyFrom_(RandN(12, Out, R)); // B starts at zero; make the adapter matter
         var x = RandN(13, 2, 5, In).RequiresGrad_();
         var y = lin.Forward(x);
         var x2 = x.Detach().Clone().RequiresGrad_();
-        var a = lin.LoraA!.Weight.Detach().Clone().RequiresGrad_();
+        var a = lin.LoraA.Weight.Detach().Clone().RequiresGrad_();
         var b = lin.LoraB.Weight.Detach().Clone().RequiresGrad_();
         var expected = Tensor.MatMul(x2, lin.Weight.Detach().MT) + lin.Bias!.Detach() + Tensor.MatMul(Tensor.MatMul(x2, a.MT) * Scale, b.MT);
         AssertLayerMatchesComposition(lin, x, y, x2, a, b, expected, RandN(14, 2, 5, Out));
@@ -101,14 +100,14 @@ public class FusedLoraTests
     /// The layer's y equals the composition's, and after backpropagating dy through both, so do the gradients of
     /// x, A and B (the composition's leaves x2, a, b are copies of the layer's x, A, B).
     /// </summary>
-    private static void AssertLayerMatchesComposition(Linear lin, Tensor x, Tensor y, Tensor x2, Tensor a, Tensor b, Tensor expected, Tensor dy)
+    private static void AssertLayerMatchesComposition(LoraLinear lin, Tensor x, Tensor y, Tensor x2, Tensor a, Tensor b, Tensor expected, Tensor dy)
     {
         FusedAssert.Close(expected.ToArray<double>(), y.ToArray<double>(), 1e-12, 1e-12, "y");
         y.Backward(dy);
         expected.Backward(dy);
         FusedAssert.Close(x2.Grad!.ToArray<double>(), x.Grad!.ToArray<double>(), 1e-12, 1e-12, "dx");
-        FusedAssert.Close(a.Grad!.ToArray<double>(), lin.LoraA!.Weight.Grad!.ToArray<double>(), 1e-12, 1e-12, "dA");
-        FusedAssert.Close(b.Grad!.ToArray<double>(), lin.LoraB!.Weight.Grad!.ToArray<double>(), 1e-12, 1e-12, "dB");
+        FusedAssert.Close(a.Grad!.ToArray<double>(), lin.LoraA.Weight.Grad!.ToArray<double>(), 1e-12, 1e-12, "dA");
+        FusedAssert.Close(b.Grad!.ToArray<double>(), lin.LoraB.Weight.Grad!.ToArray<double>(), 1e-12, 1e-12, "dB");
     }
 
     /// <summary>A dropout keep-mask of p = 0.3 in f64: 0 or 1 / 0.7, as Functional.DropoutMask draws it.</summary>
@@ -169,10 +168,9 @@ public class FusedLoraTests
         // In training the layer draws the keep-mask from its generator as Functional.Dropout would; the same
         // generator state replayed through Dropout gives the composition's mask.
         var gen = new Generator(40);
-        var lin = new Linear(In, Out, bias: false, new Generator(41), DType.F64);
-        lin.EnableLora(R, alpha: R * Scale, dropout: 0.25, gen);
+        var lin = LoraLinear.Wrap(new Linear(In, Out, bias: false, new Generator(41), DType.F64), R, alpha: R * Scale, dropout: 0.25, gen);
         using (TinyLlama.Autograd.GradMode.NoGrad())
-            lin.LoraB!.Weight.CopyFrom_(RandN(42, Out, R));
+            lin.LoraB.Weight.CopyFrom_(RandN(42, Out, R));
         lin.Train(true);
         var state = gen.GetState();
         var x = RandN(43, 2, 5, In).RequiresGrad_();
@@ -180,7 +178,7 @@ public class FusedLoraTests
         var replay = new Generator(0);
         replay.SetState(state);
         var x2 = x.Detach().Clone().RequiresGrad_();
-        var a = lin.LoraA!.Weight.Detach().Clone().RequiresGrad_();
+        var a = lin.LoraA.Weight.Detach().Clone().RequiresGrad_();
         var b = lin.LoraB.Weight.Detach().Clone().RequiresGrad_();
         var xd = Functional.Dropout(x2, 0.25, true, replay);
         var expected = Tensor.MatMul(x2, lin.Weight.Detach().MT) + Tensor.MatMul(Tensor.MatMul(xd, a.MT) * Scale, b.MT);

@@ -109,8 +109,8 @@ public class LoraTests
             ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj", "model.layers.0.mlp.gate_proj",
              "model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.v_proj", "model.layers.1.mlp.gate_proj"],
             adapted.Select(a => a.Name));
-        Assert.False(model.Model.Layers[0].SelfAttn.KProj.HasLora);
-        Assert.True(model.Model.Layers[1].Mlp.GateProj.HasLora);
+        Assert.IsNotType<LoraLinear>(model.Model.Layers[0].SelfAttn.KProj);
+        Assert.IsType<LoraLinear>(model.Model.Layers[1].Mlp.GateProj);
     }
 
     [Fact]
@@ -144,11 +144,12 @@ public class LoraTests
         Assert.True(baseLogits.Zip(adapterLogits).Max(p => Math.Abs(p.First - p.Second)) > 1e-3, "the random adapters should change the logits");
 
         // The merged weight is W + (alpha / r) B A, checked against a product done here in f64.
-        var down = model.Model.Layers[1].Mlp.DownProj;
-        var a = down.LoraA!.Weight.ToArray<double>(); // [4, 24]
-        var b = down.LoraB!.Weight.ToArray<double>(); // [16, 4]
+        var down = Assert.IsType<LoraLinear>(model.Model.Layers[1].Mlp.DownProj);
+        var a = down.LoraA.Weight.ToArray<double>(); // [4, 24]
+        var b = down.LoraB.Weight.ToArray<double>(); // [16, 4]
         Assert.Equal(14, Lora.Merge(model));
-        var merged = down.Weight.ToArray<double>();   // [16, 24]
+        Assert.Same(down.Base, model.Model.Layers[1].Mlp.DownProj);
+        var merged = down.Base.Weight.ToArray<double>();   // [16, 24]
         for (int o = 0; o < 16; o++)
             for (int i = 0; i < 24; i++)
             {
@@ -241,12 +242,11 @@ public class LoraTests
 
     // ---------------- one Linear ----------------
 
-    private static Linear LoraLinear(int fanIn, int fanOut, int rank, double alpha, double dropout, Generator gen, bool bias = true)
+    private static LoraLinear Adapted(int fanIn, int fanOut, int rank, double alpha, double dropout, Generator gen, bool bias = true)
     {
-        var lin = new Linear(fanIn, fanOut, bias, new Generator(100), DType.F64);
-        lin.EnableLora(rank, alpha, dropout, gen);
+        var lin = LoraLinear.Wrap(new Linear(fanIn, fanOut, bias, new Generator(100), DType.F64), rank, alpha, dropout, gen);
         using var _ = GradMode.NoGrad();
-        lin.LoraB!.Weight.CopyFrom_(Tensor.RandN([fanOut, rank], new Generator(101), DType.F64));
+        lin.LoraB.Weight.CopyFrom_(Tensor.RandN([fanOut, rank], new Generator(101), DType.F64));
         return lin;
     }
 
@@ -255,13 +255,13 @@ public class LoraTests
     {
         const int n = 6, fanIn = 5, fanOut = 4, r = 3;
         const double alpha = 6;
-        var lin = LoraLinear(fanIn, fanOut, r, alpha, 0, new Generator(7));
+        var lin = Adapted(fanIn, fanOut, r, alpha, 0, new Generator(7));
         Assert.False(lin.Weight.RequiresGrad);
         Assert.False(lin.Bias!.RequiresGrad);
-        Assert.Equal(alpha / r, lin.LoraScaling);
+        Assert.Equal(alpha / r, lin.Scaling);
         var x = GradCheck.RandN(8, n, fanIn);
         var y = lin.Forward(x).ToArray<double>();
-        var (xs, w, bias, a, b) = (x.ToArray<double>(), lin.Weight.ToArray<double>(), lin.Bias.ToArray<double>(), lin.LoraA!.Weight.ToArray<double>(), lin.LoraB!.Weight.ToArray<double>());
+        var (xs, w, bias, a, b) = (x.ToArray<double>(), lin.Weight.ToArray<double>(), lin.Bias.ToArray<double>(), lin.LoraA.Weight.ToArray<double>(), lin.LoraB.Weight.ToArray<double>());
         for (int row = 0; row < n; row++)
             for (int o = 0; o < fanOut; o++)
             {
@@ -280,13 +280,13 @@ public class LoraTests
     [Fact]
     public void LinearGradientsOfXAAndBMatchFiniteDifferences()
     {
-        var lin = LoraLinear(5, 4, 3, 6, 0, new Generator(7));
+        var lin = Adapted(5, 4, 3, 6, 0, new Generator(7));
         GradCheck.Check(xs =>
         {
             lin.SetParameter("lora_A.weight", xs[1]);
             lin.SetParameter("lora_B.weight", xs[2]);
             return lin.Forward(xs[0]);
-        }, [GradCheck.RandN(1, 2, 3, 5), lin.LoraA!.Weight.Detach().Clone(), lin.LoraB!.Weight.Detach().Clone()]);
+        }, [GradCheck.RandN(1, 2, 3, 5), lin.LoraA.Weight.Detach().Clone(), lin.LoraB.Weight.Detach().Clone()]);
         Assert.Null(lin.Weight.Grad);
         Assert.Null(lin.Bias!.Grad);
     }
@@ -295,22 +295,22 @@ public class LoraTests
     public void LinearGradientsWithDropoutMatchFiniteDifferences()
     {
         var gen = new Generator(7);
-        var lin = LoraLinear(6, 4, 2, 3, 0.5, gen);
+        var lin = Adapted(6, 4, 2, 3, 0.5, gen);
         GradCheck.Check(xs =>
         {
             gen.Reseed(55); // the same dropout mask in every evaluation
             lin.SetParameter("lora_A.weight", xs[1]);
             lin.SetParameter("lora_B.weight", xs[2]);
             return lin.Forward(xs[0]);
-        }, [GradCheck.RandN(1, 3, 6), lin.LoraA!.Weight.Detach().Clone(), lin.LoraB!.Weight.Detach().Clone()]);
+        }, [GradCheck.RandN(1, 3, 6), lin.LoraA.Weight.Detach().Clone(), lin.LoraB.Weight.Detach().Clone()]);
     }
 
     [Fact]
     public void AdapterDropoutActsOnlyInTraining()
     {
         var x = GradCheck.RandN(3, 4, 6);
-        var plain = LoraLinear(6, 5, 2, 4, 0, new Generator(7));
-        var dropped = LoraLinear(6, 5, 2, 4, 0.5, new Generator(7)); // same A (same seed), same B
+        var plain = Adapted(6, 5, 2, 4, 0, new Generator(7));
+        var dropped = Adapted(6, 5, 2, 4, 0.5, new Generator(7)); // same A (same seed), same B
         var expected = plain.Forward(x).ToArray<double>();
         dropped.Eval();
         Assert.Equal(expected, dropped.Forward(x).ToArray<double>());
@@ -319,36 +319,44 @@ public class LoraTests
     }
 
     [Fact]
-    public void LinearWithoutAdapterIsUnchangedAndMisuseIsRejected()
+    public void WrapperKeepsTheBaseNamesAndMisuseIsRejected()
     {
         var lin = new Linear(5, 4, true, new Generator(1));
-        Assert.False(lin.HasLora);
-        Assert.Null(lin.LoraA);
         Assert.Equal(["weight", "bias"], lin.NamedParameters().Select(p => p.Name));
-        Assert.Throws<InvalidOperationException>(() => lin.MergeLora());
-        Assert.Throws<InvalidOperationException>(() => lin.RemoveLora());
-        Assert.Throws<ArgumentOutOfRangeException>(() => lin.EnableLora(0, 1, 0, new Generator(1)));
-        Assert.Throws<ArgumentOutOfRangeException>(() => lin.EnableLora(2, 1, 1.5, new Generator(1)));
-        lin.EnableLora(2, 1, 0, new Generator(1));
-        Assert.Equal(["weight", "bias", "lora_A.weight", "lora_B.weight"], lin.NamedParameters().Select(p => p.Name));
-        Assert.Throws<InvalidOperationException>(() => lin.EnableLora(2, 1, 0, new Generator(1)));
+        Assert.Throws<ArgumentOutOfRangeException>(() => LoraLinear.Wrap(lin, 0, 1, 0, new Generator(1)));
+        Assert.Throws<ArgumentOutOfRangeException>(() => LoraLinear.Wrap(lin, 2, 1, 1.5, new Generator(1)));
+        Assert.Throws<ArgumentOutOfRangeException>(() => LoraLinear.Wrap(lin, 2, double.NaN, 0, new Generator(1)));
+        Assert.True(lin.Weight.RequiresGrad); // the failed calls froze nothing
+        var lora = LoraLinear.Wrap(lin, 2, 1, 0, new Generator(1));
+        Assert.Equal(["weight", "bias", "lora_A.weight", "lora_B.weight"], lora.NamedParameters().Select(p => p.Name));
+        Assert.Same(lin.Weight, lora.Weight);
+        Assert.Same(lin.Bias, lora.Bias);
+        Assert.False(lin.Weight.RequiresGrad);
+        Assert.Equal((5, 4), (lora.InFeatures, lora.OutFeatures));
+        Assert.Throws<InvalidOperationException>(() => LoraLinear.Wrap(lora, 2, 1, 0, new Generator(1)));
+        // A weight replaced on the wrapper (as a checkpoint load does) is the base's weight too.
+        var w = Tensor.RandN([4, 5], new Generator(2));
+        lora.SetParameter("weight", w);
+        Assert.Same(w, lin.Weight);
+        Assert.Same(lin, lora.Merge());
+        Assert.Throws<InvalidOperationException>(() => lora.Merge());
+        Assert.Throws<InvalidOperationException>(() => lora.Forward(Tensor.RandN([1, 5], new Generator(3))));
     }
 
     [Fact]
     public void HalfPrecisionBaseGetsAnF32Adapter()
     {
-        var lin = new Linear(8, 6, false, new Generator(1), DType.BF16);
-        lin.EnableLora(2, 4, 0, new Generator(2));
-        Assert.Equal(DType.F32, lin.LoraA!.Weight.DType);
-        Assert.Equal(DType.F32, lin.LoraB!.Weight.DType);
+        var lin = LoraLinear.Wrap(new Linear(8, 6, false, new Generator(1), DType.BF16), 2, 4, 0, new Generator(2));
+        Assert.Equal(DType.F32, lin.LoraA.Weight.DType);
+        Assert.Equal(DType.F32, lin.LoraB.Weight.DType);
         using (GradMode.NoGrad()) lin.LoraB.Weight.CopyFrom_(Tensor.RandN([6, 2], new Generator(3)));
         var x = Tensor.RandN([3, 8], new Generator(4), DType.BF16);
         var y = lin.Forward(x);
         Assert.Equal(DType.BF16, y.DType);
         var unmerged = y.ToArray<float>();
-        lin.MergeLora();
-        Assert.Equal(DType.BF16, lin.Weight.DType);
-        var merged = lin.Forward(x).ToArray<float>();
+        var plain = lin.Merge();
+        Assert.Equal(DType.BF16, plain.Weight.DType);
+        var merged = plain.Forward(x).ToArray<float>();
         // bf16 has 8 bits of mantissa: agreement to a few bf16 ulps of O(1) values.
         for (int i = 0; i < merged.Length; i++) Assert.True(Math.Abs(merged[i] - unmerged[i]) <= 0.05, $"{i}: {merged[i]} vs {unmerged[i]}");
     }
