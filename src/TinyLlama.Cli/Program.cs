@@ -9,8 +9,11 @@ public static class Program
 {
     public static int Main(string[] args) => Run(args, Console.Out, Console.Error);
 
-    /// <summary>Runs the CLI with the given streams (tests call this directly).</summary>
-    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    /// <summary>
+    /// Runs the CLI with the given streams (tests call this directly). <paramref name="stdin"/> replaces
+    /// the console's input (verbs that read it then behave as with redirected input).
+    /// </summary>
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr, TextReader? stdin = null)
     {
         var root = new RootCommand("TinyLlama: tensors, autograd, LLaMA models and fine-tuning in pure C#.");
         root.Options.Add(DeviceOption.Create());
@@ -19,6 +22,7 @@ public static class Program
         root.Subcommands.Add(ModelCommands.CreateInfo());
         root.Subcommands.Add(ModelCommands.CreatePerplexity());
         root.Subcommands.Add(ModelCommands.CreateGenerate());
+        root.Subcommands.Add(ChatCommand.Create(stdin));
         root.Subcommands.Add(SftCommand.Create());
         root.Subcommands.Add(DemoCommand.Create());
         root.Subcommands.Add(CheckCommand.Create());

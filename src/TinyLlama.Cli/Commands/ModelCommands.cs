@@ -102,21 +102,17 @@ internal static class ModelCommands
         var prompt = new Option<string?>("--prompt") { Description = "Prompt text (the model sees BOS + encode(prompt))" };
         var promptIds = new Option<string?>("--prompt-ids") { Description = "Prompt as comma-separated token ids, e.g. 1,450,11148" };
         var maxTokens = new Option<int>("--max-tokens") { Description = "Number of tokens to generate at most", Required = true };
-        var temperature = new Option<double>("--temperature") { Description = "0 for greedy (default)", DefaultValueFactory = _ => 0 };
-        var topK = new Option<int>("--top-k") { Description = "Sample from the k most likely tokens (0 = all)" };
-        var topP = new Option<double>("--top-p") { Description = "Nucleus sampling threshold (1 = off)", DefaultValueFactory = _ => 1.0 };
-        var penalty = new Option<double>("--repetition-penalty") { Description = "Penalty for tokens already present (1 = off)", DefaultValueFactory = _ => 1.0 };
-        var seed = new Option<ulong>("--seed") { Description = "Sampling seed (same seed, same text)" };
+        var sampling = new SamplingFlags();
         var json = new Option<bool>("--json") { Description = "Print {\"ids\": [...], \"text\": \"...\", \"tokens_per_second\": x} instead of streaming text" };
         var cmd = new Command("generate", "Generate text from a prompt, streaming tokens as they are chosen.")
-            { model, tokenizer, prompt, promptIds, maxTokens, temperature, topK, topP, penalty, seed, json };
+            { model, tokenizer, prompt, promptIds, maxTokens };
+        sampling.AddTo(cmd);
+        cmd.Options.Add(json);
         cmd.SetAction(parse =>
         {
             string? p = parse.GetValue(prompt), pIds = parse.GetValue(promptIds);
             if ((p is null) == (pIds is null)) throw new CliException("give exactly one of --prompt or --prompt-ids", isUsage: true);
-            var options = new SamplingOptions(parse.GetValue(temperature), parse.GetValue(topK), parse.GetValue(topP), parse.GetValue(penalty), parse.GetValue(seed));
-            try { options.Validate(); }
-            catch (ArgumentException e) { throw new CliException(e.Message, isUsage: true); }
+            var options = sampling.Read(parse);
             int max = parse.GetValue(maxTokens);
             if (max < 0) throw new CliException("--max-tokens must be >= 0", isUsage: true);
             var parsedIds = pIds is not null ? ParseIds(pIds) : null; // usage errors before any file is read
@@ -181,8 +177,23 @@ internal static class ModelCommands
         return Checkpoint.Load(path);
     }
 
-    internal static LlamaForCausalLM LoadModel(string path, Device? device = null)
+    /// <summary>
+    /// Loads a model PATH (HF directory, llama2.c .bin or PEFT adapter directory) in eval mode, with the
+    /// PEFT adapter in <paramref name="adapterDir"/> over it when given.
+    /// </summary>
+    internal static LlamaForCausalLM LoadModel(string path, Device? device = null, string? adapterDir = null)
     {
+        if (adapterDir is not null)
+        {
+            if (!TinyLlama.Training.Lora.PeftAdapter.IsAdapterDirectory(adapterDir))
+                throw new CliException($"--adapter: {adapterDir} is not a PEFT adapter directory (expected {TinyLlama.Training.Lora.PeftAdapter.ConfigFileName} in it)");
+            if (Directory.Exists(path) && TinyLlama.Training.Lora.PeftAdapter.IsAdapterDirectory(path))
+                throw new CliException($"--adapter: --model {path} is an adapter directory already; give its base model as --model", isUsage: true);
+            var adapted = LoadModel(path, device);
+            TinyLlama.Training.Lora.PeftAdapter.Load(adapterDir, adapted);
+            adapted.Eval();
+            return adapted;
+        }
         if (Directory.Exists(path) && TinyLlama.Training.Lora.PeftAdapter.IsAdapterDirectory(path))
         {
             // A PEFT adapter directory: load its base model, then the adapter on top.
@@ -200,7 +211,7 @@ internal static class ModelCommands
         return model;
     }
 
-    private static bool HasTokenizer(string modelPath, string? tokenizerPath) =>
+    internal static bool HasTokenizer(string modelPath, string? tokenizerPath) =>
         tokenizerPath is not null || (Directory.Exists(modelPath) && (File.Exists(Path.Combine(modelPath, "tokenizer.model")) || File.Exists(Path.Combine(modelPath, "tokenizer.json"))));
 
     internal static LlamaTokenizer LoadTokenizer(string modelPath, string? tokenizerPath)
@@ -209,6 +220,33 @@ internal static class ModelCommands
         if (path is null && Directory.Exists(modelPath)) path = modelPath;
         if (path is null) throw new CliException($"--tokenizer is needed: {modelPath} is a llama2.c file with no tokenizer beside it", isUsage: true);
         return LlamaTokenizer.Load(path);
+    }
+}
+
+/// <summary>The sampling flags shared by generate and chat, and their check (bad values are usage errors).</summary>
+internal sealed class SamplingFlags
+{
+    private readonly Option<double> temperature = new("--temperature") { Description = "0 for greedy (default)", DefaultValueFactory = _ => 0 };
+    private readonly Option<int> topK = new("--top-k") { Description = "Sample from the k most likely tokens (0 = all)" };
+    private readonly Option<double> topP = new("--top-p") { Description = "Nucleus sampling threshold (1 = off)", DefaultValueFactory = _ => 1.0 };
+    private readonly Option<double> penalty = new("--repetition-penalty") { Description = "Penalty for tokens already present (1 = off)", DefaultValueFactory = _ => 1.0 };
+    private readonly Option<ulong> seed = new("--seed") { Description = "Sampling seed (same seed, same text)" };
+
+    public void AddTo(Command cmd)
+    {
+        cmd.Options.Add(temperature);
+        cmd.Options.Add(topK);
+        cmd.Options.Add(topP);
+        cmd.Options.Add(penalty);
+        cmd.Options.Add(seed);
+    }
+
+    public SamplingOptions Read(ParseResult parse)
+    {
+        var options = new SamplingOptions(parse.GetValue(temperature), parse.GetValue(topK), parse.GetValue(topP), parse.GetValue(penalty), parse.GetValue(seed));
+        try { options.Validate(); }
+        catch (ArgumentException e) { throw new CliException(e.Message, isUsage: true); }
+        return options;
     }
 }
 

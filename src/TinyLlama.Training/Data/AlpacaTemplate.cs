@@ -14,8 +14,9 @@ public static class AlpacaTemplate
         "Below is an instruction that describes a task, paired with an input that provides further context. " +
         "Write a response that appropriately completes the request.\n\n";
 
-    private const string NoInputHeader =
-        "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n";
+    /// <summary>The preamble of the "no input" prompt; chat uses it as the default system text.</summary>
+    public const string DefaultPreamble =
+        "Below is an instruction that describes a task. Write a response that appropriately completes the request.";
 
     /// <summary>
     /// The prompt text, ending in <c>"### Response:"</c> (no trailing space: the response follows directly,
@@ -26,9 +27,21 @@ public static class AlpacaTemplate
     {
         ArgumentNullException.ThrowIfNull(instruction);
         string prompt = string.IsNullOrEmpty(input)
-            ? NoInputHeader + "### Instruction:\n" + instruction + "\n\n### Response:"
+            ? Turn(instruction, DefaultPreamble)
             : WithInputHeader + "### Instruction:\n" + instruction + "\n\n### Input:\n" + input + "\n\n### Response:";
         return QualityTags.Apply(quality, prompt);
+    }
+
+    /// <summary>
+    /// One instruction turn, <c>"### Instruction:\n{instruction}\n\n### Response:"</c>, behind
+    /// <c>preamble + "\n\n"</c> when a preamble is given. With <see cref="DefaultPreamble"/> it is
+    /// <see cref="Prompt"/>'s "no input" text; chat repeats the turn without the preamble.
+    /// </summary>
+    public static string Turn(string instruction, string? preamble = null)
+    {
+        ArgumentNullException.ThrowIfNull(instruction);
+        string turn = "### Instruction:\n" + instruction + "\n\n### Response:";
+        return preamble is null ? turn : preamble + "\n\n" + turn;
     }
 
     /// <summary>The ids to feed a model at inference: BOS + encode(prompt). Generation continues with the response.</summary>

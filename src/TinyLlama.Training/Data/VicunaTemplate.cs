@@ -108,6 +108,18 @@ public static class VicunaTemplate
         return [.. ids];
     }
 
+    /// <summary>What every encoded conversation starts with: BOS and the system line (chat's conversation start).</summary>
+    public static int[] EncodeHeader(LlamaTokenizer tokenizer, string? system = null)
+        => Header(TextEncoder.From(tokenizer), system, SftQuality.Unrated);
+
+    /// <summary>One user turn as <see cref="EncodePrompt(LlamaTokenizer, IReadOnlyList{ChatMessage}, string?, SftQuality)"/> encodes it: <c>"USER: {message} ASSISTANT:"</c>.</summary>
+    public static int[] EncodeUserTurn(LlamaTokenizer tokenizer, string message)
+    {
+        ArgumentNullException.ThrowIfNull(tokenizer);
+        ArgumentNullException.ThrowIfNull(message);
+        return tokenizer.Encode(UserSegment(message));
+    }
+
     /// <summary>
     /// Training examples for one conversation (alternating User/Assistant turns starting with User; a
     /// trailing user turn has nothing to learn and is ignored). Labels are the ids of the assistant

@@ -7,11 +7,14 @@ namespace TinyLlama.Tests.Cli;
 
 internal static class CliRunner
 {
-    public static (int Code, string Out, string Err) Run(params string[] args)
+    public static (int Code, string Out, string Err) Run(params string[] args) => RunWithInput(null, args);
+
+    /// <summary>Runs in-process with <paramref name="stdin"/> as standard input (redirected-input behaviour).</summary>
+    public static (int Code, string Out, string Err) RunWithInput(string? stdin, params string[] args)
     {
         var stdout = new StringWriter();
         var stderr = new StringWriter();
-        int code = TinyLlama.Cli.Program.Run(args, stdout, stderr);
+        int code = TinyLlama.Cli.Program.Run(args, stdout, stderr, stdin is null ? null : new StringReader(stdin));
         return (code, stdout.ToString(), stderr.ToString());
     }
 
