@@ -1,14 +1,16 @@
 // The one entry point from a path on disk to (LlamaConfig, weights): a Hugging Face model directory
 // (config.json plus model.safetensors, or model.safetensors.index.json and its shards), a single
-// .safetensors file with config.json beside it, or a llama2.c .bin.
+// .safetensors file with config.json beside it, a llama2.c .bin, or a llama.cpp .gguf (GgufModel.cs).
 //
 // Sharded checkpoints follow transformers' convention (modeling_utils.py, SAFE_WEIGHTS_INDEX_NAME):
 // model.safetensors.index.json = {"metadata": {...}, "weight_map": {tensor name: shard file name}},
 // the shards sitting beside the index.
 //
 // Every loader returns the weights under the names in LlamaWeightNames, in their stored dtype
-// (safetensors tensors view the memory-mapped files; llama2.c tensors are f32 arrays), and Load checks
-// them against the config, so the model can index the dictionary without further checks.
+// (safetensors and GGUF tensors view the memory-mapped files; llama2.c tensors are f32 arrays), and Load
+// checks them against the config, so the model can index the dictionary without further checks. The 2-D
+// weights may be block-quantized (GGUF's Q4_0, Q8_0, Q4_K, Q6_K): byte tensors [N, rowBytes] whose
+// logical shape [N, rowBytes / blockBytes * blockSize] is what is checked.
 using System.Text.Json;
 using System.Text.Unicode;
 using TinyLlama.Model;
@@ -34,9 +36,10 @@ public static class Checkpoint
     public const string ConfigName = "config.json";
 
     /// <summary>
-    /// Loads <paramref name="path"/>: an HF directory, a .safetensors file (config.json beside it), or a
-    /// llama2.c .bin. The weights are checked against the config: every expected tensor present with the
-    /// expected shape and a floating-point dtype (tensors the model does not use are kept, unchecked).
+    /// Loads <paramref name="path"/>: an HF directory, a .safetensors file (config.json beside it), a
+    /// llama2.c .bin, or a GGUF file (config and weights inside). The weights are checked against the config:
+    /// every expected tensor present with the expected shape and a floating-point dtype, or a block dtype
+    /// for 2-D weights (tensors the model does not use are kept, unchecked).
     /// </summary>
     public static ModelCheckpoint Load(string path)
     {
@@ -45,6 +48,10 @@ public static class Checkpoint
         {
             var config = LlamaConfig.FromJson(RequireFile(Path.Combine(path, ConfigName), $"{path}: no {ConfigName} in the model directory"));
             checkpoint = new ModelCheckpoint(config, LoadDirectory(path));
+        }
+        else if (File.Exists(path) && path.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase))
+        {
+            checkpoint = GgufModel.Load(path);
         }
         else if (File.Exists(path) && path.EndsWith(".bin", StringComparison.OrdinalIgnoreCase))
         {
@@ -64,7 +71,7 @@ public static class Checkpoint
         }
         else if (File.Exists(path))
         {
-            throw new InvalidDataException($"{path}: not a checkpoint this engine reads (expected a model directory, a .safetensors file or a llama2.c .bin)");
+            throw new InvalidDataException($"{path}: not a checkpoint this engine reads (expected a model directory, a .safetensors file, a llama2.c .bin or a .gguf)");
         }
         else
         {
@@ -112,7 +119,8 @@ public static class Checkpoint
 
     /// <summary>
     /// Checks that <paramref name="weights"/> hold every tensor <paramref name="config"/> needs with the right
-    /// shape and a floating-point dtype; a one-line <see cref="InvalidDataException"/> naming
+    /// shape and a floating-point dtype (or, for 2-D weights, a block dtype whose logical shape is right);
+    /// a one-line <see cref="InvalidDataException"/> naming
     /// <paramref name="source"/> and the tensor otherwise.
     /// </summary>
     public static void CheckWeights(LlamaConfig config, IReadOnlyDictionary<string, Tensor> weights, string source)
@@ -121,6 +129,18 @@ public static class Checkpoint
         {
             if (!weights.TryGetValue(name, out var t))
                 throw new InvalidDataException($"{source}: tensor '{name}' is missing (the config needs shape {Shapes.Format(shape)})");
+            if (t.DType.IsQuantized())
+            {
+                var block = GgmlTypes.FromDType(t.DType);
+                if (shape.Length != 2)
+                    throw new InvalidDataException($"{source}: tensor '{name}' has dtype {t.DType.Name()}; a {shape.Length}-D weight must be floating-point");
+                if (t.Rank != 2 || t.Size(1) % block.BlockBytes != 0)
+                    throw new InvalidDataException($"{source}: tensor '{name}' is {t.DType.Name()} of shape {Shapes.Format(t.Shape)}, not [rows, a multiple of the {block.BlockBytes}-byte block]");
+                int[] logical = [t.Size(0), t.Size(1) / block.BlockBytes * block.BlockSize];
+                if (!logical.AsSpan().SequenceEqual(shape))
+                    throw new InvalidDataException($"{source}: tensor '{name}' has shape {Shapes.Format(logical)} ({t.DType.Name()} bytes {Shapes.Format(t.Shape)}), but the config needs {Shapes.Format(shape)}");
+                continue;
+            }
             if (!t.Shape.AsSpan().SequenceEqual(shape))
                 throw new InvalidDataException($"{source}: tensor '{name}' has shape {Shapes.Format(t.Shape)}, but the config needs {Shapes.Format(shape)}");
             if (!t.DType.IsFloat())

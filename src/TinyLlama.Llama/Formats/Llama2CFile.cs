@@ -142,14 +142,7 @@ public static class Llama2CFile
         if (weight.Length != (long)heads * headDim * cols)
             throw new ArgumentException($"weight holds {weight.Length} values, not heads {heads} x head_dim {headDim} x cols {cols}");
         var result = new float[weight.Length];
-        int half = headDim / 2;
-        for (int h = 0; h < heads; h++)
-            for (int i = 0; i < half; i++)
-                for (int j = 0; j < 2; j++)
-                {
-                    int src = h * headDim + 2 * i + j, dst = h * headDim + j * half + i;
-                    weight.AsSpan(src * cols, cols).CopyTo(result.AsSpan(dst * cols, cols));
-                }
+        RopePermutation.Apply<float>(weight, result, heads, headDim, cols, toRotateHalf: true);
         return result;
     }
 }

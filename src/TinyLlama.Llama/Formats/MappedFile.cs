@@ -64,6 +64,19 @@ internal sealed unsafe class MappedFile
     /// <summary>The bytes [offset, offset + count) as a span; callers have checked the range.</summary>
     public ReadOnlySpan<byte> Span(long offset, int count) => new(Pointer + offset, count);
 
+    /// <summary>
+    /// Unmaps now instead of at finalization. Only for a mapping that no tensor views yet: a reader calls
+    /// it when the file fails validation, so a rejected file does not stay mapped until the next GC.
+    /// </summary>
+    public void ReleaseUnused()
+    {
+        if (Interlocked.Exchange(ref released, 1) != 0) return;
+        view.SafeMemoryMappedViewHandle.ReleasePointer();
+        view.Dispose();
+        map.Dispose();
+        GC.SuppressFinalize(this);
+    }
+
     ~MappedFile()
     {
         if (Interlocked.Exchange(ref released, 1) == 0)

@@ -6,11 +6,8 @@
 //     8-byte aligned every tensor starts at a multiple of its own element size;
 //   - the JSON header padded with spaces to a multiple of 8 bytes, so the data buffer starts 8-byte aligned;
 //   - "__metadata__" first in the header.
-// Files are written atomically: into a temporary file in the same directory, flushed to disk, then
-// renamed over the target. A crash or exception mid-write leaves either the old file or the new one,
-// never a truncated checkpoint (rename within one directory is atomic on POSIX file systems and NTFS).
+// Files are written atomically (TensorFileIO.WriteAtomically: a temporary file renamed over the target).
 using System.Buffers.Binary;
-using System.Runtime.InteropServices;
 using System.Text.Json;
 using TinyLlama.Tensors;
 
@@ -63,27 +60,14 @@ public static class Safetensors
         var ordered = tensors.OrderByDescending(kv => kv.Value.DType.SizeOf()).ThenBy(kv => kv.Key, StringComparer.Ordinal).ToList();
         byte[] header = BuildHeader(ordered, metadata);
 
-        string full = Path.GetFullPath(path);
-        string dir = Path.GetDirectoryName(full)!;
-        string temp = Path.Combine(dir, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
-        try
+        TensorFileIO.WriteAtomically(path, stream =>
         {
-            using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
-            {
-                Span<byte> n = stackalloc byte[8];
-                BinaryPrimitives.WriteUInt64LittleEndian(n, (ulong)header.Length);
-                stream.Write(n);
-                stream.Write(header);
-                foreach (var (_, t) in ordered) WriteData(stream, t);
-                stream.Flush(flushToDisk: true);
-            }
-            File.Move(temp, full, overwrite: true);
-        }
-        catch
-        {
-            try { File.Delete(temp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-            throw;
-        }
+            Span<byte> n = stackalloc byte[8];
+            BinaryPrimitives.WriteUInt64LittleEndian(n, (ulong)header.Length);
+            stream.Write(n);
+            stream.Write(header);
+            foreach (var (_, t) in ordered) TensorFileIO.WriteData(stream, t);
+        });
     }
 
     // The JSON header, space-padded to a multiple of 8 bytes.
@@ -121,29 +105,5 @@ public static class Safetensors
         int padded = (int)((ms.Length + 7) / 8 * 8);
         while (ms.Length < padded) ms.WriteByte((byte)' ');
         return ms.ToArray();
-    }
-
-    private static void WriteData(Stream stream, Tensor t)
-    {
-        switch (t.DType)
-        {
-            case DType.F32: WriteData<float>(stream, t); break;
-            case DType.F16: WriteData<Half>(stream, t); break;
-            case DType.BF16: WriteData<BFloat16>(stream, t); break;
-            case DType.F64: WriteData<double>(stream, t); break;
-            case DType.I32: WriteData<int>(stream, t); break;
-            default: throw new ArgumentException($"safetensors cannot store {t.DType.Name()} tensors (supported: {SupportedDTypeNames})");
-        }
-    }
-
-    // Dense CPU tensors are written straight from their storage; anything else is gathered first.
-    // The format is little-endian, as is every platform .NET runs this engine on (checked below).
-    private static void WriteData<T>(Stream stream, Tensor t) where T : unmanaged
-    {
-        if (!BitConverter.IsLittleEndian) throw new PlatformNotSupportedException("safetensors I/O assumes a little-endian host");
-        if (t.Storage is CpuStorage cpu && t.IsContiguous)
-            stream.Write(MemoryMarshal.AsBytes(cpu.AsSpan<T>().Slice(t.Offset, t.Numel)));
-        else
-            stream.Write(MemoryMarshal.AsBytes(t.ToArray<T>().AsSpan()));
     }
 }

@@ -15,11 +15,13 @@
 //     space that add_dummy_prefix put in front of the text removed again: exactly one leading '▁' of
 //     the first piece that produces text (its is_bos_ws / bos_ws_seen logic), so " x" round-trips.
 //
-// The same class serves three sources: tokenizer.model (SentencePiece), tokenizer.json (Hugging Face)
-// and plain arrays of pieces, scores and token types (what a GGUF file stores).
+// The same class serves four sources: tokenizer.model (SentencePiece), tokenizer.json (Hugging Face),
+// plain arrays of pieces, scores and token types, and a GGUF file's tokenizer.ggml.* metadata
+// (Formats/GgufModel.cs), which holds such arrays.
 using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text;
+using TinyLlama.Formats;
 
 namespace TinyLlama.Tokenizers;
 
@@ -176,7 +178,9 @@ public sealed class LlamaTokenizer
 
     /// <summary>
     /// Loads a tokenizer from a SentencePiece <c>tokenizer.model</c>, a Hugging Face <c>tokenizer.json</c>,
-    /// or a directory holding one of them (tokenizer.model is preferred when both are present).
+    /// the vocabulary inside a GGUF file (<c>.gguf</c>, or any file starting with the GGUF magic; see
+    /// <see cref="GgufModel.LoadTokenizer"/>), or a directory holding tokenizer.model or tokenizer.json
+    /// (tokenizer.model is preferred when both are present).
     /// </summary>
     /// <exception cref="FileNotFoundException">Nothing to load at <paramref name="path"/>.</exception>
     /// <exception cref="InvalidDataException">The file is corrupt or describes an unsupported tokenizer.</exception>
@@ -192,6 +196,7 @@ public sealed class LlamaTokenizer
         if (!File.Exists(path)) throw new FileNotFoundException($"tokenizer not found: {path}", path);
         if (path.EndsWith(".json", StringComparison.OrdinalIgnoreCase)) return FromHuggingFaceJson(path);
         if (path.EndsWith(".model", StringComparison.OrdinalIgnoreCase)) return FromSentencePieceModel(path);
+        if (path.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase) || StartsWithGgufMagic(path)) return GgufModel.LoadTokenizer(path);
         // Unknown extension: a JSON file starts with '{' (after optional whitespace or a BOM); a
         // ModelProto starts with field 1 (byte 0x0A).
         var bytes = File.ReadAllBytes(path);
@@ -201,6 +206,14 @@ public sealed class LlamaTokenizer
         return text.Length > 0 && text[0] == (byte)'{'
             ? HuggingFaceTokenizerJson.Parse(Encoding.UTF8.GetString(bytes), path)
             : FromSentencePieceModel(SentencePieceModel.Parse(bytes, path), path);
+    }
+
+    // A GGUF file may be gigabytes of weights: look at its first four bytes only.
+    private static bool StartsWithGgufMagic(string path)
+    {
+        Span<byte> head = stackalloc byte[4];
+        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1);
+        return stream.ReadAtLeast(head, 4, throwOnEndOfStream: false) == 4 && head.SequenceEqual(GgufFile.Magic);
     }
 
     /// <summary>Loads a SentencePiece <c>tokenizer.model</c> (BPE models only).</summary>
@@ -263,6 +276,18 @@ public sealed class LlamaTokenizer
 
     internal static LlamaTokenizer Create(string[] pieces, float[] scores, TokenType[] types, TokenizerOptions options,
         IReadOnlyList<(string, string)>? merges, string source) => new(pieces, scores, types, options, merges, source);
+
+    /// <summary>The merges by rank, earliest first (for writing the tokenizer out); empty when ranked by score.</summary>
+    internal List<(string Left, string Right)> MergesInRankOrder()
+    {
+        var merges = new List<(string, string)>(_merges?.Count ?? 0);
+        if (_merges is null) return merges;
+        var ordered = new List<(int Rank, long Key)>(_merges.Count);
+        foreach (var (key, m) in _merges) ordered.Add((m.Rank, key));
+        ordered.Sort();
+        foreach (var (_, key) in ordered) merges.Add((_pieces[(int)(key >> 32)], _pieces[(int)(uint)key]));
+        return merges;
+    }
 
     // ---------------------------------------------------------------- vocabulary
 
