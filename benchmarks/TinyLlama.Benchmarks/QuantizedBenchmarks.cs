@@ -1,9 +1,11 @@
-// Timings of the int4 product with Q4_0 weights (Backends/Cpu/CpuBackend.Quantized.cs) against the f32
-// product of the same shape and layout (x @ W^T with W [N, K] read in place), on the CPU backend, through
-// the backend with preallocated outputs.
+// Timings of the products with block-quantized weights (Backends/Cpu/CpuBackend.Quantized.cs: Q4_0, Q8_0,
+// Q4_K, Q6_K) against the f32 product of the same shape and layout (x @ W^T with W [N, K] read in place), on
+// the CPU backend, through the backend with preallocated outputs.
 //
-// Napkin math for N = K = 4096: 2 M N K FLOPs (M = 1: 33.6 MFLOP); the weights are 67.1 MB in f32 and
-// 9.4 MB in Q4_0 (18 bytes per 32 weights). At M = 1 an f32 mat-vec is bound by reading W (divide 67.1 MB
+// Napkin math for N = K = 4096: 2 M N K FLOPs (M = 1: 33.6 MFLOP); the weights are 67.1 MB in f32,
+// 9.4 MB in Q4_0 and Q4_K (18 bytes per 32 weights, 144 per 256), 17.8 MB in Q8_0 (34 per 32) and 13.8 MB
+// in Q6_K (210 per 256). The K-quants expand each super-block into a stack buffer before the dot, so at
+// M = 1 they are bound by decoding rather than by memory on most machines. At M = 1 an f32 mat-vec is bound by reading W (divide 67.1 MB
 // by the time for GB/s), and the int4 one by either reading 9.4 MB or decoding 16.8 M nibbles (about 24
 // vector instructions per 32 weights), whichever is slower on the machine. At M = 64 both are GEMMs; the
 // int4 path adds expanding W to f32 once per call.
@@ -14,7 +16,7 @@ using TinyLlama.Tensors;
 
 namespace TinyLlama.Benchmarks;
 
-/// <summary>y = x @ dequantize(w)^T with Q4_0 w, against x @ W^T in f32.</summary>
+/// <summary>y = x @ dequantize(w)^T with block-quantized w, against x @ W^T in f32.</summary>
 [MemoryDiagnoser]
 public class QuantizedBenchmarks
 {
@@ -25,8 +27,9 @@ public class QuantizedBenchmarks
     public int M { get; set; }
 
     private IBackend backend = null!;
-    // x is (M, K); w is (N, K) f32 and q its Q4_0 blocks (N, K / 32 * 18); y is (M, N)
-    private Tensor x = null!, wT = null!, q = null!, y = null!;
+    // x is (M, K); w is (N, K) f32, q its Q4_0 blocks (N, K / 32 * 18) and q8 its Q8_0 blocks; q4k and q6k
+    // are random valid K-quant blocks of the same shape (they cannot be written); y is (M, N)
+    private Tensor x = null!, wT = null!, q = null!, q8 = null!, q4k = null!, q6k = null!, y = null!;
 
     [GlobalSetup]
     public void Setup()
@@ -35,6 +38,9 @@ public class QuantizedBenchmarks
         var w = Tensor.RandN([N, K], g);
         wT = w.MT;
         q = Quantize.Q4_0(w);
+        q8 = Quantize.ToBlocks(w, QuantType.Q8_0);
+        q4k = Quantize.RandomBlocks(QuantType.Q4_K, N, K, g);
+        q6k = Quantize.RandomBlocks(QuantType.Q6_K, N, K, g);
         x = Tensor.RandN([M, K], g);
         y = Tensor.Zeros([M, N]);
         backend = x.Backend;
@@ -44,5 +50,14 @@ public class QuantizedBenchmarks
     public void F32() => backend.MatMul(x, wT, y);
 
     [Benchmark(Description = "q4_0 x @ dequantize(w)^T")]
-    public void Q4_0() => backend.MatMulQ4(x, q, y);
+    public void Q4_0() => backend.MatMulQuantized(x, q, y);
+
+    [Benchmark(Description = "q8_0 x @ dequantize(w)^T")]
+    public void Q8_0() => backend.MatMulQuantized(x, q8, y);
+
+    [Benchmark(Description = "q4_K x @ dequantize(w)^T")]
+    public void Q4_K() => backend.MatMulQuantized(x, q4k, y);
+
+    [Benchmark(Description = "q6_K x @ dequantize(w)^T")]
+    public void Q6_K() => backend.MatMulQuantized(x, q6k, y);
 }

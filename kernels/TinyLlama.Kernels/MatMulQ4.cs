@@ -2,8 +2,8 @@
 //
 //     y [M, N] = x [M, K] @ dequantize(w)^T,   w: N rows of K / 32 blocks of 18 bytes
 //
-// serving IBackend.MatMulQ4 (CPU definition CpuBackend.Quantized.cs; naive reference
-// Ops/Reference/MatMulQ4Ref.cs; block layout src/TinyLlama.Core/Quantization/QuantType.cs). A block is read
+// serving IBackend.MatMulQuantized for Q4_0 (CPU definition CpuBackend.Quantized.cs; naive reference
+// Ops/Reference/MatMulQuantizedRef.cs; block layout src/TinyLlama.Core/Quantization/QuantType.cs). A block is read
 // as 9 little-endian 16-bit words: word 0 is the binary16 scale d, word 1 + l holds qs[2l] (low byte) and
 // qs[2l + 1] (high byte), and byte j holds weight j in its low nibble and weight j + 16 in its high nibble,
 // weight = (nibble - 8) d. Reading words keeps every load aligned. No kernel writes the expanded weights to

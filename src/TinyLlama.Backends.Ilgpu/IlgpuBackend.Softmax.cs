@@ -79,6 +79,7 @@ public sealed partial class IlgpuBackend
                 case DType.F64: EmbeddingTyped<double>(weight, ids, y, v, c); break;
                 case DType.F16 or DType.BF16: EmbeddingTyped<ushort>(weight, ids, y, v, c); break;
                 case DType.I32: EmbeddingTyped<int>(weight, ids, y, v, c); break;
+                case DType.Q4 or DType.Q8_0 or DType.Q4_K or DType.Q6_K: EmbeddingTyped<byte>(weight, ids, y, v, c); break;   // whole rows of blocks
                 default: throw new NotSupportedException($"embedding: a {weight.DType.Name()} table");
             }
         }

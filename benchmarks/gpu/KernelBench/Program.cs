@@ -469,7 +469,7 @@ internal static class SelfCheck
         return Report($"lora Tiled f32 {m}x{n}x{k} r{r}", maxErr, 1e-5 * (k + 1.5 * r));
     }
 
-    // An int4 kernel against MatMulQ4Ref (f64) at a shape crossing the tile edges (Ops/MatMulQ4Tests.cs for the tolerance).
+    // An int4 kernel against MatMulQuantizedRef (f64) at a shape crossing the tile edges (Quantization/MatMulQuantizedTests.cs for the tolerance).
     private static bool Q4(Accelerator acc, int m, int n, int k, Q4Version version)
     {
         var rng = new Random(m * n + k);
@@ -477,7 +477,7 @@ internal static class SelfCheck
         var weights = TinyLlama.Tensors.Tensor.FromArray(Enumerable.Range(0, n * k).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray(), [n, k]);
         var bytes = TinyLlama.Quantization.Quantize.Q4_0(weights).ToArray<byte>();
         var expected = new double[m * n];
-        MatMulQ4Ref.Forward(x, bytes, m, n, k, expected);
+        MatMulQuantizedRef.Forward(TinyLlama.Quantization.QuantType.Q4_0, x, bytes, m, n, k, expected);
         var words = new ushort[bytes.Length / 2];
         Buffer.BlockCopy(bytes, 0, words, 0, bytes.Length);
         using var xB = acc.Allocate1D(x.Select(v => (float)v).ToArray());

@@ -1,4 +1,4 @@
-// `tinyllama bench q4`: the int4 product y = x @ dequantize(w)^T with Q4_0 weights (IBackend.MatMulQ4)
+// `tinyllama bench q4`: the int4 product y = x @ dequantize(w)^T with Q4_0 weights (IBackend.MatMulQuantized)
 // against the f32 product of the same shape and layout (x @ W^T, W [N, K] read in place), timed in the same
 // process, alternating the two so that drift hits both. Reported per shape: the medians, the weights'
 // bytes per second (w is what a mat-vec streams: 0.5625 bytes per weight for Q4_0, 4 for f32), GFLOP/s,
@@ -75,7 +75,7 @@ internal static class BenchQ4Command
         var backend = x.Backend;
         var wt = w.MT;                                              // W^T [K, N], a view
         void RunF32() => backend.MatMul(x, wt, y);
-        void RunQ4() => backend.MatMulQ4(x, q, y);
+        void RunQ4() => backend.MatMulQuantized(x, q, y);
         RunF32();
         RunQ4();
         var f32 = new double[reps];

@@ -207,19 +207,24 @@ public static class BackendCheck
                 dev.Backend.SumOfSquares(g.Slice(0, 1, 1000, 3), ss);
                 return [p, m, v, ss];
             }));
-            cases.Add(new($"int4 q4_0 matmul {t} (M = 1, 3, 130) and dequantize", dev =>
+            foreach (var type in new[] { QuantType.Q4_0, QuantType.Q8_0, QuantType.Q4_K, QuantType.Q6_K })
             {
-                var q = Quantize.Q4_0(In(25, Device.Cpu, DType.F32, 67, 96)).To(dev);
-                var outputs = new List<Tensor>();
-                foreach (int m in new[] { 1, 3, 130 })
+                // q4_0 from quantized normals; the other formats as random valid blocks (K-quants cannot be written).
+                int k = type.Traits().BlockSize == 256 ? 256 : 96;
+                cases.Add(new($"block {type.Traits().Name} matmul {t} (M = 1, 3, 130) and dequantize", dev =>
                 {
-                    var y = Tensor.Zeros([m, 67], dtype, dev);
-                    dev.Backend.MatMulQ4(In(26 + (ulong)m, dev, dtype, m, 96), q, y);
-                    outputs.Add(y);
-                }
-                outputs.Add(Quantize.DequantizeQ4_0(q, dtype));
-                return outputs.ToArray();
-            }));
+                    var q = (type == QuantType.Q4_0 ? Quantize.Q4_0(In(25, Device.Cpu, DType.F32, 67, k)) : Quantize.RandomBlocks(type, 67, k, new Generator(25))).To(dev);
+                    var outputs = new List<Tensor>();
+                    foreach (int m in new[] { 1, 3, 130 })
+                    {
+                        var y = Tensor.Zeros([m, 67], dtype, dev);
+                        dev.Backend.MatMulQuantized(In(26 + (ulong)m, dev, dtype, m, k), q, y);
+                        outputs.Add(y);
+                    }
+                    outputs.Add(Quantize.Dequantize(q, dtype));
+                    return outputs.ToArray();
+                }));
+            }
         }
         cases.Add(new("matmul f16 and bf16 inputs -> f32 130x67x37", dev =>
         {

@@ -147,18 +147,18 @@ public interface IBackend
     /// <summary>dGate and dUp (overwritten) from dy.</summary>
     void SwiGluBackward(Tensor gate, Tensor up, Tensor dy, Tensor dGate, Tensor dUp);
 
-    // ---------------- int4 (Quantization/QuantType.cs) ----------------
+    // ---------------- block-quantized weights (Quantization/QuantType.cs) ----------------
 
     /// <summary>
-    /// The product of a linear layer with Q4_0 weights (llama.cpp's block layout): y [M, N] = x [M, K] @
-    /// dequantize(w)^T, where w [N, K / 32 * 18] (DType.Q4, contiguous) holds output n's K / 32 blocks in row
-    /// n. x is contiguous F32 or F64 and y the same dtype. The weights are expanded block by block where they
-    /// are used; no f32 copy of w is kept.
+    /// The product of a linear layer with block-quantized weights (llama.cpp's layouts: Q4_0, Q8_0, Q4_K,
+    /// Q6_K): y [M, N] = x [M, K] @ dequantize(w)^T, where w [N, K / BlockSize * BlockBytes] (a block dtype,
+    /// contiguous) holds output n's blocks in row n. x is contiguous F32 or F64 and y the same dtype. The
+    /// weights are expanded a block or a panel at a time where they are used; no f32 copy of w is kept.
     /// </summary>
-    void MatMulQ4(Tensor x, Tensor w, Tensor y);
+    void MatMulQuantized(Tensor x, Tensor w, Tensor y);
 
-    /// <summary>y [N, K] (F32 or F64, contiguous) = the values of the Q4_0 blocks w [N, K / 32 * 18].</summary>
-    void DequantizeQ4(Tensor w, Tensor y);
+    /// <summary>y [N, K] (F32 or F64, contiguous) = the values of the blocks w [N, K / BlockSize * BlockBytes] (any block dtype).</summary>
+    void DequantizeBlocks(Tensor w, Tensor y);
 
     // ---------------- optimizer support ----------------
 

@@ -9,10 +9,12 @@ public static partial class Functional
 {
     /// <summary>
     /// Rows of weight [V, C] picked by integer ids (any shape): result [..ids.shape, C].
-    /// Backward scatter-adds the gradient rows into a zero [V, C] tensor.
+    /// Backward scatter-adds the gradient rows into a zero [V, C] tensor. A block-quantized table (q4, q8_0,
+    /// q4_K, q6_K) gives f32 rows and no gradient (<see cref="EmbeddingQuantized"/>).
     /// </summary>
     public static Tensor Embedding(Tensor ids, Tensor weight)
     {
+        if (weight.DType.IsQuantized()) return EmbeddingQuantized(ids, weight);
         if (ids.DType != DType.I32) throw new ArgumentException($"embedding: ids must be int32, got {ids.DType.Name()}");
         if (weight.Rank != 2) throw new ArgumentException($"embedding: weight must be [V, C], got {Shapes.Format(weight.shape)}");
         int c = weight.shape[1];

@@ -1,8 +1,9 @@
-// Tensor-level quantization: float weights [N, K] to Q4_0 blocks (a DType.Q4 byte tensor [N, K / 32 * 18],
-// see QuantType.cs for the layout) and back, and the shape rules every backend's int4 product checks.
-// Quantizing runs the reference quantizer on the host (it is a one-off conversion of a checkpoint, and the
-// reference is what makes the bytes identical to llama.cpp's); dequantizing and the product run on the
-// tensor's backend.
+// Tensor-level quantization: float weights [N, K] to blocks of a writable format (Q4_0 or Q8_0: a byte
+// tensor of the format's dtype [N, K / BlockSize * BlockBytes], see QuantType.cs for the layouts) and any
+// block tensor (also the read-only K-quants) back to floats, plus the shape rules every backend's block
+// product and dequantization check. Quantizing runs the reference quantizer on the host (it is a one-off
+// conversion of a checkpoint, and the reference is what makes the bytes identical to llama.cpp's);
+// dequantizing and the product run on the tensor's backend.
 using TinyLlama.Tensors;
 
 namespace TinyLlama.Quantization;
@@ -11,11 +12,21 @@ namespace TinyLlama.Quantization;
 public static class Quantize
 {
     /// <summary>w [N, K] (any float dtype, K a multiple of 32) as Q4_0 blocks [N, K / 32 * 18] on w's device.</summary>
-    public static Tensor Q4_0(Tensor w)
+    public static Tensor Q4_0(Tensor w) => ToBlocks(w, QuantType.Q4_0);
+
+    /// <summary>
+    /// w [N, K] (any float dtype, K a multiple of the block size) as blocks of <paramref name="type"/>
+    /// [N, K / BlockSize * BlockBytes] (dtype <c>type.ToDType()</c>) on w's device. Only Q4_0 and Q8_0 can be
+    /// written; the K-quants throw NotSupportedException.
+    /// </summary>
+    public static Tensor ToBlocks(Tensor w, QuantType type)
     {
+        var traits = type.Traits();
+        string op = $"quantize {traits.Name}";
+        if (!traits.CanQuantize)
+            throw new NotSupportedException($"{traits.Name}: writing is not supported; use q4_0 or q8_0");
         if (w.Rank != 2 || !w.DType.IsFloat())
-            throw new ArgumentException($"quantize q4_0: expected a float matrix [N, K], got {w.DType.Name()} {Shapes.Format(w.Shape)}");
-        var traits = QuantType.Q4_0.Traits();
+            throw new ArgumentException($"{op}: expected a float matrix [N, K], got {w.DType.Name()} {Shapes.Format(w.Shape)}");
         int n = w.Size(0), k = w.Size(1), rowBytes = traits.RowBytes(k);
         var values = w.Contiguous().ToArray<float>();
         var bytes = new byte[(long)n * rowBytes];
@@ -27,50 +38,108 @@ public static class Quantize
             }
             catch (ArgumentException e)
             {
-                throw new ArgumentException($"quantize q4_0: row {i}: {e.Message}", e);
+                throw new ArgumentException($"{op}: row {i}: {e.Message}", e);
             }
         }
-        return Tensor.FromArray(bytes, [n, rowBytes], w.Device);
+        return FromBytes(bytes, n, type.ToDType(), w.Device);
+    }
+
+    /// <summary>
+    /// Raw block bytes (rows of whole blocks back to back, as GGUF stores them) as a block tensor of
+    /// <paramref name="dtype"/> [rows, bytes.Length / rows] on <paramref name="device"/>.
+    /// </summary>
+    public static Tensor FromBytes(byte[] bytes, int rows, DType dtype, Device? device = null)
+    {
+        var traits = QuantTypes.FromDType(dtype).Traits();
+        if (rows <= 0 || bytes.Length % rows != 0)
+            throw new ArgumentException($"{traits.Name} blocks: {bytes.Length} bytes do not split into {rows} equal rows");
+        int rowBytes = bytes.Length / rows;
+        traits.RowLength(rowBytes);                                   // throws unless whole blocks
+        var t = new Tensor([rows, rowBytes], dtype, device ?? Device.Cpu);
+        t.Backend.Upload<byte>(bytes, t.Storage);
+        return t;
+    }
+
+    /// <summary>
+    /// Random valid blocks of <paramref name="type"/> for a [rows, K] matrix (tests, checks and benchmarks of
+    /// the formats that cannot be written): uniform random bytes, with every binary16 scale field replaced by a
+    /// finite value of magnitude 2^-8 .. 2^-4 and random sign.
+    /// </summary>
+    internal static Tensor RandomBlocks(QuantType type, int rows, int k, Generator generator, Device? device = null)
+    {
+        var traits = type.Traits();
+        int rowBytes = traits.RowBytes(k);
+        var bytes = new byte[(long)rows * rowBytes];
+        for (int i = 0; i < bytes.Length; i++) bytes[i] = (byte)generator.NextInt(256);
+        int[] scaleOffsets = type switch
+        {
+            QuantType.Q4_K => [0, 2],          // d, dmin
+            QuantType.Q6_K => [208],           // d after ql, qh, scales
+            _ => [0],                          // d first (Q4_0, Q8_0)
+        };
+        for (int b = 0; b < bytes.Length; b += traits.BlockBytes)
+            foreach (int o in scaleOffsets)
+            {
+                int exponent = 15 - 8 + generator.NextInt(4);              // biased binary16 exponent: 2^-8 .. 2^-5 (times 1.mantissa)
+                int bits = (generator.NextInt(2) << 15) | (exponent << 10) | generator.NextInt(1024);
+                bytes[b + o] = (byte)bits;
+                bytes[b + o + 1] = (byte)(bits >> 8);
+            }
+        return FromBytes(bytes, rows, type.ToDType(), device);
+    }
+
+    /// <summary>The values of block weights q [N, row bytes] (any block dtype) as a [N, K] tensor of <paramref name="dtype"/> (F32 or F64).</summary>
+    public static Tensor Dequantize(Tensor q, DType dtype = DType.F32)
+    {
+        var (n, k, traits) = CheckBlockWeight(q, "dequantize");
+        if (dtype is not (DType.F32 or DType.F64))
+            throw new ArgumentException($"dequantize {traits.Name}: the result must be f32 or f64, got {dtype.Name()}");
+        var y = Tensor.Zeros([n, k], dtype, q.Device);
+        q.Backend.DequantizeBlocks(q, y);
+        return y;
     }
 
     /// <summary>The values of Q4_0 blocks q [N, K / 32 * 18] as a [N, K] tensor of <paramref name="dtype"/> (F32 or F64).</summary>
     public static Tensor DequantizeQ4_0(Tensor q, DType dtype = DType.F32)
     {
-        var (n, k) = CheckQ4Weight(q, "dequantize q4_0");
-        var y = Tensor.Zeros([n, k], dtype, q.Device);
-        q.Backend.DequantizeQ4(q, y);
-        return y;
+        if (q.DType != DType.Q4)
+            throw new ArgumentException($"dequantize q4_0: expected q4 blocks, got {q.DType.Name()} {Shapes.Format(q.Shape)}");
+        return Dequantize(q, dtype);
     }
 
-    /// <summary>(N, K) of Q4_0 weights w [N, K / 32 * 18]; throws a one-line error naming <paramref name="op"/> otherwise.</summary>
-    public static (int N, int K) CheckQ4Weight(Tensor w, string op)
+    /// <summary>
+    /// (N, K, traits) of block weights w [N, K / BlockSize * BlockBytes] of any block dtype (contiguous);
+    /// throws a one-line error naming <paramref name="op"/> otherwise.
+    /// </summary>
+    public static (int N, int K, QuantTraits Traits) CheckBlockWeight(Tensor w, string op)
     {
-        if (w.DType != DType.Q4 || w.Rank != 2 || !w.IsContiguous)
-            throw new ArgumentException($"{op}: weights must be contiguous q4 blocks [N, K / 32 * 18], got {w.DType.Name()} {Shapes.Format(w.Shape)}{(w.IsContiguous ? "" : " (strided)")}");
-        if (w.Size(1) == 0 || w.Size(1) % 18 != 0)
-            throw new ArgumentException($"{op}: a row of {w.Size(1)} bytes is not a whole number of 18-byte q4_0 blocks");
-        return (w.Size(0), w.Size(1) / 18 * 32);
+        if (!w.DType.IsQuantized() || w.Rank != 2 || !w.IsContiguous)
+            throw new ArgumentException($"{op}: weights must be contiguous blocks [N, row bytes] of q4, q8_0, q4_K or q6_K, got {w.DType.Name()} {Shapes.Format(w.Shape)}{(w.IsContiguous ? "" : " (strided)")}");
+        var traits = QuantTypes.FromDType(w.DType).Traits();
+        if (w.Size(1) == 0 || w.Size(1) % traits.BlockBytes != 0)
+            throw new ArgumentException($"{op}: a row of {w.Size(1)} bytes is not a whole number of {traits.BlockBytes}-byte {traits.Name} blocks");
+        return (w.Size(0), w.Size(1) / traits.BlockBytes * traits.BlockSize, traits);
     }
 
-    /// <summary>(N, K) of y [N, K] = dequantize(w [N, K / 32 * 18]) with y contiguous f32 or f64; throws a one-line error otherwise.</summary>
-    public static (int N, int K) CheckDequantizeQ4(Tensor w, Tensor y, string op)
+    /// <summary>(N, K, traits) of y [N, K] = dequantize(w) with y contiguous f32 or f64; throws a one-line error otherwise.</summary>
+    public static (int N, int K, QuantTraits Traits) CheckDequantize(Tensor w, Tensor y, string op)
     {
-        var (n, k) = CheckQ4Weight(w, op);
+        var (n, k, traits) = CheckBlockWeight(w, op);
         if (y.Rank != 2 || y.Size(0) != n || y.Size(1) != k || y.DType is not (DType.F32 or DType.F64) || !y.IsContiguous)
-            throw new ArgumentException($"{op}: expected a contiguous f32 or f64 y [{n}, {k}], got {y.DType.Name()} {Shapes.Format(y.Shape)}");
-        return (n, k);
+            throw new ArgumentException($"{op}: expected a contiguous f32 or f64 y [{n}, {k}] for {traits.Name} w {Shapes.Format(w.Shape)}, got {y.DType.Name()} {Shapes.Format(y.Shape)}");
+        return (n, k, traits);
     }
 
-    /// <summary>(M, N, K) of y [M, N] = x [M, K] @ dequantize(w [N, K / 32 * 18])^T; throws a one-line error otherwise.</summary>
-    public static (int M, int N, int K) CheckMatMulQ4(Tensor x, Tensor w, Tensor y, string op)
+    /// <summary>(M, N, K, traits) of y [M, N] = x [M, K] @ dequantize(w [N, row bytes])^T for any block dtype; throws a one-line error otherwise.</summary>
+    public static (int M, int N, int K, QuantTraits Traits) CheckMatMulQuantized(Tensor x, Tensor w, Tensor y, string op)
     {
-        var (n, k) = CheckQ4Weight(w, op);
+        var (n, k, traits) = CheckBlockWeight(w, op);
         if (x.Rank != 2 || y.Rank != 2 || x.Size(1) != k || y.Size(0) != x.Size(0) || y.Size(1) != n)
-            throw new ArgumentException($"{op}: x [M, {k}] @ q4_0 w [{n}, {k}]^T -> y [M, {n}] expected, got x {Shapes.Format(x.Shape)}, y {Shapes.Format(y.Shape)}");
+            throw new ArgumentException($"{op}: x [M, {k}] @ {traits.Name} w [{n}, {k}]^T -> y [M, {n}] expected, got x {Shapes.Format(x.Shape)}, y {Shapes.Format(y.Shape)}");
         if (x.DType is not (DType.F32 or DType.F64) || y.DType != x.DType)
             throw new ArgumentException($"{op}: x and y must be both f32 or both f64, got {x.DType.Name()} and {y.DType.Name()}");
         if (!x.IsContiguous || !y.IsContiguous)
             throw new ArgumentException($"{op}: x and y must be contiguous");
-        return (x.Size(0), n, k);
+        return (x.Size(0), n, k, traits);
     }
 }

@@ -89,12 +89,13 @@ public sealed partial class Tensor
 
     // ---------------- reading values back ----------------
 
-    /// <summary>The elements in row-major order converted to <typeparamref name="T"/> (float, double, Half, BFloat16, int).</summary>
+    /// <summary>The elements in row-major order converted to <typeparamref name="T"/> (float, double, Half, BFloat16, int; byte for the raw bytes of any block dtype).</summary>
     public T[] ToArray<T>() where T : unmanaged
     {
         var src = this;
         if (Device != Device.Cpu) src = Detach().Contiguous().To(Device.Cpu);
         var target = DTypes.Of<T>();
+        if (target == DType.Q4 && DType.IsQuantized()) target = DType;     // bytes of any block type, as stored
         var dense = src.DType == target ? src.Detach() : src.Detach().CastRaw(target);
         if (!dense.IsContiguous) dense = dense.CastCopy();
         var result = new T[Numel];

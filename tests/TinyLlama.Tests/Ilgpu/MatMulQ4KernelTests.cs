@@ -1,11 +1,11 @@
-// Int4 kernels (kernels/TinyLlama.Kernels/MatMulQ4.cs) against Ops/Reference/MatMulQ4Ref.cs (f64): the
+// Int4 kernels (kernels/TinyLlama.Kernels/MatMulQ4.cs) against Ops/Reference/MatMulQuantizedRef.cs (f64): the
 // three versions (naive, mat-vec, tiled) at sizes inside one tile and across tile edges (N past 8 rows per
 // mat-vec group and past 64 columns, M past 128 rows, K from one block to several), the dequantize kernel,
 // the host-side validation, and PTX for sm_80 (the tiled kernel keeps the GEMM's two barriers per step, the
 // mat-vec kernel reduces with warp shuffles and no barrier). Runs on ILGPU's CPU accelerator with 32-lane
 // warps and 256-thread groups (KernelAcceleratorFixture), and on CUDA when TINYLLAMA_TEST_CUDA=1.
 //
-// Tolerance: 1e-5 times sum_k |x_k| |w_nk| (see Ops/MatMulQ4Tests.cs), far above f32 rounding over K <= 160
+// Tolerance: 1e-5 times sum_k |x_k| |w_nk| (see Quantization/MatMulQuantizedTests.cs), far above f32 rounding over K <= 160
 // and far below what a wrong nibble, scale, block or row would move.
 using ILGPU;
 using ILGPU.Runtime;
@@ -53,8 +53,8 @@ public class MatMulQ4KernelTests(KernelAcceleratorFixture fixture)
         var x = Enumerable.Range(0, m * k).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
         var bytes = Quantize.Q4_0(Tensor.RandN([n, k], new Generator((ulong)(n + k)))).ToArray<byte>();
         var expected = new double[m * n];
-        MatMulQ4Ref.Forward(x.Select(v => (double)v).ToArray(), bytes, m, n, k, expected);
-        var weights = MatMulQ4Ref.Dequantize(bytes, n, k);
+        MatMulQuantizedRef.Forward(QuantType.Q4_0, x.Select(v => (double)v).ToArray(), bytes, m, n, k, expected);
+        var weights = MatMulQuantizedRef.Dequantize(QuantType.Q4_0, bytes, n, k);
         var words = new ushort[bytes.Length / 2];
         Buffer.BlockCopy(bytes, 0, words, 0, bytes.Length);
         var shape = new Q4Shape { M = m, N = n, K = k };
@@ -87,7 +87,7 @@ public class MatMulQ4KernelTests(KernelAcceleratorFixture fixture)
         var bytes = Quantize.Q4_0(Tensor.RandN([n, k], new Generator(21))).ToArray<byte>();
         var words = new ushort[bytes.Length / 2];
         Buffer.BlockCopy(bytes, 0, words, 0, bytes.Length);
-        var expected = MatMulQ4Ref.Dequantize(bytes, n, k);
+        var expected = MatMulQuantizedRef.Dequantize(QuantType.Q4_0, bytes, n, k);
         foreach (var acc in fixture.Accelerators)
         {
             using var wBuf = acc.Allocate1D(words);

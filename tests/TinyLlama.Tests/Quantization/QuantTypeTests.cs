@@ -20,7 +20,7 @@ public class QuantTypeTests
         Assert.Equal(2, (int)QuantType.Q4_0);   // ggml_type ids, as GGUF stores them
         Assert.Equal(8, (int)QuantType.Q8_0);
         Assert.Equal(QuantType.Q4_0, QuantTypes.Parse("Q4_0"));
-        Assert.Contains("expected q4_0 or q8_0", Assert.Throws<ArgumentException>(() => QuantTypes.Parse("q5_1")).Message);
+        Assert.Contains("expected q4_0, q8_0, q4_K or q6_K", Assert.Throws<ArgumentException>(() => QuantTypes.Parse("q5_1")).Message);
     }
 
     [Fact]
