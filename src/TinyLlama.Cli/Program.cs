@@ -23,6 +23,7 @@ public static class Program
         root.Subcommands.Add(ModelCommands.CreatePerplexity());
         root.Subcommands.Add(ModelCommands.CreateGenerate());
         root.Subcommands.Add(ChatCommand.Create(stdin));
+        root.Subcommands.Add(QuantizeCommand.Create());
         root.Subcommands.Add(SftCommand.Create());
         root.Subcommands.Add(DemoCommand.Create());
         root.Subcommands.Add(CheckCommand.Create());

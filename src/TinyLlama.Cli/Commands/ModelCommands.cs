@@ -18,7 +18,7 @@ internal static class ModelCommands
 {
     public static Option<string> ModelOption(bool required = true) => new("--model")
     {
-        Description = "A Hugging Face model directory or a llama2.c .bin file",
+        Description = "A Hugging Face model directory, a GGUF file, a llama2.c .bin file or a PEFT adapter directory",
         Required = required,
     };
 
@@ -68,28 +68,48 @@ internal static class ModelCommands
         var tokenizer = TokenizerOption();
         var text = new Option<string?>("--text") { Description = "The text to score" };
         var file = new Option<string?>("--file") { Description = "A UTF-8 file whose text to score" };
+        var idsFile = new Option<string?>("--ids-file") { Description = "Token ids to score instead of text: one sequence per line (comma- or space-separated, BOS included)" };
         var json = new Option<bool>("--json") { Description = "Print {\"tokens\": N, \"mean_nll\": x, \"perplexity\": y}" };
-        var cmd = new Command("perplexity", "Mean negative log-likelihood and perplexity of a text (ids = BOS + encode(text)).") { model, tokenizer, text, file, json };
+        var cmd = new Command("perplexity", "Mean negative log-likelihood and perplexity of a text (ids = BOS + encode(text)) or of token-id sequences.") { model, tokenizer, text, file, idsFile, json };
         cmd.SetAction(parse =>
         {
-            string? t = parse.GetValue(text), f = parse.GetValue(file);
-            if ((t is null) == (f is null)) throw new CliException("give exactly one of --text or --file", isUsage: true);
+            string? t = parse.GetValue(text), f = parse.GetValue(file), idsPath = parse.GetValue(idsFile);
+            if ((t is null ? 0 : 1) + (f is null ? 0 : 1) + (idsPath is null ? 0 : 1) != 1) throw new CliException("give exactly one of --text, --file or --ids-file", isUsage: true);
             if (f is not null)
             {
                 if (!File.Exists(f)) throw new CliException($"--file: {f} does not exist");
                 t = File.ReadAllText(f, Encoding.UTF8);
             }
+            if (idsPath is not null && !File.Exists(idsPath)) throw new CliException($"--ids-file: {idsPath} does not exist");
             var path = parse.GetValue(model)!;
             var lm = LoadModel(path, DeviceOption.Resolve(parse));
-            var tok = LoadTokenizer(path, parse.GetValue(tokenizer));
-            var ids = new List<int> { tok.BosId };
-            ids.AddRange(tok.Encode(t!));
-            var (meanNll, count) = Perplexity.MeanNll(lm, ids);
+            List<int[]> sequences;
+            if (idsPath is not null)
+            {
+                sequences = QuantizeCommand.ReadIdsFile(idsPath, lm.Config.VocabSize, "--ids-file");
+                if (sequences.Count == 0) throw new CliException($"--ids-file: {idsPath} holds no sequences");
+            }
+            else
+            {
+                var tok = LoadTokenizer(path, parse.GetValue(tokenizer));
+                sequences = [[tok.BosId, .. tok.Encode(t!)]];
+            }
+            // Token-weighted over the sequences: the mean NLL of every predicted token.
+            double sum = 0;
+            int count = 0, tokens = 0;
+            foreach (var ids in sequences)
+            {
+                var (meanNll, predicted) = Perplexity.MeanNll(lm, ids);
+                sum += meanNll * predicted;
+                count += predicted;
+                tokens += ids.Length;
+            }
+            double mean = sum / count;
             var output = parse.InvocationConfiguration.Output;
             if (parse.GetValue(json))
-                output.WriteLine(JsonLine.Format(("tokens", ids.Count), ("mean_nll", meanNll), ("perplexity", Math.Exp(meanNll))));
+                output.WriteLine(JsonLine.Format(("tokens", tokens), ("mean_nll", mean), ("perplexity", Math.Exp(mean))));
             else
-                output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"tokens: {ids.Count}  mean NLL: {meanNll:F6}  perplexity: {Math.Exp(meanNll):F4}  ({count} predicted)"));
+                output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"tokens: {tokens}  mean NLL: {mean:F6}  perplexity: {Math.Exp(mean):F4}  ({count} predicted{(sequences.Count > 1 ? $", {sequences.Count} sequences" : "")})"));
             return ExitCodes.Success;
         });
         return cmd;
@@ -212,15 +232,27 @@ internal static class ModelCommands
     }
 
     internal static bool HasTokenizer(string modelPath, string? tokenizerPath) =>
-        tokenizerPath is not null || (Directory.Exists(modelPath) && (File.Exists(Path.Combine(modelPath, "tokenizer.model")) || File.Exists(Path.Combine(modelPath, "tokenizer.json"))));
+        tokenizerPath is not null
+        || (Directory.Exists(modelPath) && (File.Exists(Path.Combine(modelPath, "tokenizer.model")) || File.Exists(Path.Combine(modelPath, "tokenizer.json"))))
+        || (IsGguf(modelPath) && GgufFile.Open(modelPath).Metadata.ContainsKey(GgufModel.Keys.TokenizerModel));
 
     internal static LlamaTokenizer LoadTokenizer(string modelPath, string? tokenizerPath)
     {
         string? path = tokenizerPath;
-        if (path is null && Directory.Exists(modelPath)) path = modelPath;
+        if (path is null && (Directory.Exists(modelPath) || IsGguf(modelPath))) path = BaseModelPath(modelPath);
         if (path is null) throw new CliException($"--tokenizer is needed: {modelPath} is a llama2.c file with no tokenizer beside it", isUsage: true);
         return LlamaTokenizer.Load(path);
     }
+
+    /// <summary>The model an adapter directory without a tokenizer of its own was trained on; otherwise <paramref name="path"/> itself.</summary>
+    internal static string BaseModelPath(string path)
+    {
+        if (!Directory.Exists(path) || !TinyLlama.Training.Lora.PeftAdapter.IsAdapterDirectory(path) || HasTokenizer(path, null)) return path;
+        var (_, basePath) = TinyLlama.Training.Lora.PeftAdapter.ReadConfig(path);
+        return basePath ?? path;
+    }
+
+    private static bool IsGguf(string path) => File.Exists(path) && path.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase);
 }
 
 /// <summary>The sampling flags shared by generate and chat, and their check (bad values are usage errors).</summary>

@@ -21,6 +21,18 @@ public class Linear : Module
     }
 
     /// <summary>
+    /// A layer over the given tensors (not copies): <paramref name="weight"/> is [out, in] for a float layer or a
+    /// block-quantized tensor [out, rowBytes] for QuantizedLinear, so the sizes are given, not read from it.
+    /// </summary>
+    protected Linear(int inFeatures, int outFeatures, Tensor weight, Tensor? bias)
+    {
+        InFeatures = inFeatures;
+        OutFeatures = outFeatures;
+        Weight = RegisterParameter("weight", weight);
+        if (bias is not null) Bias = RegisterParameter("bias", bias);
+    }
+
+    /// <summary>
     /// A layer over <paramref name="source"/>'s own weight and bias tensors (not copies), registered under the
     /// same names, for a subclass that wraps it (LoraLinear). The sizes come from the source, not from its
     /// weight's shape, which for a block-quantized weight is [out, rowBytes].
@@ -65,18 +77,38 @@ public class Linear : Module
 }
 
 /// <summary>A lookup table of vectors: ids [...] -> [..., dim].</summary>
-public sealed class Embedding : Module
+public class Embedding : Module
 {
     /// <summary>A table of standard-normal vectors, or zeros when <paramref name="init"/> is false (the caller initialises or loads it).</summary>
     public Embedding(int numEmbeddings, int dim, Generator? generator = null, DType dtype = DType.F32, Device? device = null, bool init = true)
     {
+        NumEmbeddings = numEmbeddings;
+        Dim = dim;
         Weight = RegisterParameter("weight", init ? Tensor.RandN([numEmbeddings, dim], generator, dtype, device) : Tensor.Zeros([numEmbeddings, dim], dtype, device));
     }
+
+    /// <summary>A table over <paramref name="weight"/> (not copied), for a subclass whose table is not [V, dim] floats (QuantizedEmbedding).</summary>
+    protected Embedding(int numEmbeddings, int dim, Tensor weight)
+    {
+        NumEmbeddings = numEmbeddings;
+        Dim = dim;
+        Weight = RegisterParameter("weight", weight);
+    }
+
+    /// <summary>V, the number of rows.</summary>
+    public int NumEmbeddings { get; }
+
+    /// <summary>The width of a row.</summary>
+    public int Dim { get; }
 
     /// <summary>[V, dim].</summary>
     public Tensor Weight { get; private set; }
 
-    public Tensor Forward(Tensor ids) => Functional.Embedding(ids, Weight);
+    /// <summary>ids [...] -> [..., dim].</summary>
+    public virtual Tensor Forward(Tensor ids) => Functional.Embedding(ids, Weight);
+
+    /// <summary>h [..., dim] -> h W^T [..., V]: the table used as a tied output layer (logits over the vocabulary).</summary>
+    public virtual Tensor Attend(Tensor h) => Tensor.MatMul(h, Weight.MT);
 
     protected override void OnParameterReplaced(string name, Tensor value) => Weight = value;
 }

@@ -212,14 +212,14 @@ public sealed class LlamaForCausalLM : Module
         if (cache is not null) cache.Length = start + t;
         if (lastOnly) h = h.Narrow(1, t - 1, 1);
         h = Model.Norm.Forward(h);
-        return LmHead is not null ? LmHead.Forward(h) : Tensor.MatMul(h, Model.EmbedTokens.Weight.MT); // (B, T, V)
+        return LmHead is not null ? LmHead.Forward(h) : Model.EmbedTokens.Attend(h); // (B, T, V)
     }
 
     /// <summary>A cache sized for batch and maxTokens (at most max_position_embeddings).</summary>
     public KvCache NewCache(int batch = 1, int? maxTokens = null)
     {
         var p = Model.EmbedTokens.Weight;
-        return new KvCache(Config, batch, Math.Min(maxTokens ?? Config.MaxPositionEmbeddings, Config.MaxPositionEmbeddings), p.DType.IsHalf() ? DType.F32 : p.DType, p.Device);
+        return new KvCache(Config, batch, Math.Min(maxTokens ?? Config.MaxPositionEmbeddings, Config.MaxPositionEmbeddings), p.DType == DType.F64 ? DType.F64 : DType.F32, p.Device);
     }
 
     /// <summary>
@@ -228,12 +228,22 @@ public sealed class LlamaForCausalLM : Module
     /// </summary>
     public static LlamaForCausalLM FromWeights(LlamaConfig config, IReadOnlyDictionary<string, Tensor> weights, DType dtype = DType.F32, Device? device = null)
     {
+        var dev = device ?? Device.Cpu;
         var model = new LlamaForCausalLM(config, null, dtype, device, initialize: false);
+        // A block-quantized weight (a GGUF q4_0/q8_0 file) stays in its blocks: its Linear or Embedding gives
+        // way to a QuantizedLinear or QuantizedEmbedding over the tensor, which keeps the parameter's name.
+        foreach (var (name, module) in model.NamedModules().ToList())
+        {
+            if (module is not (Linear or Embedding) || !weights.TryGetValue(name + ".weight", out var blocks) || !blocks.DType.IsQuantized()) continue;
+            blocks = blocks.Device == dev ? blocks.Detach() : blocks.Detach().To(dev);
+            model.ReplaceModule(name, module is Linear ? new QuantizedLinear(blocks) : new QuantizedEmbedding(blocks));
+        }
         var state = new Dictionary<string, Tensor>();
-        foreach (var (name, _) in model.NamedParameters())
+        foreach (var (name, p) in model.NamedParameters())
         {
             if (!weights.TryGetValue(name, out var w)) throw new InvalidDataException($"checkpoint is missing tensor '{name}'");
-            state[name] = w.DType == dtype && w.Device == (device ?? Device.Cpu) ? w.Detach() : w.Detach().To(dtype).To(device ?? Device.Cpu);
+            state[name] = w.DType.IsQuantized() ? p
+                : w.DType == dtype && w.Device == dev ? w.Detach() : w.Detach().To(dtype).To(dev);
         }
         foreach (var name in weights.Keys)
             if (!state.ContainsKey(name) && !(config.TieWordEmbeddings && name == "lm_head.weight") && !name.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal))

@@ -15,7 +15,7 @@
 // layer is calibrated on the inputs the quantized model will really produce. The layer's outputs then
 // become the next layer's inputs. The LM head, when it is quantized, comes last, on the final-norm outputs.
 // The embedding is a lookup (no product whose output error GPTQ could weigh), so when it is quantized it
-// is always by round-to-nearest.
+// is always by round-to-nearest. A weight whose rows are not a whole number of blocks stays in f16.
 using TinyLlama.Autograd;
 using TinyLlama.Formats;
 using TinyLlama.Model;
@@ -188,6 +188,7 @@ public static class ModelQuantizer
     private static Tensor QuantizeInPlace(Linear linear, double[] hessian, GptqOptions options, string name)
     {
         int rows = linear.OutFeatures, k = linear.InFeatures;
+        if (k % options.Type.Traits().BlockSize != 0) return Fallback(linear.Weight);
         byte[] blocks;
         try { blocks = Gptq.Quantize(linear.Weight.ToArray<float>(), rows, k, hessian, options); }
         catch (ArgumentException e) { throw new ArgumentException($"quantize {name}: {e.Message}", e); }
@@ -204,6 +205,7 @@ public static class ModelQuantizer
     {
         var traits = type.Traits();
         int rows = w.Size(0), k = w.Size(1);
+        if (k % traits.BlockSize != 0) return Fallback(w);
         try
         {
             int rowBytes = traits.RowBytes(k);
@@ -214,6 +216,12 @@ public static class ModelQuantizer
         }
         catch (ArgumentException e) { throw new ArgumentException($"quantize {name}: {e.Message}", e); }
     }
+
+    /// <summary>
+    /// A weight whose rows are not a whole number of blocks (stories260K's feed-forward width is 172) cannot be
+    /// Q4_0 or Q8_0; it is kept in f16, as llama-quantize falls back for formats that cannot hold a row.
+    /// </summary>
+    private static Tensor Fallback(Tensor w) => Tensor.FromArray(w.ToArray<Half>(), w.Shape);
 
     /// <summary>Throws unless there is at least one calibration sequence and each is 1..max_position_embeddings valid ids.</summary>
     private static void CheckCalibration(IReadOnlyList<int[]>? calibration, LlamaConfig config)
