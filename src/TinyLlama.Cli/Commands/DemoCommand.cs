@@ -15,7 +15,9 @@ using System.Text;
 using System.Text.Encodings.Web;
 using System.Text.Json;
 using TinyLlama.Backends.Cpu;
+using TinyLlama.Formats;
 using TinyLlama.Model;
+using TinyLlama.Quantization;
 using TinyLlama.Tensors;
 using TinyLlama.Tokenizers;
 using TinyLlama.Training.Data;
@@ -29,22 +31,37 @@ internal static class DemoCommand
 {
     public const string DefaultOut = "demo-output";
 
+    /// <summary>Pre-training documents that calibrate GPTQ for --quantize-base.</summary>
+    private const int DemoCalibrationDocuments = 256;
+
     public static Command Create()
     {
         var outDir = new Option<string>("--out") { Description = $"Where to write the tokenizer, base model, adapter and loss curves (default ./{DefaultOut})", DefaultValueFactory = _ => DefaultOut };
         var quick = new Option<bool>("--quick") { Description = "A much smaller run (under a minute on two cores; it learns count and sort only), for tests and CI" };
         var seed = new Option<ulong>("--seed") { Description = "Seed for the data, the weights and the training order (default 0)" };
         var evalEvery = new Option<int>("--eval-every") { Description = "Also score the held-out items every N steps of pre-training and of tuning, to watch each skill appear (default 0: only at the end)" };
+        var quantizeBase = new Option<string?>("--quantize-base") { Description = "Quantize the pre-trained base to q4_0 or q8_0 before LoRA tuning (QLoRA-style: the adapters train over the frozen blocks)" };
+        var quantizeMethod = new Option<string>("--quantize-method") { Description = "With --quantize-base: gptq (calibrated on pre-training documents) or rtn", DefaultValueFactory = _ => "gptq" };
         var cmd = new Command("demo", "Pre-train a small LLaMA from scratch, fine-tune it with LoRA to follow instructions, and compare before/after on held-out tasks.")
         {
-            outDir, quick, seed, evalEvery,
+            outDir, quick, seed, evalEvery, quantizeBase, quantizeMethod,
         };
         cmd.SetAction(parse =>
         {
             var settings = parse.GetValue(quick) ? DemoSettings.Quick : DemoSettings.Full;
             int every = parse.GetValue(evalEvery);
             if (every < 0) throw new CliException($"--eval-every must be 0 or a number of steps, got {every}", isUsage: true);
-            Run(settings, parse.GetValue(seed), parse.GetValue(outDir)!, parse.GetValue(quick) ? "quick" : "full", parse.InvocationConfiguration.Output, every);
+            QuantType? baseType = parse.GetValue(quantizeBase)?.ToLowerInvariant() switch
+            {
+                null => null,
+                "q4_0" => QuantType.Q4_0,
+                "q8_0" => QuantType.Q8_0,
+                _ => throw new CliException($"--quantize-base: expected q4_0 or q8_0, got '{parse.GetValue(quantizeBase)}'", isUsage: true),
+            };
+            string method = parse.GetValue(quantizeMethod)!.ToLowerInvariant();
+            if (method is not ("gptq" or "rtn")) throw new CliException($"--quantize-method: expected gptq or rtn, got '{parse.GetValue(quantizeMethod)}'", isUsage: true);
+            Run(settings, parse.GetValue(seed), parse.GetValue(outDir)!, parse.GetValue(quick) ? "quick" : "full", parse.InvocationConfiguration.Output, every,
+                baseType, method == "gptq" ? QuantMethod.Gptq : QuantMethod.Rtn);
             return ExitCodes.Success;
         });
         return cmd;
@@ -55,7 +72,8 @@ internal static class DemoCommand
     /// With <paramref name="evalEvery"/> &gt; 0 the held-out items are also scored every that many steps;
     /// scoring only reads the model (greedy decoding, no random numbers), so the run's numbers are the same.
     /// </remarks>
-    internal static (DemoScore Base, DemoScore Tuned) Run(DemoSettings settings, ulong seed, string outPath, string runName, TextWriter output, int evalEvery = 0)
+    internal static (DemoScore Base, DemoScore Tuned) Run(DemoSettings settings, ulong seed, string outPath, string runName, TextWriter output, int evalEvery = 0,
+        QuantType? quantizeBase = null, QuantMethod quantizeMethod = QuantMethod.Gptq)
     {
         var total = Stopwatch.StartNew();
         var clock = Stopwatch.StartNew();
@@ -112,6 +130,26 @@ internal static class DemoCommand
         output.WriteLine($"   The base model completes {Families(completion)} of the held-out items written as plain sentences   ({Seconds(clock)})");
         SftCommand.SaveResult(baseDir, baseDir, lm, null, tokenizerPath);
         LossCurve.Save(Path.Combine(baseDir, "loss.png"), pretrainer.History.Select(h => (h.Step, h.Loss)).ToList(), [], "demo: pre-training");
+        string basePath = baseDir;
+        if (quantizeBase is { } quantType)
+        {
+            // QLoRA-style: the base's linear weights become frozen blocks (embedding and head q8_0) and the
+            // adapters below train over them. GPTQ calibrates on the first pre-training documents.
+            clock.Restart();
+            var calibration = docExamples.Take(DemoCalibrationDocuments).Select(e => e.InputIds).ToList();
+            var options = new ModelQuantizerOptions { Type = quantType, Method = quantizeMethod, Embedding = WeightFormat.Q8_0, Head = WeightFormat.Q8_0 };
+            var weights = ModelQuantizer.Quantize(lm, quantizeMethod == QuantMethod.Gptq ? calibration : null, options);
+            string typeName = quantType.Traits().Name, methodName = quantizeMethod == QuantMethod.Gptq ? $"GPTQ on {calibration.Count} pre-training documents" : "round to nearest";
+            basePath = Path.Combine(outPath, $"base.{typeName}.gguf");
+            GgufModel.Save(basePath, config, weights, tok);
+            lm = LlamaForCausalLM.FromWeights(config, weights);
+            lm.Eval();
+            var quantCompletion = DemoEvaluation.EvaluateCompletion(lm, tok, data.Test, settings.MaxAnswerTokens);
+            var formats = weights.Values.GroupBy(t => t.DType.Name()).OrderBy(g => g.Key, StringComparer.Ordinal).Select(g => $"{g.Count()} {g.Key}");
+            output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"   Quantized to {typeName} ({methodName}; tensors: {string.Join(", ", formats)}): {new FileInfo(basePath).Length:N0} bytes against {config.ParameterCount() * 4L:N0} in f32."));
+            output.WriteLine($"   The {typeName} base completes {Families(quantCompletion)} of the held-out sentences   ({Seconds(clock)})");
+        }
         output.WriteLine();
 
         // ---- 5. base model on the held-out instructions ----
@@ -134,7 +172,7 @@ internal static class DemoCommand
             () => $"answers {Families(DemoEvaluation.Evaluate(lm, tok, data.Test, settings.MaxAnswerTokens))} of the held-out instructions");
         var (tunedLoss, _) = tuner.Evaluate(testExamples, settings.SftBatch, SftDataLoader.InputPadId(tok), maxLen);
         output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"   Held-out response loss: base {baseLoss:F3} -> fine-tuned {tunedLoss:F3}   ({Seconds(clock)})"));
-        SftCommand.SaveResult(adapterDir, baseDir, lm, loraConfig, null);
+        SftCommand.SaveResult(adapterDir, basePath, lm, loraConfig, null);
         LossCurve.Save(Path.Combine(adapterDir, "loss.png"), tuner.History.Select(h => (h.Step, h.Loss)).ToList(), [], "demo: LoRA instruction tuning");
         output.WriteLine();
 
@@ -164,6 +202,8 @@ internal static class DemoCommand
         output.WriteLine($"8. Wrote to {outPath}:");
         output.WriteLine("   tokenizer.json    the BPE tokenizer (Hugging Face format)");
         output.WriteLine("   base/             the pre-trained model (config.json, model.safetensors, tokenizer.json, loss.png)");
+        if (basePath != baseDir)
+            output.WriteLine($"   {Path.GetFileName(basePath),-17} the quantized base (GGUF, tokenizer inside) that the adapter was trained over");
         output.WriteLine("   adapter/          the LoRA adapter (PEFT: adapter_config.json, adapter_model.safetensors; loss.png)");
         output.WriteLine("   data/             train.json and test.json (Alpaca records), pretrain.txt, prompt.txt");
         output.WriteLine($"   Try: tinyllama generate --model {Quote(adapterDir)} --prompt \"$(cat {Quote(promptFile)})\" --max-tokens {settings.MaxAnswerTokens}");
