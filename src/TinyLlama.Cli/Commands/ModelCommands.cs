@@ -9,6 +9,7 @@ using TinyLlama.Autograd;
 using TinyLlama.Formats;
 using TinyLlama.Generation;
 using TinyLlama.Model;
+using TinyLlama.Quantization;
 using TinyLlama.Tensors;
 using TinyLlama.Tokenizers;
 
@@ -86,7 +87,8 @@ internal static class ModelCommands
             List<int[]> sequences;
             if (idsPath is not null)
             {
-                sequences = QuantizeCommand.ReadIdsFile(idsPath, lm.Config.VocabSize, "--ids-file");
+                // Each sequence scores its tokens after the first, within the model's context.
+                sequences = QuantizeCommand.ReadIdsFile(idsPath, lm.Config.VocabSize, "--ids-file", 2, lm.Config.MaxPositionEmbeddings);
                 if (sequences.Count == 0) throw new CliException($"--ids-file: {idsPath} holds no sequences");
             }
             else
@@ -198,10 +200,12 @@ internal static class ModelCommands
     }
 
     /// <summary>
-    /// Loads a model PATH (HF directory, llama2.c .bin or PEFT adapter directory) in eval mode, with the
-    /// PEFT adapter in <paramref name="adapterDir"/> over it when given.
+    /// Loads a model PATH (HF directory, llama2.c .bin, GGUF or PEFT adapter directory) in eval mode, with the
+    /// PEFT adapter in <paramref name="adapterDir"/> over it when given. Block-quantized weights stay in their
+    /// blocks unless <paramref name="dequantize"/> (for what needs float weights: quantizing again, merging an
+    /// adapter).
     /// </summary>
-    internal static LlamaForCausalLM LoadModel(string path, Device? device = null, string? adapterDir = null)
+    internal static LlamaForCausalLM LoadModel(string path, Device? device = null, string? adapterDir = null, bool dequantize = false)
     {
         if (adapterDir is not null)
         {
@@ -209,7 +213,7 @@ internal static class ModelCommands
                 throw new CliException($"--adapter: {adapterDir} is not a PEFT adapter directory (expected {TinyLlama.Training.Lora.PeftAdapter.ConfigFileName} in it)");
             if (Directory.Exists(path) && TinyLlama.Training.Lora.PeftAdapter.IsAdapterDirectory(path))
                 throw new CliException($"--adapter: --model {path} is an adapter directory already; give its base model as --model", isUsage: true);
-            var adapted = LoadModel(path, device);
+            var adapted = LoadModel(path, device, dequantize: dequantize);
             TinyLlama.Training.Lora.PeftAdapter.Load(adapterDir, adapted);
             adapted.Eval();
             return adapted;
@@ -220,13 +224,15 @@ internal static class ModelCommands
             var (_, basePath) = TinyLlama.Training.Lora.PeftAdapter.ReadConfig(path);
             if (basePath is null || (!Directory.Exists(basePath) && !File.Exists(basePath)))
                 throw new CliException($"{Path.Combine(path, "adapter_config.json")}: base_model_name_or_path '{basePath}' is not a model on this machine");
-            var baseModel = LoadModel(basePath, device);
+            var baseModel = LoadModel(basePath, device, dequantize: dequantize);
             TinyLlama.Training.Lora.PeftAdapter.Load(path, baseModel);
             baseModel.Eval();
             return baseModel;
         }
         var ckpt = LoadCheckpoint(path);
-        var model = LlamaForCausalLM.FromWeights(ckpt.Config, ckpt.Weights, DType.F32, device ?? Device.Cpu);
+        var weights = !dequantize ? ckpt.Weights
+            : ckpt.Weights.ToDictionary(kv => kv.Key, kv => kv.Value.DType.IsQuantized() ? Quantize.Dequantize(kv.Value) : kv.Value);
+        var model = LlamaForCausalLM.FromWeights(ckpt.Config, weights, DType.F32, device ?? Device.Cpu);
         model.Eval();
         return model;
     }

@@ -9,6 +9,8 @@
 //
 // Rows whose length is not a multiple of the block size (32) cannot be q4_0 or q8_0; they are kept in f16,
 // as llama-quantize's fallback does for formats that cannot hold them, and the summary line says how many.
+// A source that is itself block-quantized (a q4_0 GGUF, or an adapter trained over one) is expanded to f32
+// first: the quantizers and LoRA's merge read float weights.
 using System.CommandLine;
 using System.Globalization;
 using System.Text;
@@ -63,10 +65,12 @@ internal static class QuantizeCommand
                 throw new CliException($"--keep: expected f32, f16 or q8_0, got '{parse.GetValue(keep)}'", isUsage: true);
             string outPath = parse.GetValue(outFile)!;
             if (!outPath.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase)) throw new CliException($"--out: {outPath} must end in .gguf", isUsage: true);
+            string outDir = Path.GetDirectoryName(Path.GetFullPath(outPath))!;
+            if (!Directory.Exists(outDir)) throw new CliException($"--out: the directory {outDir} does not exist");
 
             // ---- the model, merged, in f32 ----
             string path = parse.GetValue(model)!;
-            var lm = ModelCommands.LoadModel(path);
+            var lm = ModelCommands.LoadModel(path, dequantize: true);
             int merged = Lora.AdaptedLayers(lm).Count > 0 ? Lora.Merge(lm) : 0;
             var tok = TryLoadTokenizer(path, parse.GetValue(tokenizer));
             var error = parse.InvocationConfiguration.Error;
@@ -91,8 +95,12 @@ internal static class QuantizeCommand
             else
             {
                 var dtype = DTypes.Parse(typeName);
+                // The embedding and the head in --keep's format (by default --type's), the norms in f32.
+                Tensor Table(Tensor t) => keepName == "q8_0" ? Quantize.ToBlocks(t, QuantType.Q8_0) : t.To(DTypes.Parse(keepName));
                 weights = lm.NamedParameters().ToDictionary(p => p.Name, p =>
-                    p.Name.EndsWith("norm.weight", StringComparison.Ordinal) ? p.Value.Detach().To(DType.F32) : p.Value.Detach().To(dtype));
+                    p.Name.EndsWith("norm.weight", StringComparison.Ordinal) ? p.Value.Detach().To(DType.F32)
+                    : p.Name == LlamaWeightNames.Embedding || p.Name == LlamaWeightNames.LmHead ? Table(p.Value.Detach())
+                    : p.Value.Detach().To(dtype));
             }
             GgufModel.Save(outPath, lm.Config, weights, tok);
 
@@ -147,8 +155,11 @@ internal static class QuantizeCommand
         return sequences;
     }
 
-    /// <summary>Token-id sequences, one per non-empty line (comma- or space-separated), each id below <paramref name="vocab"/>.</summary>
-    internal static List<int[]> ReadIdsFile(string path, int vocab, string flag)
+    /// <summary>
+    /// Token-id sequences, one per non-empty line (comma- or space-separated), each id below <paramref name="vocab"/>
+    /// and each sequence <paramref name="minLength"/> to <paramref name="maxLength"/> ids long.
+    /// </summary>
+    internal static List<int[]> ReadIdsFile(string path, int vocab, string flag, int minLength = 1, int maxLength = int.MaxValue)
     {
         var result = new List<int[]>();
         int lineNumber = 0;
@@ -161,6 +172,8 @@ internal static class QuantizeCommand
             for (int i = 0; i < parts.Length; i++)
                 if (!int.TryParse(parts[i], NumberStyles.None, CultureInfo.InvariantCulture, out ids[i]) || ids[i] >= vocab)
                     throw new CliException($"{flag}: {path} line {lineNumber}: '{parts[i]}' is not a token id below the vocabulary size {vocab}");
+            if (ids.Length < minLength || ids.Length > maxLength)
+                throw new CliException($"{flag}: {path} line {lineNumber}: {ids.Length} ids, expected {minLength} to {maxLength}");
             result.Add(ids);
         }
         return result;

@@ -96,8 +96,9 @@ internal static class SftCommand
             // ---- model, tokenizer, data ----
             var device = DeviceOption.Resolve(parse);
             var lm = ModelCommands.LoadModel(modelPath, device);
-            if (parse.GetValue(loraRank) <= 0 && lm.Parameters().FirstOrDefault(p => p.DType.IsQuantized()) is { } frozen)
-                throw new CliException($"--model: {modelPath} holds {frozen.DType.Name()} weights, which full fine-tuning cannot update; train LoRA adapters over them with --lora-rank R, or start from a float model");
+            var blockTypes = lm.Parameters().Where(p => p.DType.IsQuantized()).Select(p => p.DType.Name()).Distinct().ToList();
+            if (parse.GetValue(loraRank) <= 0 && blockTypes.Count > 0)
+                throw new CliException($"--model: {modelPath} holds {string.Join(" and ", blockTypes)} weights, which full fine-tuning cannot update; train LoRA adapters over them with --lora-rank R, or start from a float model");
             var tok = ModelCommands.LoadTokenizer(modelPath, parse.GetValue(tokenizer));
             int maxLen = parse.GetValue(maxLength) is int m && m > 0 ? Math.Min(m, lm.Config.MaxPositionEmbeddings) : lm.Config.MaxPositionEmbeddings;
             ulong s = parse.GetValue(seed);

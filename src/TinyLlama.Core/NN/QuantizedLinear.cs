@@ -6,7 +6,8 @@
 //
 // As the house style asks, quantized weights are a module that takes a float Linear's place (Module.
 // ReplaceModule), not a branch inside Linear: FromWeights puts one wherever a checkpoint holds a block
-// tensor, and the parameter keeps the checkpoint's name ("...q_proj.weight").
+// tensor, and the parameter keeps the checkpoint's name ("...q_proj.weight"). In a half (f16/bf16) model
+// the product is taken in f32, as llama.cpp keeps activations in f32, and its result rounded back.
 using TinyLlama.Quantization;
 using TinyLlama.Tensors;
 
@@ -29,13 +30,17 @@ public sealed class QuantizedLinear : Linear
     /// <summary>The block format of the weight.</summary>
     public QuantType Format => QuantTypes.FromDType(Weight.DType);
 
-    /// <summary>x [..., in] (f32 or f64) -> [..., out].</summary>
+    /// <summary>x [..., in] (f32, f64, f16 or bf16) -> [..., out] in x's dtype.</summary>
     public override Tensor Forward(Tensor x)
     {
         InputObserver?.Invoke(x);
-        var y = Functional.LinearQuantized(x, Weight);
+        var y = Product(x, Weight);
         return Bias is null ? y : y + Bias.To(y.DType);
     }
+
+    /// <summary>x [..., in] @ dequantize(blocks)^T in x's dtype: f32 and f64 directly, a half x through f32.</summary>
+    internal static Tensor Product(Tensor x, Tensor blocks) =>
+        x.DType.IsHalf() ? Functional.LinearQuantized(x.To(DType.F32), blocks).To(x.DType) : Functional.LinearQuantized(x, blocks);
 
     private static (int Out, int In) Sizes(Tensor blocks)
     {

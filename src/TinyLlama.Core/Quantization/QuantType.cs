@@ -212,7 +212,7 @@ public static class QuantTypes
         DType.Q8_0 => QuantType.Q8_0,
         DType.Q4_K => QuantType.Q4_K,
         DType.Q6_K => QuantType.Q6_K,
-        _ => throw new ArgumentException($"{dtype.Name()} is not a block-quantized dtype (expected q4, q8_0, q4_K or q6_K)"),
+        _ => throw new ArgumentException($"{dtype.Name()} is not a block-quantized dtype (expected q4_0, q8_0, q4_K or q6_K)"),
     };
 
     /// <summary>The blocks of a row as structs (a view, no copy).</summary>

@@ -103,7 +103,7 @@ public static class Quantize
     public static Tensor DequantizeQ4_0(Tensor q, DType dtype = DType.F32)
     {
         if (q.DType != DType.Q4)
-            throw new ArgumentException($"dequantize q4_0: expected q4 blocks, got {q.DType.Name()} {Shapes.Format(q.Shape)}");
+            throw new ArgumentException($"dequantize q4_0: expected q4_0 blocks, got {q.DType.Name()} {Shapes.Format(q.Shape)}");
         return Dequantize(q, dtype);
     }
 
@@ -114,7 +114,7 @@ public static class Quantize
     public static (int N, int K, QuantTraits Traits) CheckBlockWeight(Tensor w, string op)
     {
         if (!w.DType.IsQuantized() || w.Rank != 2 || !w.IsContiguous)
-            throw new ArgumentException($"{op}: weights must be contiguous blocks [N, row bytes] of q4, q8_0, q4_K or q6_K, got {w.DType.Name()} {Shapes.Format(w.Shape)}{(w.IsContiguous ? "" : " (strided)")}");
+            throw new ArgumentException($"{op}: weights must be contiguous blocks [N, row bytes] of q4_0, q8_0, q4_K or q6_K, got {w.DType.Name()} {Shapes.Format(w.Shape)}{(w.IsContiguous ? "" : " (strided)")}");
         var traits = QuantTypes.FromDType(w.DType).Traits();
         if (w.Size(1) == 0 || w.Size(1) % traits.BlockBytes != 0)
             throw new ArgumentException($"{op}: a row of {w.Size(1)} bytes is not a whole number of {traits.BlockBytes}-byte {traits.Name} blocks");

@@ -56,7 +56,7 @@ public static class DTypes
         DType.F16 => "float16",
         DType.BF16 => "bfloat16",
         DType.I32 => "int32",
-        DType.Q4 => "q4",
+        DType.Q4 => "q4_0",
         DType.Q8_0 => "q8_0",
         DType.Q4_K => "q4_K",
         DType.Q6_K => "q6_K",

@@ -219,7 +219,8 @@ public sealed class LlamaForCausalLM : Module
     public KvCache NewCache(int batch = 1, int? maxTokens = null)
     {
         var p = Model.EmbedTokens.Weight;
-        return new KvCache(Config, batch, Math.Min(maxTokens ?? Config.MaxPositionEmbeddings, Config.MaxPositionEmbeddings), p.DType == DType.F64 ? DType.F64 : DType.F32, p.Device);
+        var rows = Model.EmbedTokens is QuantizedEmbedding q ? q.OutputDType : p.DType; // a block table's rows come out in the model's dtype
+        return new KvCache(Config, batch, Math.Min(maxTokens ?? Config.MaxPositionEmbeddings, Config.MaxPositionEmbeddings), rows == DType.F64 ? DType.F64 : DType.F32, p.Device);
     }
 
     /// <summary>
@@ -236,7 +237,7 @@ public sealed class LlamaForCausalLM : Module
         {
             if (module is not (Linear or Embedding) || !weights.TryGetValue(name + ".weight", out var blocks) || !blocks.DType.IsQuantized()) continue;
             blocks = blocks.Device == dev ? blocks.Detach() : blocks.Detach().To(dev);
-            model.ReplaceModule(name, module is Linear ? new QuantizedLinear(blocks) : new QuantizedEmbedding(blocks));
+            model.ReplaceModule(name, module is Linear ? new QuantizedLinear(blocks) : new QuantizedEmbedding(blocks, dtype));
         }
         var state = new Dictionary<string, Tensor>();
         foreach (var (name, p) in model.NamedParameters())

@@ -19,6 +19,20 @@ internal static class CliRunner
     }
 
     /// <summary>
+    /// Asserts a failure reported as the CLI reports it: exit code <paramref name="expectedCode"/> and exactly one
+    /// line on stderr, "tinyllama: ...", with no stack trace. Returns the line.
+    /// </summary>
+    public static string AssertOneLineError(int expectedCode, int code, string err)
+    {
+        Assert.True(code == expectedCode, $"exit code {code}, expected {expectedCode}: {err}");
+        var lines = err.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Single(lines);
+        Assert.StartsWith("tinyllama: ", lines[0]);
+        Assert.DoesNotContain(" at ", lines[0]);
+        return lines[0];
+    }
+
+    /// <summary>
     /// Runs tinyllama.dll (built beside the tests) under the dotnet host that runs the tests, with
     /// <paramref name="environment"/> added to this process's environment; fails the test after
     /// <paramref name="timeout"/>.

@@ -84,14 +84,26 @@ public class ModelCommandTests
     [InlineData(2, "demo", "--quick", "--eval-every", "often")]
     [InlineData(1, "perplexity", "--model", "/nonexistent/model", "--text", "a")]
     [InlineData(1, "info", "--model", "/nonexistent/model")]
+    // quantize: flags are checked before any file is read (files: QuantizeCommandTests.BadFilesGiveOneLineNamingThem).
+    [InlineData(2, "quantize", "--model", "x", "--out", "o.gguf", "--type", "q5_0")]
+    [InlineData(2, "quantize", "--model", "x", "--out", "o.gguf", "--type", "q4_0", "--method", "gptq")]
+    [InlineData(2, "quantize", "--model", "x", "--out", "o.gguf", "--type", "q4_0", "--method", "gptq", "--calib", "c.ids", "--calib-samples", "0")]
+    [InlineData(2, "quantize", "--model", "x", "--out", "o.gguf", "--type", "q4_0", "--method", "gptq", "--calib", "c.ids", "--calib-length", "1")]
+    [InlineData(2, "quantize", "--model", "x", "--out", "o.gguf", "--type", "f16", "--method", "gptq", "--calib", "c.ids")]
+    [InlineData(2, "quantize", "--model", "x", "--out", "o.gguf", "--type", "q4_0", "--method", "awq")]
+    [InlineData(2, "quantize", "--model", "x", "--out", "o.gguf", "--type", "q4_0", "--calib", "c.ids")]
+    [InlineData(2, "quantize", "--model", "x", "--out", "o.gguf", "--type", "q4_0", "--act-order")]
+    [InlineData(2, "quantize", "--model", "x", "--out", "o.bin", "--type", "q4_0")]
+    [InlineData(2, "quantize", "--model", "x", "--out", "o.gguf", "--type", "q4_0", "--keep", "bogus")]
+    [InlineData(2, "quantize", "--model", "x", "--out", "o.gguf", "--type", "q4_0", "--keep", "bf16")]
+    [InlineData(2, "quantize", "--model", "x", "--out", "o.gguf")]                      // --type is required
+    [InlineData(1, "quantize", "--model", "/nonexistent/model", "--out", "o.gguf", "--type", "q4_0")]
+    [InlineData(2, "perplexity", "--model", "x", "--text", "a", "--ids-file", "a.ids")]
+    [InlineData(1, "perplexity", "--model", "/nonexistent/model.gguf", "--text", "a")]
     public void BadInputGivesOneLineAndTheDocumentedExitCode(int expectedCode, params string[] args)
     {
         var (code, _, err) = CliRunner.Run(args);
-        Assert.Equal(expectedCode, code);
-        var lines = err.Split('\n', StringSplitOptions.RemoveEmptyEntries);
-        Assert.Single(lines);
-        Assert.StartsWith("tinyllama: ", lines[0]);
-        Assert.DoesNotContain(" at ", lines[0]);
+        CliRunner.AssertOneLineError(expectedCode, code, err);
     }
 
     [Fact]

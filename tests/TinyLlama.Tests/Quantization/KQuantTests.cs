@@ -162,7 +162,7 @@ public class KQuantTests
             QuantTypes.DequantizeRowQ8_0(expected, back);
             Assert.Equal(back, Quantize.Dequantize(q).ToArray<float>()[(n * 64)..((n + 1) * 64)]);
         }
-        Assert.Contains("dequantize q4_0: expected q4 blocks, got q8_0", Assert.Throws<ArgumentException>(() => Quantize.DequantizeQ4_0(q)).Message);
+        Assert.Contains("dequantize q4_0: expected q4_0 blocks, got q8_0", Assert.Throws<ArgumentException>(() => Quantize.DequantizeQ4_0(q)).Message);
     }
 
     [Fact]
