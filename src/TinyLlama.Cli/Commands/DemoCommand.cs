@@ -205,7 +205,7 @@ internal static class DemoCommand
         if (basePath != baseDir)
             output.WriteLine($"   {Path.GetFileName(basePath),-17} the quantized base (GGUF, tokenizer inside) that the adapter was trained over");
         output.WriteLine("   adapter/          the LoRA adapter (PEFT: adapter_config.json, adapter_model.safetensors; loss.png)");
-        output.WriteLine("   data/             train.json and test.json (Alpaca records), pretrain.txt, prompt.txt");
+        output.WriteLine("   data/             train.json and test.json (Alpaca records), pretrain.txt, heldout.txt (the test items as sentences), prompt.txt");
         output.WriteLine($"   Try: tinyllama generate --model {Quote(adapterDir)} --prompt \"$(cat {Quote(promptFile)})\" --max-tokens {settings.MaxAnswerTokens}");
         output.WriteLine($"Done in {Seconds(total)}.");
         return (baseScore, tunedScore);
@@ -255,6 +255,8 @@ internal static class DemoCommand
         WriteAlpaca(Path.Combine(dir, "train.json"), data.Train);
         WriteAlpaca(Path.Combine(dir, "test.json"), data.Test);
         AtomicFile.WriteAllText(Path.Combine(dir, "pretrain.txt"), string.Join("\n\n", documents) + "\n");
+        // The held-out items as the base model's plain sentences: held-out text for `perplexity` (no training text holds them).
+        AtomicFile.WriteAllText(Path.Combine(dir, "heldout.txt"), string.Join("\n", data.Test.Select(t => t.Fact)) + "\n");
 
         static void WriteAlpaca(string path, IReadOnlyList<DemoTask> tasks)
         {
