@@ -21,6 +21,12 @@
 // logits = W_head rmsnorm(x) * norm                  [V]
 // A LoRA adapter on a projection adds s * B (A xb): u = A xb (r values) first, then s * dot(B[row], u)
 // joins each output row, so the merged weight is never formed.
+//
+// Block-quantized weights (GGUF q4_0/q8_0, llama.cpp's Q4_K_M/Q6_K: QuantizedLinear, QuantizedEmbedding)
+// stay in their blocks: a projection row is one QuantizedDot.Row (the CPU backend's own mat-vec kernel, so
+// each row equals the module path's bit for bit), the token's embedding row is expanded alone, and a tied
+// head multiplies by the embedding's blocks. Decoding is bandwidth-bound, so reading 0.56 bytes per weight
+// (Q4_0) instead of 4 is where the speed comes from.
 using System.Buffers;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
@@ -28,6 +34,7 @@ using System.Runtime.Intrinsics;
 using TinyLlama.Backends.Cpu;
 using TinyLlama.Model;
 using TinyLlama.NN;
+using TinyLlama.Quantization;
 using TinyLlama.Tensors;
 
 namespace TinyLlama.Generation;
@@ -39,10 +46,14 @@ namespace TinyLlama.Generation;
 /// </summary>
 public sealed unsafe class CpuDecoder : IDisposable
 {
-    // A matrix-vector product y[Out] (=|+=) W[Out, In] x[In], with an optional LoRA term.
+    // A matrix-vector product y[Out] (=|+=) W[Out, In] x[In], with an optional LoRA term. W is either f32
+    // (W) or Out rows of RowBytes bytes of Type's blocks (Blocks, when not null).
     private sealed class Projection
     {
         public float* W;
+        public byte* Blocks;
+        public QuantType Type;
+        public long RowBytes;
         public int Out, In;
         public float* LoraA, LoraB, U; // A [R, In], B [Out, R], u = A x [R]
         public int R;
@@ -157,7 +168,10 @@ public sealed unsafe class CpuDecoder : IDisposable
     private readonly SpinPool pool;
     private readonly List<MemoryHandle> pins = [];
     private readonly Layer[] layers;
-    private readonly float* embed, finalNorm;
+    private readonly float* embed, finalNorm;   // embed [V, C] when the table is f32, else null
+    private readonly byte* embedBlocks;          // the table as blocks [V, embedRowBytes] when quantized
+    private readonly QuantType embedType;
+    private readonly long embedRowBytes;
     private readonly Projection head;
     private readonly int dim, numHeads, numKvHeads, headDim, vocab;
     private readonly float eps;
@@ -184,7 +198,17 @@ public sealed unsafe class CpuDecoder : IDisposable
         invFreq = cfg.RopeInverseFrequencies();
         int f = cfg.IntermediateSize;
 
-        embed = Pointer(model.Model.EmbedTokens.Weight);
+        var table = model.Model.EmbedTokens.Weight;
+        if (table.DType.IsQuantized())
+        {
+            embedBlocks = Address(table);
+            embedType = QuantTypes.FromDType(table.DType);
+            embedRowBytes = table.Size(1);
+        }
+        else
+        {
+            embed = Pointer(table);
+        }
         finalNorm = Pointer(model.Model.Norm.Weight);
         layers = new Layer[cfg.NumHiddenLayers];
         for (int i = 0; i < layers.Length; i++)
@@ -201,7 +225,8 @@ public sealed unsafe class CpuDecoder : IDisposable
                 Gate = Project(l.Mlp.GateProj), Up = Project(l.Mlp.UpProj), Down = Project(l.Mlp.DownProj),
             };
         }
-        head = model.LmHead is { } lmHead ? Project(lmHead) : new Projection { W = embed, Out = vocab, In = dim };
+        head = model.LmHead is { } lmHead ? Project(lmHead)
+            : new Projection { W = embed, Blocks = embedBlocks, Type = embedType, RowBytes = embedRowBytes, Out = vocab, In = dim };
 
         // Activations: x, xb [C]; q, att [NH*HS]; gate, up [F]; logits [V]; scores [NH, maxTokens];
         // cos, sin [HS/2]; one u [r] per LoRA projection; this token's k, v [NKV*HS]. The array lives on the
@@ -240,8 +265,9 @@ public sealed unsafe class CpuDecoder : IDisposable
 
     /// <summary>
     /// A decoder for <paramref name="model"/> writing into <paramref name="cache"/>, or null with the
-    /// reason when this path does not apply (weights not f32 on the CPU, a batch above 1, LoRA dropout
-    /// active in training mode); callers then use <see cref="LlamaForCausalLM.Forward"/>.
+    /// reason when this path does not apply (weights neither f32 nor block-quantized projections and
+    /// embedding on the CPU, a batch above 1, LoRA dropout active in training mode); callers then use
+    /// <see cref="LlamaForCausalLM.Forward"/>.
     /// </summary>
     public static CpuDecoder? TryCreate(LlamaForCausalLM model, KvCache cache, out string? reason, SpinPool? pool = null)
     {
@@ -253,16 +279,41 @@ public sealed unsafe class CpuDecoder : IDisposable
     {
         if (cache.Batch != 1) return $"batch {cache.Batch} (the CPU decoder runs batch 1)";
         if (cache.Keys(0).Device != Device.Cpu || cache.Keys(0).DType != DType.F32) return "the KV cache is not f32 on the CPU";
-        foreach (var (name, p) in model.NamedParameters())
-            if (p.Device != Device.Cpu || p.DType != DType.F32 || !p.IsContiguous)
-                return $"parameter {name} is {p.DType.Name()} on {p.Device} (the CPU decoder needs contiguous f32 on the CPU)";
-        var linears = Enumerable.Range(0, model.Model.Layers.Count).Select(i => model.Model.Layers[i]).SelectMany(l => new[] { l.SelfAttn.QProj, l.SelfAttn.KProj, l.SelfAttn.VProj, l.SelfAttn.OProj, l.Mlp.GateProj, l.Mlp.UpProj, l.Mlp.DownProj });
-        foreach (var lin in model.LmHead is null ? linears : linears.Append(model.LmHead))
+        var cfg = model.Config;
+        int c = cfg.HiddenSize, qd = cfg.NumAttentionHeads * cfg.HeadDim, kvd = cfg.NumKeyValueHeads * cfg.HeadDim, f = cfg.IntermediateSize;
+        // Every projection with the [out, in] its buffers are sized for.
+        var linears = new List<(Linear Lin, int Out, int In)>();
+        for (int i = 0; i < model.Model.Layers.Count; i++)
         {
+            var l = model.Model.Layers[i];
+            linears.AddRange([(l.SelfAttn.QProj, qd, c), (l.SelfAttn.KProj, kvd, c), (l.SelfAttn.VProj, kvd, c), (l.SelfAttn.OProj, c, qd), (l.Mlp.GateProj, f, c), (l.Mlp.UpProj, f, c), (l.Mlp.DownProj, c, f)]);
+        }
+        if (model.LmHead is not null) linears.Add((model.LmHead, cfg.VocabSize, c));
+        // Block weights are read as projection rows and embedding rows; anywhere else (a norm) they would not be.
+        var blockWeights = new HashSet<Tensor>(ReferenceEqualityComparer.Instance) { model.Model.EmbedTokens.Weight };
+        foreach (var (lin, _, _) in linears) blockWeights.Add(lin.Weight);
+        foreach (var (name, p) in model.NamedParameters())
+            if (p.Device != Device.Cpu || !p.IsContiguous || !(p.DType == DType.F32 || p.DType.IsQuantized() && blockWeights.Contains(p)))
+                return $"parameter {name} is {p.DType.Name()} on {p.Device} (the CPU decoder needs contiguous f32, or block-quantized projection and embedding weights, on the CPU)";
+        foreach (var (lin, outF, inF) in linears)
+        {
+            if (lin.OutFeatures != outF || lin.InFeatures != inF || !WholeRows(lin.Weight, outF, inF))
+                return $"a projection is [{lin.OutFeatures}, {lin.InFeatures}] where the config gives [{outF}, {inF}]";
             if (lin.Bias is not null) return "a projection has a bias";
             if (lin is LoraLinear { Training: true, Dropout: > 0 }) return "LoRA dropout is active (training mode)";
         }
+        if (!WholeRows(model.Model.EmbedTokens.Weight, cfg.VocabSize, c))
+            return $"the embedding table is {model.Model.EmbedTokens.Weight.DType.Name()} {Shapes.Format(model.Model.EmbedTokens.Weight.Shape)}, not [{cfg.VocabSize}, {c}] weights";
         return null;
+    }
+
+    // True when w holds exactly [rows, k] weights: f32 [rows, k], or rows of whole blocks of its format.
+    private static bool WholeRows(Tensor w, int rows, int k)
+    {
+        if (w.Rank != 2 || w.Size(0) != rows) return false;
+        if (!w.DType.IsQuantized()) return w.Size(1) == k;
+        var traits = QuantTypes.FromDType(w.DType).Traits();
+        return k % traits.BlockSize == 0 && w.Size(1) == k / traits.BlockSize * traits.BlockBytes;
     }
 
     /// <summary>
@@ -277,7 +328,8 @@ public sealed unsafe class CpuDecoder : IDisposable
         if (pos + 1 > cache.MaxTokens) throw new InvalidOperationException($"KV cache full: {pos + 1} tokens > capacity {cache.MaxTokens}");
         if (pos + 1 > model.Config.MaxPositionEmbeddings) throw new ArgumentException($"sequence of {pos + 1} tokens exceeds max_position_embeddings {model.Config.MaxPositionEmbeddings}");
 
-        new ReadOnlySpan<float>(embed + (long)token * dim, dim).CopyTo(new Span<float>(x, dim));
+        if (embedBlocks is not null) QuantizedDot.Expand(embedType, embedBlocks + token * embedRowBytes, x, dim);
+        else new ReadOnlySpan<float>(embed + (long)token * dim, dim).CopyTo(new Span<float>(x, dim));
         // RoPE angles in f64, rounded to f32, exactly as RotaryEmbedding tabulates them.
         for (int i = 0; i < invFreq.Length; i++)
         {
@@ -335,17 +387,30 @@ public sealed unsafe class CpuDecoder : IDisposable
         pool.Run(job, job.Tasks);
     }
 
-    private float* Pointer(Tensor t)
+    // The address of t's first element, pinned until Dispose (f32 tensors through Pointer, block tensors as bytes).
+    private byte* Address(Tensor t)
     {
         var storage = (CpuStorage)t.Storage;
         var pin = storage.Pin();
         pins.Add(pin);
-        return (float*)pin.Pointer + t.Offset;
+        return (byte*)pin.Pointer + (long)t.Offset * t.DType.SizeOf();
     }
+
+    private float* Pointer(Tensor t) => (float*)Address(t);
 
     private Projection Project(Linear lin)
     {
-        var p = new Projection { W = Pointer(lin.Weight), Out = lin.OutFeatures, In = lin.InFeatures };
+        var p = new Projection { Out = lin.OutFeatures, In = lin.InFeatures };
+        if (lin.Weight.DType.IsQuantized())
+        {
+            p.Blocks = Address(lin.Weight);
+            p.Type = QuantTypes.FromDType(lin.Weight.DType);
+            p.RowBytes = lin.Weight.Size(1);
+        }
+        else
+        {
+            p.W = Pointer(lin.Weight);
+        }
         if (lin is LoraLinear lora)
         {
             p.LoraA = Pointer(lora.LoraA.Weight);
@@ -359,7 +424,8 @@ public sealed unsafe class CpuDecoder : IDisposable
     // y[r0..r1) (=|+=) W[r0..r1) x, plus the LoRA term when p has one.
     private static void Rows(Projection p, float* xIn, float* y, int r0, int r1, bool accumulate)
     {
-        Rows(p.W, p.In, xIn, y, r0, r1, accumulate);
+        if (p.Blocks is null) Rows(p.W, p.In, xIn, y, r0, r1, accumulate);
+        else BlockRows(p, xIn, y, r0, r1, accumulate);
         for (int r = r0; r < r1 && p.R > 0; r++) y[r] += p.Scale * Dot(p.LoraB + (long)r * p.R, p.U, p.R);
     }
 
@@ -393,6 +459,16 @@ public sealed unsafe class CpuDecoder : IDisposable
             {
                 t = Dot(wr, xIn, k);
             }
+            y[r] = accumulate ? y[r] + t : t;
+        }
+    }
+
+    // y[r] (=|+=) dot(dequantize(row r of p's blocks), x) for r in [r0, r1): the weights stay in their blocks.
+    private static void BlockRows(Projection p, float* xIn, float* y, int r0, int r1, bool accumulate)
+    {
+        for (int r = r0; r < r1; r++)
+        {
+            float t = QuantizedDot.Row(p.Type, p.Blocks + r * p.RowBytes, xIn, p.In);
             y[r] = accumulate ? y[r] + t : t;
         }
     }

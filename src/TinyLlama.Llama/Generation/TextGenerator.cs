@@ -1,7 +1,7 @@
 // Autoregressive generation with a KV cache: prefill the prompt in one forward pass, then decode one
 // token per step, streaming each id to the caller as soon as it is chosen. Prefill runs the modules
 // (their GEMMs reuse each weight across the prompt's tokens); single-token steps run CpuDecoder when it
-// applies (f32 weights on the CPU), the same math without per-op overheads, else the modules again.
+// applies (f32 or block-quantized weights on the CPU), the same math without per-op overheads, else the modules again.
 using TinyLlama.Autograd;
 using TinyLlama.Model;
 

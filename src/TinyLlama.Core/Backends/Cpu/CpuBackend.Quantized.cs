@@ -80,7 +80,7 @@ public sealed unsafe partial class CpuBackend
 
     /// <summary>y[i, j] (y at column j, row stride n) = dot(dequantize(row j of w), row i of x) for the m &lt;= 4 rows of x.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void MatVecRow(QuantType type, byte* row, float* x, float* y, int m, int n, int k)
+    internal static void MatVecRow(QuantType type, byte* row, float* x, float* y, int m, int n, int k)
     {
         switch (type)
         {

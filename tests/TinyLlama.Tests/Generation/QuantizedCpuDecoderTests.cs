@@ -1,0 +1,125 @@
+// CpuDecoder over block-quantized weights (QuantizedLinear / QuantizedEmbedding, as FromWeights builds them
+// from a GGUF file) against the module path (LlamaForCausalLM.Forward with a KvCache): the same logits at every
+// decode step, for each block format (Q4_0 and Q8_0 quantized from a random model with Quantize.ToBlocks, Q4_K
+// and Q6_K as random valid super-blocks), with tied and untied heads, quantized and f32 embedding tables, and
+// LoRA adapters over the quantized projections; greedy generation through TextGenerator takes the decoder.
+using TinyLlama.Autograd;
+using TinyLlama.Backends.Cpu;
+using TinyLlama.Generation;
+using TinyLlama.Model;
+using TinyLlama.NN;
+using TinyLlama.Quantization;
+using TinyLlama.Tensors;
+using TinyLlama.Tests.Model;
+
+namespace TinyLlama.Tests.Generation;
+
+public class QuantizedCpuDecoderTests
+{
+    // Each projection row is the CPU backend's own block kernel on both paths (bit-identical); the paths differ
+    // only in the f32 summation order of attention, RMSNorm, SwiGLU and the LoRA term. Measured worst over these
+    // cases: 3e-7 .. 1e-6 of the step's max |logit| for Q4_0/Q8_0, up to 1.1e-5 for the random K-quant models
+    // (their weights have large non-zero means, so activations cancel more). 1e-4 leaves room for that and none
+    // for a wrong row, block, token or a dropped LoRA term (checked: those fail here by orders of magnitude).
+    private const float RelativeTolerance = 1e-4f;
+
+    public static TheoryData<QuantType, bool, bool, bool> Cases()
+    {
+        var data = new TheoryData<QuantType, bool, bool, bool>();
+        foreach (var type in new[] { QuantType.Q4_0, QuantType.Q8_0, QuantType.Q4_K, QuantType.Q6_K })
+            foreach (bool tied in new[] { true, false })
+                foreach (bool quantizedEmbedding in new[] { true, false })
+                    data.Add(type, tied, quantizedEmbedding, tied == quantizedEmbedding); // LoRA in half the cases, both head kinds
+        return data;
+    }
+
+    /// <summary>
+    /// A 2-layer GQA model (C = 256, NH = 4, NKV = 2, F = 512, V = 300: whole K-quant super-blocks) built by
+    /// FromWeights from block tensors: every projection (and the untied head) in <paramref name="type"/>, the
+    /// embedding too when <paramref name="quantizedEmbedding"/>, norms f32.
+    /// </summary>
+    internal static LlamaForCausalLM Model(QuantType type, bool tied, bool quantizedEmbedding, ulong seed)
+    {
+        var config = LlamaTests.Tiny(vocab: 300, hidden: 256, layers: 2, heads: 4, kvHeads: 2, ffn: 512, maxPos: 64) with { TieWordEmbeddings = tied };
+        var gen = new Generator(seed);
+        var source = new LlamaForCausalLM(config, gen);
+        bool kQuant = type is QuantType.Q4_K or QuantType.Q6_K;
+        var weights = new Dictionary<string, Tensor>();
+        using (GradMode.NoGrad())
+        {
+            foreach (var (name, p) in source.NamedParameters())
+            {
+                bool blocks = p.Rank == 2 && (quantizedEmbedding || name != "model.embed_tokens.weight");
+                weights[name] = !blocks ? p.Detach()
+                    : kQuant ? Quantize.RandomBlocks(type, p.Size(0), p.Size(1), gen)
+                    : Quantize.ToBlocks(p.Detach(), type);
+                // Random K-quant weights are ~100x an initialised model's (|w| ~ 5, not 0.02): norms of 1/50 keep the
+                // projections' inputs, and so q.k and the logits, at the scale of a trained model.
+                if (kQuant && p.Rank == 1) weights[name] = p.Detach() * (1.0 / 50);
+            }
+        }
+        var model = LlamaForCausalLM.FromWeights(config, weights);
+        model.Eval();
+        Assert.IsType<QuantizedLinear>(model.Model.Layers[0].SelfAttn.QProj);
+        Assert.Equal(quantizedEmbedding, model.Model.EmbedTokens is QuantizedEmbedding);
+        Assert.Equal(tied, model.LmHead is null);
+        if (!tied) Assert.IsType<QuantizedLinear>(model.LmHead);
+        return model;
+    }
+
+    // Every projection, the untied head included, gets a rank-4 adapter with a non-zero B (dropout set, but off in Eval).
+    private static void AddLora(LlamaForCausalLM model, ulong seed)
+    {
+        var gen = new Generator(seed);
+        using var _ = GradMode.NoGrad();
+        foreach (var (name, module) in model.NamedModules().ToList())
+        {
+            if (module is not QuantizedLinear q) continue;
+            var lora = LoraLinear.Wrap(q, rank: 4, alpha: 8, dropout: 0.1, gen);
+            model.ReplaceModule(name, lora);
+            lora.LoraB.Weight.CopyFrom_(Tensor.RandN(lora.LoraB.Weight.Shape, gen, DType.F32, Device.Cpu, 0, 0.2));
+        }
+        model.Eval();
+    }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void DecodeStepsMatchTheModules(QuantType type, bool tied, bool quantizedEmbedding, bool lora)
+    {
+        var model = Model(type, tied, quantizedEmbedding, seed: 20 + (ulong)type);
+        if (lora) AddLora(model, seed: 40 + (ulong)type);
+        CpuDecoderTests.AssertSameLogits(model, CpuDecoderTests.Ids(14, 300, 30 + (ulong)type), prefill: 4, new SpinPool(1), RelativeTolerance);
+    }
+
+    [Fact]
+    public void ParallelRowsOfATiedQuantizedHeadMatch()
+    {
+        // Three workers: the head (the largest matrix, 300 rows of blocks) and every projection are cut into chunks.
+        var model = Model(QuantType.Q4_0, tied: true, quantizedEmbedding: true, seed: 50);
+        CpuDecoderTests.AssertSameLogits(model, CpuDecoderTests.Ids(10, 300, 51), prefill: 3, new SpinPool(3), RelativeTolerance);
+    }
+
+    [Fact]
+    public void TextGeneratorDecodesAQuantizedModelWithTheDecoder()
+    {
+        var model = Model(QuantType.Q4_0, tied: false, quantizedEmbedding: true, seed: 60);
+        using (var decoder = CpuDecoder.TryCreate(model, model.NewCache(1, 40), out var why))
+            Assert.True(decoder is not null, why); // what TextGenerator.Generate asks for before its first step
+        var fast = TextGenerator.Generate(model, [1, 2, 3], 25, SamplingOptions.Greedy).ToArray();
+        var slow = TextGenerator.Generate(model, [1, 2, 3], 25, SamplingOptions.Greedy, useCpuDecoder: false).ToArray();
+        Assert.Equal(slow, fast);
+    }
+
+    [Fact]
+    public void BlockWeightsOfTheWrongShapeAreRefused()
+    {
+        // A checkpoint whose q_proj blocks hold 128 rows where the config has 256: the decoder's buffers are sized
+        // from the config, so it must refuse rather than read past them.
+        var config = LlamaTests.Tiny(vocab: 300, hidden: 256, layers: 1, heads: 4, kvHeads: 2, ffn: 512) with { TieWordEmbeddings = true };
+        var weights = new LlamaForCausalLM(config, new Generator(70)).NamedParameters().ToDictionary(e => e.Name, e => e.Value.Detach());
+        weights["model.layers.0.self_attn.q_proj.weight"] = Quantize.RandomBlocks(QuantType.Q8_0, 128, 256, new Generator(71));
+        var model = LlamaForCausalLM.FromWeights(config, weights);
+        Assert.Null(CpuDecoder.TryCreate(model, model.NewCache(1, 8), out var why));
+        Assert.Contains("a projection is [128, 256] where the config gives [256, 256]", why);
+    }
+}
