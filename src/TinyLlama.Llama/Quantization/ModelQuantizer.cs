@@ -148,22 +148,6 @@ public static class ModelQuantizer
         return result;
     }
 
-    /// <summary>Block rows [rows, RowBytes] of <paramref name="type"/> as a tensor of its block dtype (no copy).</summary>
-    public static Tensor BlockTensor(QuantType type, byte[] blocks, int rows)
-    {
-        var dtype = type switch
-        {
-            QuantType.Q4_0 => DType.Q4,
-            QuantType.Q8_0 => DType.Q8_0,
-            _ => throw new ArgumentOutOfRangeException(nameof(type), $"no block dtype for quantization type {(int)type}"),
-        };
-        if (rows <= 0 || blocks.Length % rows != 0)
-            throw new ArgumentException($"block tensor: {blocks.Length} bytes are not {rows} equal rows");
-        int rowBytes = blocks.Length / rows;
-        type.Traits().RowLength(rowBytes); // a whole number of blocks
-        return Tensor.FromStorage(new CpuStorage(dtype, blocks), [rows, rowBytes]);
-    }
-
     /// <summary>The decoder layer's linears, grouped by the input they read, in the order those inputs exist.</summary>
     private static List<(string Name, Linear Linear)>[] Groups(LlamaDecoderLayer layer, int i) =>
     [
@@ -197,7 +181,7 @@ public static class ModelQuantizer
         var values = new float[rows * k];
         for (int r = 0; r < rows; r++) traits.Dequantize(blocks.AsSpan(r * rowBytes, rowBytes), values.AsSpan(r * k, k));
         linear.Weight.CopyFrom_(Tensor.FromArray(values, [rows, k], linear.Weight.Device));
-        return BlockTensor(options.Type, blocks, rows);
+        return TinyLlama.Quantization.Quantize.FromBytes(blocks, rows, options.Type.ToDType());
     }
 
     /// <summary>The reference quantizer's blocks of w [rows, K].</summary>
@@ -212,7 +196,7 @@ public static class ModelQuantizer
             var values = w.ToArray<float>();
             var blocks = new byte[rows * rowBytes];
             for (int r = 0; r < rows; r++) traits.Quantize(values.AsSpan(r * k, k), blocks.AsSpan(r * rowBytes, rowBytes));
-            return BlockTensor(type, blocks, rows);
+            return TinyLlama.Quantization.Quantize.FromBytes(blocks, rows, type.ToDType());
         }
         catch (ArgumentException e) { throw new ArgumentException($"quantize {name}: {e.Message}", e); }
     }
