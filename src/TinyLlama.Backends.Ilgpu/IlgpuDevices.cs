@@ -15,6 +15,7 @@ using ILGPU.Runtime;
 using ILGPU.Runtime.CPU;
 using ILGPU.Runtime.Cuda;
 using ILGPU.Runtime.OpenCL;
+using TinyLlama.Backends.Cpu;
 using TinyLlama.Tensors;
 
 namespace TinyLlama.Backends.Ilgpu;
@@ -96,7 +97,7 @@ public static class IlgpuDevices
     /// <summary>One line per device kind: what this machine has.</summary>
     public static string Describe()
     {
-        var lines = new List<string> { $"cpu: CPU backend, {Environment.ProcessorCount} threads" };
+        var lines = new List<string> { $"cpu: CPU backend, {CpuThreads.Count} threads" };
         foreach (var kind in new[] { DeviceKind.IlgpuCpu, DeviceKind.Cuda, DeviceKind.OpenCL })
         {
             var found = DevicesOf(kind);

@@ -17,6 +17,7 @@ public static class Program
     {
         var root = new RootCommand("TinyLlama: tensors, autograd, LLaMA models and fine-tuning in pure C#.");
         root.Options.Add(DeviceOption.Create());
+        root.Options.Add(ThreadsOption.Create());
         root.Subcommands.Add(BenchCommand.Create());
         root.Subcommands.Add(TokenizeCommand.Create());
         root.Subcommands.Add(ModelCommands.CreateInfo());
@@ -33,6 +34,7 @@ public static class Program
             stderr.WriteLine($"tinyllama: {parsed.Errors[0].Message} (run 'tinyllama --help')");
             return ExitCodes.Usage;
         }
+        int? previousThreads = ThreadsOption.Apply(parsed);
         try
         {
             return parsed.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false });
@@ -41,6 +43,10 @@ public static class Program
         {
             stderr.WriteLine($"tinyllama: {e.Message}");
             return e is CliException { IsUsage: true } ? ExitCodes.Usage : ExitCodes.Failure;
+        }
+        finally
+        {
+            if (previousThreads is int previous) TinyLlama.Backends.Cpu.CpuThreads.Count = previous;
         }
     }
 }

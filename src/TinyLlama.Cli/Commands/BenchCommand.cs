@@ -3,6 +3,7 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
+using TinyLlama.Backends.Cpu;
 using TinyLlama.Tensors;
 
 namespace TinyLlama.Cli.Commands;
@@ -37,7 +38,7 @@ internal static class BenchCommand
             if (dt is not (DType.F32 or DType.F16 or DType.BF16)) throw new CliException("--dtype must be f32, f16 or bf16", isUsage: true);
             var output = parse.InvocationConfiguration.Output;
             bool asJson = parse.GetValue(json);
-            if (!asJson) output.WriteLine($"{"M",6} {"N",6} {"K",6} {"median ms",10} {"GFLOP/s",9}   ({dt.Name()}, {Environment.ProcessorCount} threads)");
+            if (!asJson) output.WriteLine($"{"M",6} {"N",6} {"K",6} {"median ms",10} {"GFLOP/s",9}   ({dt.Name()}, {CpuThreads.Count} threads)");
             var device = DeviceOption.Resolve(parse);
             foreach (var (m, n, k) in shapes)
             {

@@ -6,6 +6,7 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
+using TinyLlama.Backends.Cpu;
 using TinyLlama.Quantization;
 using TinyLlama.Tensors;
 
@@ -28,7 +29,7 @@ internal static class BenchQ4Command
             var output = parse.InvocationConfiguration.Output;
             bool asJson = parse.GetValue(json);
             if (!asJson)
-                output.WriteLine($"{"M",5} {"N",6} {"K",6} {"f32 ms",9} {"q4 ms",9} {"f32 GB/s",9} {"q4 GB/s",8} {"q4 GFLOP/s",10} {"q4/f32",7}   ({device}, {Environment.ProcessorCount} threads, medians of {reps})");
+                output.WriteLine($"{"M",5} {"N",6} {"K",6} {"f32 ms",9} {"q4 ms",9} {"f32 GB/s",9} {"q4 GB/s",8} {"q4 GFLOP/s",10} {"q4/f32",7}   ({device}, {CpuThreads.Count} threads, medians of {reps})");
             foreach (var (m, n, k) in list)
             {
                 var (f32, q4) = Measure(m, n, k, reps, device);

@@ -5,6 +5,7 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
+using TinyLlama.Backends.Cpu;
 using TinyLlama.Autograd;
 using TinyLlama.Backends.Ilgpu;
 using TinyLlama.Model;
@@ -71,7 +72,7 @@ internal static class BenchTrainCommand
                     ? JsonLine.Format(("tokens_per_second", Math.Round(median, 2)))
                     : JsonLine.Format(("tokens_per_second", Math.Round(median, 2)), ("host_reads_per_step", reads)));
             else output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"{config.ParameterCount():N0} parameters ({(r > 0 ? $"LoRA rank {r}" : "full")}), batch {b} x {t - 1} tokens, {(ilgpu is null ? $"{Environment.ProcessorCount} threads" : device.ToString())}: {median:F1} tokens/s (median of {n}){(ilgpu is null ? "" : $", at most {reads} host read(s) per step")}"));
+                $"{config.ParameterCount():N0} parameters ({(r > 0 ? $"LoRA rank {r}" : "full")}), batch {b} x {t - 1} tokens, {(ilgpu is null ? $"{CpuThreads.Count} threads" : device.ToString())}: {median:F1} tokens/s (median of {n}){(ilgpu is null ? "" : $", at most {reads} host read(s) per step")}"));
             return ExitCodes.Success;
         });
         return cmd;

@@ -64,12 +64,56 @@ public class ModelCommandTests
         Assert.Contains("\"num_key_value_heads\": 4", output);
     }
 
-    [Fact]
-    public void BenchGeneratePrintsTheDocumentedJson()
+    [Theory]
+    [InlineData("--prompt-tokens", "--tokens", "--repeats")]
+    [InlineData("-p", "-n", "-r")] // llama-bench's names
+    public void BenchGeneratePrintsTheDocumentedJson(string p, string n, string r)
     {
-        var (code, output, err) = CliRunner.Run("bench", "generate", "--preset", "stories260K", "--prompt-tokens", "8", "--tokens", "4", "--repeats", "1", "--json");
+        var (code, output, err) = CliRunner.Run("bench", "generate", "--preset", "stories260K", p, "8", n, "4", r, "3", "--json");
         Assert.True(code == 0, err);
-        Assert.Matches(@"^\{""prefill_tokens_per_second"": [0-9.]+, ""decode_tokens_per_second"": [0-9.]+\}$", output.Trim());
+        Assert.Matches(@"^\{""prefill_tokens_per_second"": [0-9.]+, ""decode_tokens_per_second"": [0-9.]+, " +
+            @"""prefill_tokens_per_second_sd"": [0-9.]+, ""decode_tokens_per_second_sd"": [0-9.]+, ""threads"": \d+, ""p"": 8, ""n"": 4, ""r"": 3\}$", output.Trim());
+        var json = JsonDocument.Parse(output).RootElement;
+        foreach (var key in new[] { "prefill_tokens_per_second", "decode_tokens_per_second" })
+        {
+            Assert.True(json.GetProperty(key).GetDouble() > 0, key);
+            Assert.True(json.GetProperty(key + "_sd").GetDouble() >= 0, key + "_sd");
+        }
+        Assert.True(json.GetProperty("threads").GetInt32() >= 1);
+    }
+
+    [Fact]
+    public void BenchGenerateWithOneRepetitionHasZeroDeviation()
+    {
+        var (code, output, err) = CliRunner.Run("bench", "generate", "--preset", "stories260K", "-p", "4", "-n", "2", "-r", "1", "--json");
+        Assert.True(code == 0, err);
+        var json = JsonDocument.Parse(output).RootElement;
+        Assert.Equal(0, json.GetProperty("prefill_tokens_per_second_sd").GetDouble());
+        Assert.Equal(0, json.GetProperty("decode_tokens_per_second_sd").GetDouble());
+        Assert.Equal(1, json.GetProperty("r").GetInt32());
+    }
+
+    [Fact]
+    public void BenchGeneratePrintsLlamaBenchTableRows()
+    {
+        var (code, output, err) = CliRunner.Run("bench", "generate", "--preset", "stories260K", "-p", "16", "-n", "8", "-r", "2");
+        Assert.True(code == 0, err);
+        var lines = output.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Matches(@"^\| model +\| +size \| +params \| backend +\| threads \| +test \| +t/s \|$", lines[0]);
+        Assert.Matches(@"^\| stories260K +\| +[0-9.]+ MiB \| +260\.03 K \| CPU +\| +\d+ \| +pp16 \| +[0-9.]+ ± [0-9.]+ \|$", lines[2]);
+        Assert.Matches(@"^\| stories260K +\| +[0-9.]+ MiB \| +260\.03 K \| CPU +\| +\d+ \| +tg8 \| +[0-9.]+ ± [0-9.]+ \|$", lines[3]);
+    }
+
+    [Theory]
+    [InlineData(new double[] { 7 }, 7, 0)]                                  // one run: deviation 0, as llama-bench
+    [InlineData(new double[] { 1, 2, 3, 4 }, 2.5, 1.2909944487358056)]      // sqrt(5/3): divisor n - 1
+    [InlineData(new double[] { 10, 10, 10 }, 10, 0)]
+    [InlineData(new double[] { 2, 4, 4, 4, 5, 5, 7, 9 }, 5, 2.1380899352993952)] // sqrt(32/7)
+    public void BenchGenerateMeanAndSampleDeviation(double[] values, double mean, double sd)
+    {
+        var s = TinyLlama.Cli.Commands.BenchGenerateCommand.MeanAndSd(values);
+        Assert.Equal(mean, s.Mean, 12);
+        Assert.Equal(sd, s.Sd, 12);
     }
 
     [Theory]
@@ -79,6 +123,17 @@ public class ModelCommandTests
     [InlineData(2, "generate", "--model", "x", "--prompt-ids", "1", "--max-tokens", "3", "--top-p", "0")]
     [InlineData(2, "perplexity", "--model", "x", "--text", "a", "--bogus")]
     [InlineData(2, "info", "--preset", "nope")]
+    [InlineData(2, "bench", "generate", "--preset", "stories260K", "-p", "100000")]        // longer than the context (512)
+    [InlineData(2, "bench", "generate", "--preset", "stories260K", "-n", "100000")]
+    [InlineData(2, "bench", "generate", "--preset", "stories260K", "-r", "0")]
+    [InlineData(2, "bench", "generate", "--preset", "stories260K", "-p", "x")]
+    [InlineData(2, "--threads", "0", "bench", "generate", "--preset", "stories260K")]
+    [InlineData(2, "--threads", "-1", "bench", "generate", "--preset", "stories260K")]
+    [InlineData(2, "--threads", "x", "bench", "generate", "--preset", "stories260K")]
+    [InlineData(2, "--threads", "100000", "bench", "generate", "--preset", "stories260K")]
+    [InlineData(2, "generate", "--model", "x", "--prompt", "a", "--max-tokens", "3", "--threads", "0")]
+    [InlineData(2, "perplexity", "--model", "x", "--text", "a", "--threads", "many")]
+    [InlineData(2, "demo", "--quick", "--threads", "100000")]
     [InlineData(2, "frobnicate")]
     [InlineData(2, "demo", "--quick", "--eval-every", "-1")]
     [InlineData(2, "demo", "--quick", "--eval-every", "often")]

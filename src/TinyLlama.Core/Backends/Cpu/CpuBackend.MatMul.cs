@@ -49,13 +49,13 @@ public sealed partial class CpuBackend
         // pack buffers per thread are cheap (attention: B*H products of [T, D] @ [D, T]); a matrix
         // too small to be split inside goes across the batch whenever there are several.
         long flopsPerMatrix = 2L * m * n * k;
-        int threads = Environment.ProcessorCount;
+        int threads = CpuThreads.Count;
         bool acrossBatch = batch >= threads && threads > 1 &&
             (flopsPerMatrix < Gemm.ParallelMinFlops ||
              (flopsPerMatrix < (1L << 27) && (batch >= 4 * threads || batch % threads == 0)));
         if (acrossBatch)
         {
-            Parallel.For(0, batch, Gemm.OneThreadPerCore, i => Gemm.Run(m, n, k, A, aOff[i], B, bOff[i], C, c.Offset + i * m * n, n, accumulate, parallel: false));
+            Parallel.For(0, batch, CpuThreads.Options, i => Gemm.Run(m, n, k, A, aOff[i], B, bOff[i], C, c.Offset + i * m * n, n, accumulate, parallel: false));
         }
         else
         {

@@ -130,8 +130,8 @@ public sealed partial class CpuBackend
     private static void ScatterAdd<T>(Tensor dy, int[] idx, Tensor dWeight, int c) where T : unmanaged, IFloatingPointIeee754<T>
     {
         // Rows are split by column blocks across threads, so two ids hitting the same row never race.
-        int blocks = Math.Max(1, Math.Min(Environment.ProcessorCount, c / 64));
-        Parallel.For(0, blocks, blk =>
+        int blocks = Math.Max(1, Math.Min(CpuThreads.Count, c / 64));
+        Parallel.For(0, blocks, CpuThreads.Options, blk =>
         {
             int c0 = c * blk / blocks, c1 = c * (blk + 1) / blocks;
             var g = Span<T>(dy);

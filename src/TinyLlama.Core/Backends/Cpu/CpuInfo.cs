@@ -22,5 +22,5 @@ public static class CpuInfo
             GemmKernel.Avx512 => "AVX-512",
             GemmKernel.Avx2 => "AVX2",
             _ => "portable",
-        }} GEMM kernel, {Environment.ProcessorCount} thread{(Environment.ProcessorCount == 1 ? "" : "s")}";
+        }} GEMM kernel, {CpuThreads.Count} thread{(CpuThreads.Count == 1 ? "" : "s")}";
 }

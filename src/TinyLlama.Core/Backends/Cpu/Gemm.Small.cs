@@ -33,14 +33,14 @@ internal static unsafe partial class Gemm
         // form; 64 columns (64 dot products of length K) for the dot form.
         int chunk = args.BColStride == 1 ? 512 : 64;
         int chunks = (args.N + chunk - 1) / chunk;
-        bool parallel = args.Parallel && Environment.ProcessorCount > 1 && chunks > 1 && 2L * args.M * args.N * args.K >= ParallelMinFlops;
+        bool parallel = args.Parallel && CpuThreads.Count > 1 && chunks > 1 && 2L * args.M * args.N * args.K >= ParallelMinFlops;
         if (!parallel)
         {
             SmallMColumns<T>(in args, 0, args.N);
             return;
         }
         var g = args;
-        System.Threading.Tasks.Parallel.For(0, chunks, OneThreadPerCore, ci => SmallMColumns<T>(in g, ci * chunk, Math.Min(g.N, (ci + 1) * chunk)));
+        System.Threading.Tasks.Parallel.For(0, chunks, CpuThreads.Options, ci => SmallMColumns<T>(in g, ci * chunk, Math.Min(g.N, (ci + 1) * chunk)));
     }
 
     /// <summary>Columns [j0, j1) of C from unpacked A and B.</summary>

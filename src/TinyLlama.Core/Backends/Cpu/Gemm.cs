@@ -84,12 +84,6 @@ internal static unsafe partial class Gemm
     /// <summary>Below this many flops (2 M N K) a GEMM runs on the calling thread only.</summary>
     internal const long ParallelMinFlops = 1L << 21;
 
-    /// <summary>
-    /// Parallel loops use at most one thread per core: the thread pool may hold more threads than
-    /// cores, and two GEMM tasks time-sharing a core evict each other's A block from its L2.
-    /// </summary>
-    internal static readonly ParallelOptions OneThreadPerCore = new() { MaxDegreeOfParallelism = Environment.ProcessorCount };
-
     /// <summary>True when the kernel family can run on this CPU.</summary>
     internal static bool IsSupported(GemmKernel kernel) => kernel switch
     {
@@ -249,7 +243,7 @@ internal static unsafe partial class Gemm
                 int kcMax = o.KC > 0 ? o.KC : DefaultKC;
                 int mcMax = RoundUp(o.MC > 0 ? o.MC : DefaultMC * 4 / sizeof(T), mr);
                 int ncMax = RoundUp(o.NC > 0 ? o.NC : DefaultNC * 4 / sizeof(T), nr);
-                int threads = Environment.ProcessorCount;
+                int threads = CpuThreads.Count;
                 bool parallel = args.Parallel && threads > 1 && 2L * m * n * k >= ParallelMinFlops;
 
                 // A blocks: as few as MC allows (a multiple of the thread count when parallel, so
@@ -278,10 +272,10 @@ internal static unsafe partial class Gemm
                     {
                         kcCur = Math.Min(kcMax, k - pc);
                         packChunks = parallel && (long)bPanels * nr * kcCur >= 1 << 15 ? Math.Min(bPanels, 2 * threads) : 1;
-                        if (packChunks > 1) System.Threading.Tasks.Parallel.For(0, packChunks, OneThreadPerCore, packTask);
+                        if (packChunks > 1) System.Threading.Tasks.Parallel.For(0, packChunks, CpuThreads.Options, packTask);
                         else PackBTask(0);
                         int tasks = mBlocks * jParts;
-                        if (parallel && tasks > 1) System.Threading.Tasks.Parallel.For(0, tasks, OneThreadPerCore, computeTask);
+                        if (parallel && tasks > 1) System.Threading.Tasks.Parallel.For(0, tasks, CpuThreads.Options, computeTask);
                         else for (int t = 0; t < tasks; t++) ComputeTask(t);
                     }
                 }

@@ -96,8 +96,8 @@ internal sealed class RowPlan
     /// <summary>Runs body(item) for every work item, in parallel when the plan is large enough to pay for it.</summary>
     public void Run(Action<int> body)
     {
-        if (Numel < 32768 || Items == 1) { for (int i = 0; i < Items; i++) body(i); return; }
-        Parallel.For(0, Items, body);
+        if (Numel < 32768 || Items == 1 || CpuThreads.Count == 1) { for (int i = 0; i < Items; i++) body(i); return; }
+        Parallel.For(0, Items, CpuThreads.Options, body);
     }
 }
 
@@ -108,14 +108,14 @@ internal static class CpuParallel
     public static void For(int count, long costPerItem, Action<int, int> body)
     {
         long work = count * Math.Max(1, costPerItem);
-        int threads = Environment.ProcessorCount;
+        int threads = CpuThreads.Count;
         if (work < 65536 || threads == 1 || count == 1)
         {
             body(0, count);
             return;
         }
         int blocks = (int)Math.Min(count, Math.Max(threads * 4L, Math.Min(work / 65536, threads * 16L)));
-        Parallel.For(0, blocks, b =>
+        Parallel.For(0, blocks, CpuThreads.Options, b =>
         {
             int start = (int)((long)count * b / blocks), end = (int)((long)count * (b + 1) / blocks);
             if (end > start) body(start, end);

@@ -10,7 +10,9 @@
 // A job is an IPoolJob with `tasks` independent pieces; the caller's thread works too, and every
 // thread takes the next piece with one interlocked increment until none is left. Run returns when all
 // pieces are done. Only one job runs at a time: a Run that finds the pool busy (another thread is
-// generating) runs its job on the calling thread, which is correct, only slower.
+// generating) runs its job on the calling thread, which is correct, only slower. Dispose stops the
+// workers (CpuThreads replaces the shared pool when the thread count changes); a disposed pool runs
+// its jobs on the caller.
 namespace TinyLlama.Backends.Cpu;
 
 /// <summary>A piece of parallel work: <see cref="Execute"/> is called once for every task index.</summary>
@@ -21,7 +23,7 @@ public interface IPoolJob
 }
 
 /// <summary>Workers that spin between jobs, for low-latency fork-join over tiny jobs (see the file header).</summary>
-public sealed class SpinPool
+public sealed class SpinPool : IDisposable
 {
     /// <summary>How long an idle worker spins before it blocks.</summary>
     private const int SpinMicroseconds = 2000;
@@ -36,9 +38,10 @@ public sealed class SpinPool
     private int generation; // bumped once per job; workers wait for it to change
     private int sleepers;  // workers blocked on the monitor
     private Exception? failure;
+    private volatile bool stopped;
 
-    /// <summary>The process-wide pool: one worker per core besides the caller's.</summary>
-    public static SpinPool Shared { get; } = new(Math.Max(0, Environment.ProcessorCount - 1));
+    /// <summary>The process-wide pool: <see cref="CpuThreads.Count"/> threads, its workers and the caller.</summary>
+    public static SpinPool Shared => CpuThreads.Pool;
 
     /// <param name="workers">Background threads (the caller of <see cref="Run"/> is one more).</param>
     public SpinPool(int workers)
@@ -55,13 +58,18 @@ public sealed class SpinPool
     public void Run(IPoolJob job, int tasks)
     {
         if (tasks <= 0) return;
-        if (workers == 0 || tasks == 1 || !Monitor.TryEnter(runLock))
+        if (workers == 0 || tasks == 1 || stopped || !Monitor.TryEnter(runLock))
         {
             for (int i = 0; i < tasks; i++) job.Execute(i);
             return;
         }
         try
         {
+            if (stopped)
+            {
+                for (int i = 0; i < tasks; i++) job.Execute(i);
+                return;
+            }
             this.job = job;
             this.tasks = tasks;
             failure = null;
@@ -79,6 +87,18 @@ public sealed class SpinPool
         finally
         {
             Monitor.Exit(runLock);
+        }
+    }
+
+    /// <summary>Stops the workers once the running job (if any) is done; later jobs run on their caller.</summary>
+    public void Dispose()
+    {
+        lock (runLock)
+        {
+            if (stopped) return;
+            stopped = true;
+            Interlocked.Increment(ref generation);
+            lock (gate) Monitor.PulseAll(gate);
         }
     }
 
@@ -115,6 +135,7 @@ public sealed class SpinPool
                     Interlocked.Decrement(ref sleepers);
                 }
             }
+            if (stopped) return;
             seen = Volatile.Read(ref generation);
             Work();
             Interlocked.Decrement(ref active);
