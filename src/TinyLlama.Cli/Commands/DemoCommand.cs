@@ -145,9 +145,8 @@ internal static class DemoCommand
             lm = LlamaForCausalLM.FromWeights(config, weights);
             lm.Eval();
             var quantCompletion = DemoEvaluation.EvaluateCompletion(lm, tok, data.Test, settings.MaxAnswerTokens);
-            var formats = weights.Values.GroupBy(t => t.DType.Name()).OrderBy(g => g.Key, StringComparer.Ordinal).Select(g => $"{g.Count()} {g.Key}");
             output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"   Quantized to {typeName} ({methodName}; tensors: {string.Join(", ", formats)}): {new FileInfo(basePath).Length:N0} bytes against {config.ParameterCount() * 4L:N0} in f32."));
+                $"   Quantized to {typeName} ({methodName}; tensors: {QuantizeCommand.TensorFormats(weights.Values)}): {new FileInfo(basePath).Length:N0} bytes against {config.ParameterCount() * 4L:N0} in f32."));
             output.WriteLine($"   The {typeName} base completes {Families(quantCompletion)} of the held-out sentences   ({Seconds(clock)})");
         }
         output.WriteLine();

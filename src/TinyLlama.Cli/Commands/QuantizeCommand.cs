@@ -104,15 +104,17 @@ internal static class QuantizeCommand
             }
             GgufModel.Save(outPath, lm.Config, weights, tok);
 
-            var counts = weights.Values.GroupBy(t => t.DType.Name()).OrderBy(g => g.Key, StringComparer.Ordinal)
-                .Select(g => $"{g.Count()} {g.Key}");
             long size = new FileInfo(outPath).Length;
             output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"wrote {outPath}: {typeName}{(blocks ? $" ({methodName}{(parse.GetValue(actOrder) ? ", act-order" : "")})" : "")}, {weights.Count} tensors ({string.Join(", ", counts)}), {size / (1024.0 * 1024.0):F2} MiB{(merged > 0 ? $", {merged} LoRA adapters merged" : "")}{(tok is null ? ", no tokenizer" : "")}"));
+                $"wrote {outPath}: {typeName}{(blocks ? $" ({methodName}{(parse.GetValue(actOrder) ? ", act-order" : "")})" : "")}, {weights.Count} tensors ({TensorFormats(weights.Values)}), {size / (1024.0 * 1024.0):F2} MiB{(merged > 0 ? $", {merged} LoRA adapters merged" : "")}{(tok is null ? ", no tokenizer" : "")}"));
             return ExitCodes.Success;
         });
         return cmd;
     }
+
+    /// <summary>How many tensors of each dtype, e.g. "5 float32, 12 q4_0, 2 q8_0".</summary>
+    internal static string TensorFormats(IEnumerable<Tensor> tensors) => string.Join(", ",
+        tensors.GroupBy(t => t.DType.Name()).OrderBy(g => g.Key, StringComparer.Ordinal).Select(g => $"{g.Count()} {g.Key}"));
 
     private static WeightFormat Keep(string name) => name switch
     {

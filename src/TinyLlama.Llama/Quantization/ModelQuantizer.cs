@@ -140,7 +140,7 @@ public static class ModelQuantizer
             result[name] = format switch
             {
                 WeightFormat.F32 => Tensor.FromArray(p.ToArray<float>(), p.Shape),
-                WeightFormat.F16 => Tensor.FromArray(p.ToArray<Half>(), p.Shape),
+                WeightFormat.F16 => ToF16(p),
                 WeightFormat.Q8_0 => RoundToNearest(p, QuantType.Q8_0, name),
                 _ => RoundToNearest(p, QuantType.Q4_0, name),
             };
@@ -172,7 +172,7 @@ public static class ModelQuantizer
     private static Tensor QuantizeInPlace(Linear linear, double[] hessian, GptqOptions options, string name)
     {
         int rows = linear.OutFeatures, k = linear.InFeatures;
-        if (k % options.Type.Traits().BlockSize != 0) return Fallback(linear.Weight);
+        if (k % options.Type.Traits().BlockSize != 0) return ToF16(linear.Weight);
         byte[] blocks;
         try { blocks = Gptq.Quantize(linear.Weight.ToArray<float>(), rows, k, hessian, options); }
         catch (ArgumentException e) { throw new ArgumentException($"quantize {name}: {e.Message}", e); }
@@ -189,7 +189,7 @@ public static class ModelQuantizer
     {
         var traits = type.Traits();
         int rows = w.Size(0), k = w.Size(1);
-        if (k % traits.BlockSize != 0) return Fallback(w);
+        if (k % traits.BlockSize != 0) return ToF16(w);
         try
         {
             int rowBytes = traits.RowBytes(k);
@@ -205,7 +205,7 @@ public static class ModelQuantizer
     /// A weight whose rows are not a whole number of blocks (stories260K's feed-forward width is 172) cannot be
     /// Q4_0 or Q8_0; it is kept in f16, as llama-quantize falls back for formats that cannot hold a row.
     /// </summary>
-    private static Tensor Fallback(Tensor w) => Tensor.FromArray(w.ToArray<Half>(), w.Shape);
+    private static Tensor ToF16(Tensor w) => Tensor.FromArray(w.ToArray<Half>(), w.Shape);
 
     /// <summary>Throws unless there is at least one calibration sequence and each is 1..max_position_embeddings valid ids.</summary>
     private static void CheckCalibration(IReadOnlyList<int[]>? calibration, LlamaConfig config)
