@@ -203,7 +203,7 @@ public static class MatMulQ4Kernels
 
     /// <summary>This thread's 8 elements of the 128 x 16 tile of x at (m0, k0).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void LoadA(ArrayView<float> x, GemmParams p, int m0, int k0, int tid,
+    internal static void LoadA(ArrayView<float> x, GemmParams p, int m0, int k0, int tid,
                               ref float a0, ref float a1, ref float a2, ref float a3, ref float a4, ref float a5, ref float a6, ref float a7)
     {
         a0 = GemmKernels.LoadTileA<float, F32Element>(x, p, 0, m0, k0, tid, true);
