@@ -120,14 +120,7 @@ internal static class MatMulBlocksKernels
         int nl = tid >> 2, kq = q << 2;
         for (int t = 0; t < steps; t++)
         {
-            GemmKernels.StoreTileA(sA, tid, true, ra0);
-            GemmKernels.StoreTileA(sA, tid + 256, true, ra1);
-            GemmKernels.StoreTileA(sA, tid + 512, true, ra2);
-            GemmKernels.StoreTileA(sA, tid + 768, true, ra3);
-            GemmKernels.StoreTileA(sA, tid + 1024, true, ra4);
-            GemmKernels.StoreTileA(sA, tid + 1280, true, ra5);
-            GemmKernels.StoreTileA(sA, tid + 1536, true, ra6);
-            GemmKernels.StoreTileA(sA, tid + 1792, true, ra7);
+            MatMulQ4Kernels.StoreA(sA, tid, ra0, ra1, ra2, ra3, ra4, ra5, ra6, ra7);
             sB[kq * LdB + nl] = rb0;
             sB[(kq + 1) * LdB + nl] = rb1;
             sB[(kq + 2) * LdB + nl] = rb2;
@@ -140,23 +133,11 @@ internal static class MatMulBlocksKernels
                 if (colInside) f.Decode4(w, row, (t + 1) * BK + kq, out rb0, out rb1, out rb2, out rb3);
             }
 
-            for (int kk = 0; kk < BK; kk++)
-            {
-                int ia = kk * GemmKernels.TiledLdA + ty;
-                int ib = kk * LdB + tx;
-                float b0 = sB[ib], b1 = sB[ib + 16], b2 = sB[ib + 32], b3 = sB[ib + 48];
-                top.Fma(sA[ia], sA[ia + 16], sA[ia + 32], sA[ia + 48], b0, b1, b2, b3);
-                bottom.Fma(sA[ia + 64], sA[ia + 80], sA[ia + 96], sA[ia + 112], b0, b1, b2, b3);
-            }
+            MatMulQ4Kernels.MultiplyTiles(sA, sB, tx, ty, ref top, ref bottom);
             Group.Barrier();
         }
 
-        for (int i = 0; i < 4; i++)
-            for (int j = 0; j < 4; j++)
-            {
-                GemmKernels.StoreC<float, F32Element>(y, p, 0, m0 + ty + 16 * i, n0 + tx + 16 * j, top.Get(i, j));
-                GemmKernels.StoreC<float, F32Element>(y, p, 0, m0 + ty + 64 + 16 * i, n0 + tx + 16 * j, bottom.Get(i, j));
-            }
+        MatMulQ4Kernels.StoreY(y, p, m0, n0, tx, ty, top, bottom);
     }
 
     // ---------------------------------------------------------------- host side
