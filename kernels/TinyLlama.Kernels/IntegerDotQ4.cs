@@ -35,8 +35,10 @@
 //      two xor-shuffles, the first of them scales the block sum once, and the lanes' float sums meet through
 //      three more shuffles at the end. The loop runs the same number of steps in every lane (a lane past
 //      the last block contributes 0), as the shuffles need the whole warp. Traffic: w once per row of x
-//      (0.5625 bytes per weight, as the f32 mat-vec) plus 1.125 bytes per activation instead of 4; the gain
-//      is arithmetic: 8 weights per two dp4a instead of 8 FMAs and 8 nibble-to-float conversions.
+//      (0.5625 bytes per weight, as the f32 mat-vec) plus 1.125 bytes per activation instead of 4; the
+//      expected gain is arithmetic: 8 weights per two dp4a instead of 8 FMAs and 8 nibble-to-float
+//      conversions. Not measured yet: no GPU was at hand when this was written (benchmark it before relying
+//      on the CUDA default, IlgpuBackend.Q4Decode).
 // Only decoding (M <= 4) takes this path; prefill stays on the f32 tiled kernel (MatMulQ4.cs, version 3).
 using System.Runtime.CompilerServices;
 using ILGPU;
