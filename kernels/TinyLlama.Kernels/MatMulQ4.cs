@@ -28,7 +28,8 @@
 //      fetches the scale and words 1 + 2 (t % 4) and 2 + 2 (t % 4) of column n0 + t / 4 on even steps only
 //      (4 weights per step, each of the two steps) and decodes them when storing to sB[k][n].
 //      Traffic: w is read M / 128 times (0.5625 bytes per weight each time), x N / 64 times, y written once.
-//      Shared memory: (16 x 132 + 16 x 68) x 4 B = 12.5 KiB per group, as the GEMM.
+//      Shared memory: (16 x 132 + 16 x 68) x 4 B = 12.5 KiB per group, as the GEMM. Its tile steps (LoadA,
+//      StoreA, MultiplyTiles, StoreY) also serve the other formats' tiled kernel (MatMulBlocks.cs).
 //
 // Validation: the host checks the sizes against the views' lengths before a launch (an out-of-range index
 // on the CPU accelerator takes the process down). Edges: out-of-range rows of x load as 0, out-of-range
@@ -159,14 +160,7 @@ public static class MatMulQ4Kernels
         }
         for (int t = 0; t < steps; t++)
         {
-            GemmKernels.StoreTileA(sA, tid, true, ra0);
-            GemmKernels.StoreTileA(sA, tid + 256, true, ra1);
-            GemmKernels.StoreTileA(sA, tid + 512, true, ra2);
-            GemmKernels.StoreTileA(sA, tid + 768, true, ra3);
-            GemmKernels.StoreTileA(sA, tid + 1024, true, ra4);
-            GemmKernels.StoreTileA(sA, tid + 1280, true, ra5);
-            GemmKernels.StoreTileA(sA, tid + 1536, true, ra6);
-            GemmKernels.StoreTileA(sA, tid + 1792, true, ra7);
+            StoreA(sA, tid, ra0, ra1, ra2, ra3, ra4, ra5, ra6, ra7);
             // Even steps take the low nibbles (weights 0..15 of the block), odd steps the high ones.
             int shift = (t & 1) << 2;
             int nl = tid >> 2, k = q << 2;
@@ -182,28 +176,16 @@ public static class MatMulQ4Kernels
                 if ((t & 1) == 1) LoadBlockWords(w, col, colInside, blocks, (t + 1) >> 1, q, ref d, ref pair0, ref pair1);
             }
 
-            for (int kk = 0; kk < BK; kk++)
-            {
-                int ia = kk * GemmKernels.TiledLdA + ty;
-                int ib = kk * LdB + tx;
-                float b0 = sB[ib], b1 = sB[ib + 16], b2 = sB[ib + 32], b3 = sB[ib + 48];
-                top.Fma(sA[ia], sA[ia + 16], sA[ia + 32], sA[ia + 48], b0, b1, b2, b3);
-                bottom.Fma(sA[ia + 64], sA[ia + 80], sA[ia + 96], sA[ia + 112], b0, b1, b2, b3);
-            }
+            MultiplyTiles(sA, sB, tx, ty, ref top, ref bottom);
             Group.Barrier();
         }
 
-        for (int i = 0; i < 4; i++)
-            for (int j = 0; j < 4; j++)
-            {
-                GemmKernels.StoreC<float, F32Element>(y, p, 0, m0 + ty + 16 * i, n0 + tx + 16 * j, top.Get(i, j));
-                GemmKernels.StoreC<float, F32Element>(y, p, 0, m0 + ty + 64 + 16 * i, n0 + tx + 16 * j, bottom.Get(i, j));
-            }
+        StoreY(y, p, m0, n0, tx, ty, top, bottom);
     }
 
     /// <summary>This thread's 8 elements of the 128 x 16 tile of x at (m0, k0).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void LoadA(ArrayView<float> x, GemmParams p, int m0, int k0, int tid,
+    internal static void LoadA(ArrayView<float> x, GemmParams p, int m0, int k0, int tid,
                               ref float a0, ref float a1, ref float a2, ref float a3, ref float a4, ref float a5, ref float a6, ref float a7)
     {
         a0 = GemmKernels.LoadTileA<float, F32Element>(x, p, 0, m0, k0, tid, true);
@@ -214,6 +196,46 @@ public static class MatMulQ4Kernels
         a5 = GemmKernels.LoadTileA<float, F32Element>(x, p, 0, m0, k0, tid + 1280, true);
         a6 = GemmKernels.LoadTileA<float, F32Element>(x, p, 0, m0, k0, tid + 1536, true);
         a7 = GemmKernels.LoadTileA<float, F32Element>(x, p, 0, m0, k0, tid + 1792, true);
+    }
+
+    /// <summary>Stores this thread's 8 elements of the x tile (see <see cref="LoadA"/>) to sA[k][m].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void StoreA(ArrayView<float> sA, int tid, float a0, float a1, float a2, float a3, float a4, float a5, float a6, float a7)
+    {
+        GemmKernels.StoreTileA(sA, tid, true, a0);
+        GemmKernels.StoreTileA(sA, tid + 256, true, a1);
+        GemmKernels.StoreTileA(sA, tid + 512, true, a2);
+        GemmKernels.StoreTileA(sA, tid + 768, true, a3);
+        GemmKernels.StoreTileA(sA, tid + 1024, true, a4);
+        GemmKernels.StoreTileA(sA, tid + 1280, true, a5);
+        GemmKernels.StoreTileA(sA, tid + 1536, true, a6);
+        GemmKernels.StoreTileA(sA, tid + 1792, true, a7);
+    }
+
+    /// <summary>This thread's 8 x 4 accumulators += the 16-deep product of the tiles in shared memory.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void MultiplyTiles(ArrayView<float> sA, ArrayView<float> sB, int tx, int ty, ref Acc4x4 top, ref Acc4x4 bottom)
+    {
+        for (int kk = 0; kk < BK; kk++)
+        {
+            int ia = kk * GemmKernels.TiledLdA + ty;
+            int ib = kk * LdB + tx;
+            float b0 = sB[ib], b1 = sB[ib + 16], b2 = sB[ib + 32], b3 = sB[ib + 48];
+            top.Fma(sA[ia], sA[ia + 16], sA[ia + 32], sA[ia + 48], b0, b1, b2, b3);
+            bottom.Fma(sA[ia + 64], sA[ia + 80], sA[ia + 96], sA[ia + 112], b0, b1, b2, b3);
+        }
+    }
+
+    /// <summary>Stores this thread's accumulators of the 128 x 64 tile at (m0, n0) to y; nothing outside y.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void StoreY(ArrayView<float> y, GemmParams p, int m0, int n0, int tx, int ty, Acc4x4 top, Acc4x4 bottom)
+    {
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < 4; j++)
+            {
+                GemmKernels.StoreC<float, F32Element>(y, p, 0, m0 + ty + 16 * i, n0 + tx + 16 * j, top.Get(i, j));
+                GemmKernels.StoreC<float, F32Element>(y, p, 0, m0 + ty + 64 + 16 * i, n0 + tx + 16 * j, bottom.Get(i, j));
+            }
     }
 
     /// <summary>The scale and words 1 + 2q, 2 + 2q of block b of row col of w; d = 0 outside w.</summary>

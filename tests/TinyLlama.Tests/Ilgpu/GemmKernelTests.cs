@@ -60,7 +60,7 @@ public sealed class KernelAcceleratorFixture : IDisposable
 }
 
 /// <summary>
-/// Compiles a kernel to PTX for sm_80 with ILGPU's own PTX backend, which needs no GPU: it catches what the
+/// Compiles a kernel (explicitly grouped, or implicitly when its first parameter is Index1D) to PTX for sm_80 with ILGPU's own PTX backend, which needs no GPU: it catches what the
 /// CPU accelerator cannot (it runs the kernels' IL directly), e.g. a math function without a PTX lowering
 /// or an inline-PTX call ILGPU rejects. The PTX is not assembled (no ptxas here).
 /// </summary>
@@ -71,7 +71,9 @@ internal static class PtxCompiler
         using var context = Context.Create(builder => builder.Optimize(OptimizationLevel.O2));
         using var backend = new PTXBackend(context, new CudaCapabilityContext(CudaArchitecture.SM_80), CudaArchitecture.SM_80,
                                            CudaInstructionSet.ISA_80, null!);
-        var entry = EntryPointDescription.FromExplicitlyGroupedKernel(kernel);
+        var entry = kernel.GetParameters()[0].ParameterType == typeof(Index1D)
+            ? EntryPointDescription.FromImplicitlyGroupedKernel(kernel)
+            : EntryPointDescription.FromExplicitlyGroupedKernel(kernel);
         var specialization = KernelSpecialization.Empty;
         return ((PTXCompiledKernel)backend.Compile(entry, specialization)).PTXAssembly;
     }

@@ -62,6 +62,12 @@ public class IlgpuKernelCompileTests
         NaiveAttentionKernels.AttentionDeltaBackwardKernel<float>, NaiveAttentionKernels.AttentionQueryBackwardKernel<float>,
         NaiveAttentionKernels.AttentionKeyValueBackwardKernel<float>, NaiveAttentionKernels.AttentionKeyValueBackwardKernel<double>,
         LoraLinearKernels.LoraLinearForwardKernel<float>, LoraLinearKernels.LoraLinearForwardKernel<double>,
+        // Block formats (internal kernels; the warp-shuffle versions need sub-groups on OpenCL and are compiled to PTX in their own tests).
+        DequantizeBlocksKernels.DequantizeKernel<Q8_0Format, float, F32>, DequantizeBlocksKernels.DequantizeKernel<Q4_KFormat, double, F64>,
+        DequantizeBlocksKernels.DequantizeKernel<Q6_KFormat, float, F32>,
+        MatMulBlocksKernels.MatMulBlocksForwardKernel1<Q8_0Format, float, F32>, MatMulBlocksKernels.MatMulBlocksForwardKernel1<Q4_KFormat, double, F64>,
+        MatMulBlocksKernels.MatMulBlocksForwardKernel1<Q6_KFormat, float, F32>, MatMulBlocksKernels.MatMulBlocksForwardKernel3<Q6_KFormat>,
+        IntegerDotQ4Kernels.QuantizeQ8_0Kernel, IntegerDotQ4Kernels.IntegerMatVecKernel1<PortableDot>,
     ];
 
     private static EntryPointDescription EntryPoint(MethodInfo kernel) =>

@@ -12,10 +12,10 @@
 // Tolerance (f32): 1e-5 times sum_k |x_k| |w_nk| per output, which bounds every partial sum of the
 // product: f32 accumulation of K <= 768 terms stays far below it, while one wrong nibble moves a result by
 // |d x| (a sizeable fraction of the scale at these K), a wrong block, scale, row or panel by more. f64: 1e-12
-// of the same scale. The ILGPU backend here is ILGPU's CPU accelerator with 4-lane warps, so Q4_0 runs the
-// naive kernel (the mat-vec and tiled ones are tested in Ilgpu/MatMulQ4KernelTests.cs) and the other types
-// their dequantize kernel and the naive matmul; the GPU-shaped ilgpu-cpu:1 runs them all through
-// BackendCheck (Ilgpu/BackendCheckTests.cs, `tinyllama check`).
+// of the same scale. The ILGPU backend here is ILGPU's CPU accelerator with 4-lane warps, so every type runs
+// its one-thread-per-output kernel (the mat-vec and tiled ones are tested in Ilgpu/MatMulQ4KernelTests.cs and
+// Ilgpu/MatMulBlocksKernelTests.cs); the GPU-shaped ilgpu-cpu:1 runs them all through BackendCheck
+// (Ilgpu/BackendCheckTests.cs, `tinyllama check`).
 using TinyLlama.Backends.Cpu;
 using TinyLlama.Ops.Reference;
 using TinyLlama.Quantization;
