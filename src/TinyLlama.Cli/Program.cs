@@ -18,6 +18,7 @@ public static class Program
         var root = new RootCommand("TinyLlama: tensors, autograd, LLaMA models and fine-tuning in pure C#.");
         root.Options.Add(DeviceOption.Create());
         root.Options.Add(ThreadsOption.Create());
+        root.Options.Add(ActivationsOption.Create());
         root.Subcommands.Add(BenchCommand.Create());
         root.Subcommands.Add(TokenizeCommand.Create());
         root.Subcommands.Add(ModelCommands.CreateInfo());
@@ -35,6 +36,7 @@ public static class Program
             return ExitCodes.Usage;
         }
         int? previousThreads = ThreadsOption.Apply(parsed);
+        var previousActivations = ActivationsOption.Apply(parsed);
         try
         {
             return parsed.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false });
@@ -47,6 +49,7 @@ public static class Program
         finally
         {
             if (previousThreads is int previous) TinyLlama.Backends.Cpu.CpuThreads.Count = previous;
+            if (previousActivations is { } activations) TinyLlama.Generation.CpuDecoder.DefaultActivations = activations;
         }
     }
 }

@@ -135,7 +135,11 @@ internal static class BenchGenerateCommand
             prefill[r] = promptTokens / tp;
             decode[r] = newTokens / td;
         }
-        return new Result(MeanAndSd(prefill), MeanAndSd(decode), decoder is not null ? "CPU decoder" : $"modules: {why}");
+        bool blocks = model.Parameters().Any(p => p.DType.IsQuantized());
+        string path = decoder is null ? $"modules: {why}"
+            : !blocks ? "CPU decoder"
+            : decoder.Activations == DecoderActivations.Quantized ? "CPU decoder, Q8 activations and integer dot products" : "CPU decoder, f32 activations";
+        return new Result(MeanAndSd(prefill), MeanAndSd(decode), path);
     }
 
     private static void CheckContext(LlamaConfig config, int p, int n)

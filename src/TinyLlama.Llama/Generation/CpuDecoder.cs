@@ -23,10 +23,15 @@
 // joins each output row, so the merged weight is never formed.
 //
 // Block-quantized weights (GGUF q4_0/q8_0, llama.cpp's Q4_K_M/Q6_K: QuantizedLinear, QuantizedEmbedding)
-// stay in their blocks: a projection row is one QuantizedDot.Row (the CPU backend's own mat-vec kernel, so
-// each row equals the module path's bit for bit), the token's embedding row is expanded alone, and a tied
-// head multiplies by the embedding's blocks. Decoding is bandwidth-bound, so reading 0.56 bytes per weight
-// (Q4_0) instead of 4 is where the speed comes from.
+// stay in their blocks: the token's embedding row is expanded alone, and a tied head multiplies by the
+// embedding's blocks. Decoding is bandwidth-bound, so reading 0.56 bytes per weight (Q4_0) instead of 4 is
+// where the speed comes from; the products are done one of two ways (DecoderActivations):
+//   Quantized (the default, llama.cpp's way): each mat-vec's input is quantized once to Q8_0 (Q8_K for the
+//     K-quants) and every row is an integer dot product with one scale multiply per block
+//     (Backends/Cpu/IntegerRows.cs); about twice as fast, at the cost of the activations' 8-bit rounding
+//     (the same rounding llama.cpp applies).
+//   Float32: each row is QuantizedDot.Row, the CPU backend's own mat-vec kernel on f32 activations, so every
+//     row equals the module path's bit for bit (what the tests against the module path use).
 using System.Buffers;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
@@ -38,6 +43,15 @@ using TinyLlama.Quantization;
 using TinyLlama.Tensors;
 
 namespace TinyLlama.Generation;
+
+/// <summary>How <see cref="CpuDecoder"/> multiplies block-quantized weights (see its file header).</summary>
+public enum DecoderActivations
+{
+    /// <summary>Activations quantized to Q8_0 / Q8_K once per mat-vec, integer dot products (llama.cpp's way).</summary>
+    Quantized,
+    /// <summary>f32 activations, rows equal to the module path's bit for bit.</summary>
+    Float32,
+}
 
 /// <summary>
 /// A llama2.c-style single-token forward pass on the CPU that shares the model's weights and KV cache
@@ -72,12 +86,23 @@ public sealed unsafe class CpuDecoder : IDisposable
         private readonly (Projection P, int R0, int R1, int Slot)[] chunks;
         private readonly float*[] inputs, outputs;
         private readonly bool accumulate, swiglu;
+        private readonly QuantizedActivations? acts;       // the input quantized once per run, or null
+        private readonly bool actsQ8_0, actsQ8K;            // the forms the slots' rows read
 
         // slots: the projections this job runs, each reading inputs[slot] and writing outputs[slot].
         // swiglu: slots 0 and 1 are gate and up; each chunk then overwrites outputs[0] rows with
         // silu(gate) * up for the rows it computed (both products of a row are in the same chunk).
-        public MatVecJob(Projection[] slots, float*[] inputs, float*[] outputs, bool accumulate, bool swiglu, int threads)
+        // acts: the shared activation buffers for this input width when the integer rows are on (every slot of a
+        // job reads the same input, inputs[0]), or null.
+        public MatVecJob(Projection[] slots, float*[] inputs, float*[] outputs, bool accumulate, bool swiglu, int threads, QuantizedActivations? acts = null)
         {
+            foreach (var p in slots)
+            {
+                if (p.Blocks is null || !IntegerRows.Supports(p.Type)) continue;
+                if (IntegerRows.UsesQ8K(p.Type)) actsQ8K = true;
+                else actsQ8_0 = true;
+            }
+            this.acts = actsQ8_0 || actsQ8K ? acts : null;
             this.inputs = inputs;
             this.outputs = outputs;
             this.accumulate = accumulate;
@@ -102,17 +127,20 @@ public sealed unsafe class CpuDecoder : IDisposable
         public int Tasks => chunks.Length;
         public float* Input(int slot) => inputs[slot];
 
+        /// <summary>Quantizes the input for the integer rows (before the rows run).</summary>
+        public void QuantizeInput() => acts?.Quantize(inputs[0], actsQ8_0, actsQ8K);
+
         public void Execute(int task)
         {
             var (p, r0, r1, slot) = chunks[task];
             if (!swiglu)
             {
-                Rows(p, inputs[slot], outputs[slot], r0, r1, accumulate);
+                Rows(p, inputs[slot], outputs[slot], r0, r1, accumulate, acts);
                 return;
             }
             float* g = outputs[0], u = outputs[1];
-            Rows(Slots[0], inputs[0], g, r0, r1, false);
-            Rows(Slots[1], inputs[1], u, r0, r1, false);
+            Rows(Slots[0], inputs[0], g, r0, r1, false, acts);
+            Rows(Slots[1], inputs[1], u, r0, r1, false, acts);
             for (int i = r0; i < r1; i++)
             {
                 float a = g[i];
@@ -183,8 +211,9 @@ public sealed unsafe class CpuDecoder : IDisposable
     private readonly AttentionJob attention;
     private bool disposed;
 
-    private CpuDecoder(LlamaForCausalLM model, KvCache cache, SpinPool pool)
+    private CpuDecoder(LlamaForCausalLM model, KvCache cache, SpinPool pool, DecoderActivations activations)
     {
+        Activations = activations;
         this.model = model;
         this.cache = cache;
         this.pool = pool;
@@ -243,6 +272,10 @@ public sealed unsafe class CpuDecoder : IDisposable
         float* kNew = Take(numKvHeads * headDim), vNew = Take(numKvHeads * headDim);
 
         int threads = pool.Threads;
+        // One set of activation buffers per input width, shared by the jobs (they run one after another).
+        var actsByWidth = new Dictionary<int, QuantizedActivations>();
+        QuantizedActivations? Acts(int k) => activations != DecoderActivations.Quantized || k % 32 != 0 ? null
+            : actsByWidth.TryGetValue(k, out var a) ? a : actsByWidth[k] = new QuantizedActivations(k);
         qkvJobs = new MatVecJob[layers.Length];
         oJobs = new MatVecJob[layers.Length];
         mlpJobs = new MatVecJob[layers.Length];
@@ -250,12 +283,12 @@ public sealed unsafe class CpuDecoder : IDisposable
         for (int i = 0; i < layers.Length; i++)
         {
             var l = layers[i];
-            qkvJobs[i] = new MatVecJob([l.Q, l.K, l.V], [xb, xb, xb], [q, kNew, vNew], false, false, threads);
-            oJobs[i] = new MatVecJob([l.O], [att], [x], true, false, threads);
-            mlpJobs[i] = new MatVecJob([l.Gate, l.Up], [xb, xb], [gate, up], false, true, threads);
-            downJobs[i] = new MatVecJob([l.Down], [gate], [x], true, false, threads);
+            qkvJobs[i] = new MatVecJob([l.Q, l.K, l.V], [xb, xb, xb], [q, kNew, vNew], false, false, threads, Acts(dim));
+            oJobs[i] = new MatVecJob([l.O], [att], [x], true, false, threads, Acts(qd));
+            mlpJobs[i] = new MatVecJob([l.Gate, l.Up], [xb, xb], [gate, up], false, true, threads, Acts(dim));
+            downJobs[i] = new MatVecJob([l.Down], [gate], [x], true, false, threads, Acts(f));
         }
-        headJob = new MatVecJob([head], [xb], [logits], false, false, threads);
+        headJob = new MatVecJob([head], [xb], [logits], false, false, threads, Acts(dim));
         attention = new AttentionJob(this);
         this.kNew = kNew;
         this.vNew = vNew;
@@ -264,15 +297,25 @@ public sealed unsafe class CpuDecoder : IDisposable
     private readonly float* kNew, vNew; // this token's k and v [NKV*HS] before they go into the cache
 
     /// <summary>
+    /// How decoders multiply block-quantized weights when <see cref="TryCreate"/> is not told
+    /// (<see cref="DecoderActivations.Quantized"/>; the CLI's <c>--f32-activations</c> sets Float32).
+    /// </summary>
+    public static DecoderActivations DefaultActivations { get; set; } = DecoderActivations.Quantized;
+
+    /// <summary>How this decoder multiplies block-quantized weights.</summary>
+    public DecoderActivations Activations { get; }
+
+    /// <summary>
     /// A decoder for <paramref name="model"/> writing into <paramref name="cache"/>, or null with the
     /// reason when this path does not apply (weights neither f32 nor block-quantized projections and
     /// embedding on the CPU, a batch above 1, LoRA dropout active in training mode); callers then use
-    /// <see cref="LlamaForCausalLM.Forward"/>.
+    /// <see cref="LlamaForCausalLM.Forward"/>. <paramref name="activations"/> applies to block-quantized
+    /// weights only (default <see cref="DefaultActivations"/>).
     /// </summary>
-    public static CpuDecoder? TryCreate(LlamaForCausalLM model, KvCache cache, out string? reason, SpinPool? pool = null)
+    public static CpuDecoder? TryCreate(LlamaForCausalLM model, KvCache cache, out string? reason, SpinPool? pool = null, DecoderActivations? activations = null)
     {
         reason = Unsupported(model, cache);
-        return reason is null ? new CpuDecoder(model, cache, pool ?? SpinPool.Shared) : null;
+        return reason is null ? new CpuDecoder(model, cache, pool ?? SpinPool.Shared, activations ?? DefaultActivations) : null;
     }
 
     private static string? Unsupported(LlamaForCausalLM model, KvCache cache)
@@ -384,6 +427,7 @@ public sealed unsafe class CpuDecoder : IDisposable
             var p = job.Slots[s];
             if (p.R > 0) Rows(p.LoraA, p.In, job.Input(s), p.U, 0, p.R, accumulate: false);
         }
+        job.QuantizeInput();
         pool.Run(job, job.Tasks);
     }
 
@@ -421,10 +465,11 @@ public sealed unsafe class CpuDecoder : IDisposable
         return p;
     }
 
-    // y[r0..r1) (=|+=) W[r0..r1) x, plus the LoRA term when p has one.
-    private static void Rows(Projection p, float* xIn, float* y, int r0, int r1, bool accumulate)
+    // y[r0..r1) (=|+=) W[r0..r1) x, plus the LoRA term when p has one; acts: x quantized, for integer rows.
+    private static void Rows(Projection p, float* xIn, float* y, int r0, int r1, bool accumulate, QuantizedActivations? acts)
     {
         if (p.Blocks is null) Rows(p.W, p.In, xIn, y, r0, r1, accumulate);
+        else if (acts is not null && IntegerRows.Supports(p.Type)) IntegerBlockRows(p, acts, y, r0, r1, accumulate);
         else BlockRows(p, xIn, y, r0, r1, accumulate);
         for (int r = r0; r < r1 && p.R > 0; r++) y[r] += p.Scale * Dot(p.LoraB + (long)r * p.R, p.U, p.R);
     }
@@ -469,6 +514,16 @@ public sealed unsafe class CpuDecoder : IDisposable
         for (int r = r0; r < r1; r++)
         {
             float t = QuantizedDot.Row(p.Type, p.Blocks + r * p.RowBytes, xIn, p.In);
+            y[r] = accumulate ? y[r] + t : t;
+        }
+    }
+
+    // The same with integer dot products against the quantized input (IntegerRows).
+    private static void IntegerBlockRows(Projection p, QuantizedActivations acts, float* y, int r0, int r1, bool accumulate)
+    {
+        for (int r = r0; r < r1; r++)
+        {
+            float t = IntegerRows.Dot(p.Type, p.Blocks + r * p.RowBytes, acts);
             y[r] = accumulate ? y[r] + t : t;
         }
     }

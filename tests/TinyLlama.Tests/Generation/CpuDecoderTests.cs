@@ -26,7 +26,7 @@ public class CpuDecoderTests
         var decoderCache = model.NewCache(1, ids.Length);
         TextGenerator.ModuleForward(model, ids[..prefill], moduleCache);
         TextGenerator.ModuleForward(model, ids[..prefill], decoderCache);
-        using var decoder = CpuDecoder.TryCreate(model, decoderCache, out var why, pool);
+        using var decoder = CpuDecoder.TryCreate(model, decoderCache, out var why, pool, DecoderActivations.Float32);
         Assert.True(decoder is not null, why);
         for (int t = prefill; t < ids.Length; t++)
         {

@@ -1,7 +1,8 @@
 // llama.cpp-style integer dot products on the CPU: activations quantized to Q8_0, then dotted with Q4_0 or
 // Q8_0 weight rows in int8 arithmetic with one scale multiply per block (ggml-cpu: quantize_row_q8_0,
-// ggml_vec_dot_q4_0_q8_0, ggml_vec_dot_q8_0_q8_0). Definition: Quantization/IntegerDotRef.cs. NOT WIRED
-// INTO THE DECODER YET: this is a tested library piece; CpuBackend.Quantized.cs still decodes weights to f32.
+// ggml_vec_dot_q4_0_q8_0, ggml_vec_dot_q8_0_q8_0). Definition: Quantization/IntegerDotRef.cs. These are the
+// bit-exact forms (each path equals the reference's float bit for bit), for tests and for learners; the
+// decoder runs their fast sibling, IntegerRows.cs, which accumulates in f32 vectors as ggml's SIMD loops do.
 //
 // Two phases per row, so every path gives the reference's float bit for bit:
 //   1. per block, the exact int32 sum sumi_b (the only part that differs between paths);
@@ -248,7 +249,7 @@ public static unsafe class IntegerDot
 
     /// <summary>The 32 nibbles of a Q4_0 block as unsigned bytes 0..15 in weight order (low nibbles, then high).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<byte> Nibbles(byte* w)
+    internal static Vector256<byte> Nibbles(byte* w)
     {
         var low4 = Vector128.Create((byte)0x0F);
         var q = Sse2.LoadVector128(w + 2);
