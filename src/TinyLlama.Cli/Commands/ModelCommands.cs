@@ -4,7 +4,6 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
-using System.Text;
 using TinyLlama.Autograd;
 using TinyLlama.Formats;
 using TinyLlama.Generation;

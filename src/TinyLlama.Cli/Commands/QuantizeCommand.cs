@@ -2,10 +2,13 @@
 // directory, merged into its base) written as one GGUF file that llama.cpp runs, in f32, f16, bf16, q8_0 or
 // q4_0, by round-to-nearest (llama.cpp's reference quantizers, byte for byte) or GPTQ on calibration text.
 //
-// Calibration (GPTQ): --calib FILE is UTF-8 text, tokenized with the model's tokenizer and cut into
-// sequences of --calib-length tokens, each starting with BOS; a FILE ending in .ids holds token ids instead,
-// one sequence per line (comma- or space-separated), for models that come without a tokenizer. The first
-// --calib-samples sequences are used.
+// Calibration (GPTQ): --calib FILE is UTF-8 text (strictly: a bad byte is an error naming its offset),
+// tokenized with the model's tokenizer and cut into sequences of --calib-length tokens, each starting with
+// BOS; a FILE ending in .ids holds token ids instead, one sequence per line (comma- or space-separated), for
+// models that come without a tokenizer. The first --calib-samples sequences are used.
+//
+// Which weight goes in which format is ModelQuantizer's one rule, for block and float types alike: the
+// embedding and the LM head in --keep's format, the norms in f32, the decoder linears in --type's.
 //
 // Rows whose length is not a multiple of the block size (32) cannot be q4_0 or q8_0; they are kept in f16,
 // as llama-quantize's fallback does for formats that cannot hold them, and the summary line says how many.
@@ -13,7 +16,6 @@
 // first: the quantizers and LoRA's merge read float weights.
 using System.CommandLine;
 using System.Globalization;
-using System.Text;
 using TinyLlama.Formats;
 using TinyLlama.Model;
 using TinyLlama.Quantization;
