@@ -239,7 +239,7 @@ internal static class SftCommand
         long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
         if (bytes > available)
             throw new CliException(string.Create(CultureInfo.InvariantCulture,
-                $"--batch-size {b} x --grad-accum {k} with sequences of up to {longest} tokens needs at least {bytes / 1e9:F1} GB (logits alone), more than the {available / 1e9:F1} GB available; lower --batch-size or --max-length"), isUsage: true);
+                $"--batch-size {b} x --grad-accum {k} with sequences of up to {longest} tokens needs {bytes / 1e9:F1} GB or more (its logits alone), over the {available / 1e9:F1} GB available; lower --batch-size or --max-length"), isUsage: true);
     }
 
     /// <summary>The one-line failure for a run that diverged, naming the last good checkpoint.</summary>

@@ -133,7 +133,7 @@ public sealed partial class SftTrainer
     private void CheckState(SavedState s, string path)
     {
         void Fail(string what) => throw new InvalidDataException($"{path}: {what}");
-        if (s.Step > options.Steps) Fail($"the checkpoint is at step {s.Step}, beyond this run's {options.Steps} steps");
+        if (s.Step > options.Steps) Fail($"the checkpoint is from step {s.Step}, beyond this run's {options.Steps} steps");
         if (s.History.Count != s.Step) Fail($"\"history\" has {s.History.Count} entries for step {s.Step}");
         int skipped = 0;
         for (int i = 0; i < s.History.Count; i++)
@@ -162,7 +162,7 @@ public sealed partial class SftTrainer
             if (s.ScalerGoodSteps >= scaler.GrowthInterval) Fail($"\"scaler_good_steps\" is {s.ScalerGoodSteps}, expected fewer than {scaler.GrowthInterval}");
         }
         foreach (var (step, _) in s.Validation)
-            if (step < 1 || step > s.Step) Fail($"a validation entry is at step {step}, outside 1..{s.Step}");
+            if (step < 1 || step > s.Step) Fail($"a validation entry is for step {step}, outside 1..{s.Step}");
         if (rng is not null)
         {
             if (s.Rng is null) Fail("\"rng\" is missing, but this run draws dropout masks from a generator");
@@ -211,7 +211,7 @@ public sealed partial class SftTrainer
         {
             if (!double.IsFinite(values[i]) || (nonNegative && values[i] < 0))
                 throw new InvalidDataException(string.Create(CultureInfo.InvariantCulture,
-                    $"{file.Path}: tensor '{name}' holds {values[i]} at element {i}{(nonNegative ? " (a second moment must be finite and >= 0)" : " (values must be finite)")}"));
+                    $"{file.Path}: tensor '{name}' holds {values[i]} in element {i}{(nonNegative ? " (a second moment must be finite and >= 0)" : " (values must be finite)")}"));
         }
     }
 

@@ -74,7 +74,7 @@ public sealed record SftOptions
 /// usable; the last checkpoint saved before this step is the last good state.
 /// </summary>
 public sealed class TrainingDivergedException(int step, string quantity, double value)
-    : Exception(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"training diverged at step {step}: the {quantity} is {value}"))
+    : Exception(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"training diverged in step {step}: the {quantity} is {value}"))
 {
     /// <summary>The 1-based step that diverged.</summary>
     public int Step { get; } = step;
