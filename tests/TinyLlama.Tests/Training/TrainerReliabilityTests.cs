@@ -106,6 +106,22 @@ public class TrainerReliabilityTests
     }
 
     [Fact]
+    public void GlobalNormOnDeviceIsTheL2NormAndLeavesGradientsAlone()
+    {
+        var a = Tensor.Zeros([2]);
+        var b = Tensor.Zeros([1, 2]);
+        var none = Tensor.Zeros([3]); // no gradient: counts as zero
+        a.Grad = Tensor.FromDoubles([3, -4], [2]);
+        b.Grad = Tensor.FromDoubles([12, 0], [1, 2]);
+        Assert.Equal(13.0, GradClip.GlobalNormOnDevice([a, b, none]).Item(), 12); // sqrt(9 + 16 + 144)
+        Assert.Equal([3f, -4f], a.Grad.ToArray<float>());
+        Assert.Equal(0.0, GradClip.GlobalNormOnDevice([none]).Item());
+        // Without clipping the trainer now reports the norm it checks (it was NaN, "not computed").
+        var log = NewTrainer(Options with { GradClip = 0 }).TrainStep();
+        Assert.True(double.IsFinite(log.GradNorm) && log.GradNorm > 0, $"norm {log.GradNorm}");
+    }
+
+    [Fact]
     public void F16LossScalingSkipsAnOverflowInsteadOfStopping()
     {
         var run = NewTrainer(Options with { ComputeDType = DType.F16 }, collective: new PoisonGradientsAt(2, double.PositiveInfinity));
