@@ -24,7 +24,7 @@ internal static class ChatCommand
         var system = new Option<string?>("--system") { Description = "System text (default: the template's own; alpaca: its preamble)" };
         var sampling = new SamplingFlags();
         var maxTokens = new Option<int>("--max-tokens") { Description = "Most tokens per answer", DefaultValueFactory = _ => 256 };
-        var ctxSize = new Option<int>("--ctx-size") { Description = "Context in tokens (default 0: the model's max_position_embeddings)" };
+        var ctxSize = new Option<int>("--ctx-size") { Description = "Context in tokens (default 0: the model's max_position_embeddings, at most 4096)" };
         var cmd = new Command("chat", "Chat with a model: answers stream as they are sampled, the conversation stays in the KV cache.")
             { model, tokenizer, adapter, template, system, maxTokens, ctxSize };
         sampling.AddTo(cmd);
