@@ -77,6 +77,24 @@ public class ConfigSizeTests
         Assert.Contains(fragments[0], CliRunner.AssertOneLineError(1, code, err));
     }
 
+    [Theory]
+    [InlineData("llama.block_count", 2_000_000_000u, "num_hidden_layers is 2000000000")]
+    [InlineData("llama.block_count", 1u, "hold layer 1")]
+    [InlineData("llama.embedding_length", 2_000_000_000u, "more than the 2147483647 elements a tensor may hold")]
+    [InlineData("llama.feed_forward_length", 4_000_000_000u, "llama.feed_forward_length")]
+    [InlineData("llama.feed_forward_length", 13u, "gate_proj")]
+    public void GgufHeaderSizesAreCheckedAgainstItsTensors(string key, uint value, string fragment)
+    {
+        using var dir = new TempDir();
+        string good = dir.File("good.gguf"), bad = dir.File("bad.gguf");
+        var g = new Generator(5);
+        GgufModel.Save(good, Small, LlamaWeightNames.Expected(Small).ToDictionary(e => e.Name, e => Tensor.RandN(e.Shape, g)));
+        var file = GgufFile.Open(good);
+        var metadata = file.Metadata.ToDictionary(kv => kv.Key, kv => kv.Key == key ? GgufValue.UInt32(value) : kv.Value);
+        GgufWriter.Save(bad, metadata, file.Tensors.Select(t => KeyValuePair.Create(t.Name, file.Get(t.Name))).ToList());
+        AssertMessage(Assert.Throws<InvalidDataException>(() => GgufModel.Load(bad)), bad, fragment);
+    }
+
     [Fact]
     public void FromWeightsChecksTheConfigBeforeBuildingTheModel()
     {

@@ -86,6 +86,27 @@ public class ShortSequenceTests
         }
     }
 
+    [Theory]
+    [InlineData("cpu")]
+    [InlineData("ilgpu-cpu")]
+    public void PerplexityOfAOneTokenTextIsItsOnePrediction(string device)
+    {
+        // BOS + one token: the model sees one position and predicts one token; the NLL is -log softmax(logits)[5].
+        using var dir = new TinyLlama.Tests.Formats.TempDir();
+        var model = new LlamaForCausalLM(LlamaTests.Tiny(), new Generator(13));
+        model.Config.Save(dir.File(TinyLlama.Formats.Checkpoint.ConfigName));
+        TinyLlama.Formats.Safetensors.Save(dir.File(TinyLlama.Formats.Checkpoint.SafetensorsName), model.NamedParameters().ToDictionary(p => p.Name, p => p.Value.Detach()));
+        File.WriteAllText(dir.File("one.ids"), "1 5\n");
+        var (code, output, err) = TinyLlama.Tests.Cli.CliRunner.Run("perplexity", "--model", dir.Path, "--ids-file", dir.File("one.ids"), "--json", "--device", device);
+        Assert.True(code == 0, err);
+        double nll = System.Text.Json.JsonDocument.Parse(output).RootElement.GetProperty("mean_nll").GetDouble();
+        float[] logits;
+        using (GradMode.NoGrad()) logits = model.Forward(Tensor.FromArray(new[] { 1 }, [1, 1])).ToArray<float>();
+        double max = logits.Max(), sum = logits.Sum(x => Math.Exp(x - max));
+        double expected = -(logits[5] - max - Math.Log(sum));
+        Assert.True(Math.Abs(nll - expected) <= 1e-5 * expected, $"{device}: mean NLL {nll}, expected {expected}");
+    }
+
     private static (double Loss, Dictionary<string, float[]> Grads) LossAndGradients(Device dev, int t)
     {
         var model = new LlamaForCausalLM(LlamaTests.Tiny(), new Generator(21), DType.F32, dev);
