@@ -71,7 +71,7 @@ public sealed class ChatSession : IDisposable
     }
 
     /// <summary>The largest context a session takes when not told its size (llama.cpp's default n_ctx).</summary>
-    public const int DefaultContext = 4096;
+    public const int DefaultContext = LlamaForCausalLM.DefaultCacheTokens;
 
     /// <summary>The context in tokens (the cache's capacity).</summary>
     public int Capacity { get; }

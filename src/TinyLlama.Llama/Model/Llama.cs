@@ -216,12 +216,22 @@ public sealed class LlamaForCausalLM : Module
         return LmHead is not null ? LmHead.Forward(h) : Model.EmbedTokens.Attend(h); // (B, T, V)
     }
 
-    /// <summary>A cache sized for batch and maxTokens (at most max_position_embeddings).</summary>
+    /// <summary>
+    /// The most tokens a cache holds when its caller does not say (llama.cpp's default n_ctx): the cache is
+    /// allocated whole, and a config may claim a context far longer than any sequence it will see.
+    /// </summary>
+    public const int DefaultCacheTokens = 4096;
+
+    /// <summary>
+    /// A cache sized for batch and maxTokens (at most max_position_embeddings; when not given,
+    /// max_position_embeddings but at most <see cref="DefaultCacheTokens"/>).
+    /// </summary>
     public KvCache NewCache(int batch = 1, int? maxTokens = null)
     {
         var p = Model.EmbedTokens.Weight;
         var rows = Model.EmbedTokens is QuantizedEmbedding q ? q.OutputDType : p.DType; // a block table's rows come out in the model's dtype
-        return new KvCache(Config, batch, Math.Min(maxTokens ?? Config.MaxPositionEmbeddings, Config.MaxPositionEmbeddings), rows == DType.F64 ? DType.F64 : DType.F32, p.Device);
+        int tokens = Math.Min(maxTokens ?? DefaultCacheTokens, Config.MaxPositionEmbeddings);
+        return new KvCache(Config, batch, tokens, rows == DType.F64 ? DType.F64 : DType.F32, p.Device);
     }
 
     /// <summary>
@@ -311,6 +321,8 @@ public sealed class KvCache
 
     public KvCache(LlamaConfig config, int batch, int maxTokens, DType dtype, Device device)
     {
+        if (batch < 1 || maxTokens < 1)
+            throw new ArgumentException($"a KV cache needs batch >= 1 and capacity >= 1 token, got batch {batch} and {maxTokens} tokens");
         MaxTokens = maxTokens;
         Batch = batch;
         keys = new Tensor[config.NumHiddenLayers];
