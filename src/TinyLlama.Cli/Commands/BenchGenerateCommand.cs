@@ -33,7 +33,8 @@ internal static class BenchGenerateCommand
                 "prefill_tokens_per_second_sd and decode_tokens_per_second_sd (sample standard deviations), threads, p, n, r",
         };
         var modules = new Option<bool>("--modules") { Description = "Decode through the model's modules instead of the CPU decoder (the baseline)" };
-        var cmd = new Command("generate", "Prefill (pp) and decode (tg) throughput with a KV cache, as llama-bench measures them.") { model, preset, promptTokens, tokens, repeats, json, modules };
+        var checkTensors = ModelCommands.CheckTensorsOption();
+        var cmd = new Command("generate", "Prefill (pp) and decode (tg) throughput with a KV cache, as llama-bench measures them.") { model, preset, promptTokens, tokens, repeats, json, modules, checkTensors };
         cmd.SetAction(parse =>
         {
             string? path = parse.GetValue(model), presetName = parse.GetValue(preset);
@@ -46,7 +47,7 @@ internal static class BenchGenerateCommand
             long bytes;
             if (path is not null)
             {
-                lm = ModelCommands.LoadModel(path, new ModelFiles(), device);
+                lm = ModelCommands.LoadModel(path, new ModelFiles { CheckTensors = parse.GetValue(checkTensors) }, device);
                 CheckContext(lm.Config, p, n);
                 name = Path.GetFileName(Path.TrimEndingDirectorySeparator(path));
                 bytes = BytesOnDisk(path);
@@ -121,17 +122,21 @@ internal static class BenchGenerateCommand
         {
             cache.Reset();
             long t0 = Stopwatch.GetTimestamp();
-            TextGenerator.ModuleForward(model, prompt, cache);
+            var prefillLogits = TextGenerator.ModuleForward(model, prompt, cache);
             double tp = Stopwatch.GetElapsedTime(t0).TotalSeconds;
             cache.Reset();
             t0 = Stopwatch.GetTimestamp();
+            ReadOnlySpan<float> decoded = default;
             for (int s = 0; s < newTokens; s++)
-            {
-                if (decoder is not null) decoder.Step(token);
-                else TextGenerator.ModuleForward(model, [token], cache);
-            }
+                decoded = decoder is not null ? decoder.Step(token) : TextGenerator.ModuleForward(model, [token], cache);
             double td = Stopwatch.GetElapsedTime(t0).TotalSeconds;
-            if (r < 0) continue;
+            if (r < 0)
+            {
+                // The speed of a model that computes NaN is no measurement: the warm-up's logits must be finite.
+                Sampler.CheckFinite(prefillLogits);
+                Sampler.CheckFinite(decoded);
+                continue;
+            }
             prefill[r] = promptTokens / tp;
             decode[r] = newTokens / td;
         }

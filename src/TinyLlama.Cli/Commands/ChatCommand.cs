@@ -24,9 +24,10 @@ internal static class ChatCommand
         var system = new Option<string?>("--system") { Description = "System text (default: the template's own; alpaca: its preamble)" };
         var sampling = new SamplingFlags();
         var maxTokens = new Option<int>("--max-tokens") { Description = "Most tokens per answer", DefaultValueFactory = _ => 256 };
-        var ctxSize = new Option<int>("--ctx-size") { Description = "Context in tokens (default 0: the model's max_position_embeddings)" };
+        var ctxSize = new Option<int>("--ctx-size") { Description = "Context in tokens (default 0: the model's max_position_embeddings, at most 4096)" };
+        var checkTensors = ModelCommands.CheckTensorsOption();
         var cmd = new Command("chat", "Chat with a model: answers stream as they are sampled, the conversation stays in the KV cache.")
-            { model, tokenizer, adapter, template, system, maxTokens, ctxSize };
+            { model, tokenizer, adapter, template, system, maxTokens, ctxSize, checkTensors };
         sampling.AddTo(cmd);
         cmd.SetAction(parse =>
         {
@@ -38,7 +39,7 @@ internal static class ChatCommand
             if (!ChatTemplates.Names.Contains(templateName))
                 throw new CliException($"--template: unknown '{templateName}'; expected one of {string.Join(", ", ChatTemplates.Names)}", isUsage: true);
             string? adapterDir = parse.GetValue(adapter), tokPath = parse.GetValue(tokenizer);
-            var files = new ModelFiles();
+            var files = new ModelFiles { CheckTensors = parse.GetValue(checkTensors) };
             var lm = ModelCommands.LoadModel(path, files, DeviceOption.Resolve(parse), adapterDir);
             if (ctx > lm.Config.MaxPositionEmbeddings)
                 throw new CliException($"--ctx-size: {ctx} exceeds the model's max_position_embeddings {lm.Config.MaxPositionEmbeddings}", isUsage: true);

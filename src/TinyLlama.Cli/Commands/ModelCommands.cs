@@ -22,6 +22,12 @@ internal static class ModelCommands
         Required = required,
     };
 
+    /// <summary>--check-tensors (llama.cpp's flag): scan every weight for NaN and infinity at load.</summary>
+    public static Option<bool> CheckTensorsOption() => new("--check-tensors")
+    {
+        Description = "Scan every weight (floats and block scales, adapters included) for NaN or infinity at load and name the first bad tensor",
+    };
+
     public static Option<string?> TokenizerOption() => new("--tokenizer")
     {
         Description = "tokenizer.model or tokenizer.json (default: the one inside the model directory)",
@@ -31,7 +37,8 @@ internal static class ModelCommands
     {
         var model = ModelOption(required: false);
         var preset = new Option<string?>("--preset") { Description = "A built-in shape with random weights: " + string.Join(", ", LlamaConfig.PresetNames) };
-        var cmd = new Command("info", "Print a model's config, parameter count, dtype and size.") { model, preset };
+        var checkTensors = CheckTensorsOption();
+        var cmd = new Command("info", "Print a model's config, parameter count, dtype and size.") { model, preset, checkTensors };
         cmd.SetAction(parse =>
         {
             var output = parse.InvocationConfiguration.Output;
@@ -42,7 +49,7 @@ internal static class ModelCommands
             string dtype;
             if (path is not null)
             {
-                var ckpt = LoadCheckpoint(path, new ModelFiles());
+                var ckpt = LoadCheckpoint(path, new ModelFiles { CheckTensors = parse.GetValue(checkTensors) });
                 config = ckpt.Config;
                 bytes = ckpt.Weights.Values.Sum(t => t.Storage.Bytes > 0 ? (long)t.Numel * t.DType.SizeOf() : 0);
                 dtype = string.Join(",", ckpt.Weights.Values.Select(t => t.DType.Name()).Distinct());
@@ -70,7 +77,8 @@ internal static class ModelCommands
         var file = new Option<string?>("--file") { Description = "A UTF-8 file whose text to score" };
         var idsFile = new Option<string?>("--ids-file") { Description = "Token ids to score instead of text: one sequence per line (comma- or space-separated, BOS included)" };
         var json = new Option<bool>("--json") { Description = "Print {\"tokens\": N, \"mean_nll\": x, \"perplexity\": y}" };
-        var cmd = new Command("perplexity", "Mean negative log-likelihood and perplexity of a text (ids = BOS + encode(text)) or of token-id sequences.") { model, tokenizer, text, file, idsFile, json };
+        var checkTensors = CheckTensorsOption();
+        var cmd = new Command("perplexity", "Mean negative log-likelihood and perplexity of a text (ids = BOS + encode(text)) or of token-id sequences.") { model, tokenizer, text, file, idsFile, json, checkTensors };
         cmd.SetAction(parse =>
         {
             string? t = parse.GetValue(text), f = parse.GetValue(file), idsPath = parse.GetValue(idsFile);
@@ -78,7 +86,7 @@ internal static class ModelCommands
             if (f is not null) t = TextFileOption.Read(f, "--file");
             if (idsPath is not null && !File.Exists(idsPath)) throw new CliException($"--ids-file: {idsPath} does not exist");
             var path = parse.GetValue(model)!;
-            var files = new ModelFiles();
+            var files = new ModelFiles { CheckTensors = parse.GetValue(checkTensors) };
             var lm = LoadModel(path, files, DeviceOption.Resolve(parse));
             List<int[]> sequences;
             if (idsPath is not null)
@@ -122,10 +130,12 @@ internal static class ModelCommands
         var maxTokens = new Option<int>("--max-tokens") { Description = "Number of tokens to generate at most", Required = true };
         var sampling = new SamplingFlags();
         var json = new Option<bool>("--json") { Description = "Print {\"ids\": [...], \"text\": \"...\", \"tokens_per_second\": x} instead of streaming text" };
+        var checkTensors = CheckTensorsOption();
         var cmd = new Command("generate", "Generate text from a prompt, streaming tokens as they are chosen.")
             { model, tokenizer, prompt, promptIds, maxTokens };
         sampling.AddTo(cmd);
         cmd.Options.Add(json);
+        cmd.Options.Add(checkTensors);
         cmd.SetAction(parse =>
         {
             string? p = parse.GetValue(prompt), pIds = parse.GetValue(promptIds);
@@ -135,7 +145,7 @@ internal static class ModelCommands
             if (max < 0) throw new CliException("--max-tokens must be >= 0", isUsage: true);
             var parsedIds = pIds is not null ? ParseIds(pIds) : null; // usage errors before any file is read
             var path = parse.GetValue(model)!;
-            var files = new ModelFiles();
+            var files = new ModelFiles { CheckTensors = parse.GetValue(checkTensors) };
             var lm = LoadModel(path, files, DeviceOption.Resolve(parse));
             bool asJson = parse.GetValue(json);
             var tokPath = parse.GetValue(tokenizer);
@@ -194,7 +204,9 @@ internal static class ModelCommands
     internal static ModelCheckpoint LoadCheckpoint(string path, ModelFiles files)
     {
         if (!File.Exists(path) && !Directory.Exists(path)) throw new CliException($"--model: {path} does not exist");
-        return IsGguf(path) ? GgufModel.Load(files.Gguf(path)) : Checkpoint.Load(path);
+        var checkpoint = IsGguf(path) ? GgufModel.Load(files.Gguf(path)) : Checkpoint.Load(path);
+        if (files.CheckTensors) WeightCheck.Check(checkpoint.Weights, path);
+        return checkpoint;
     }
 
     /// <summary>
@@ -214,6 +226,7 @@ internal static class ModelCommands
                 throw new CliException($"--adapter: --model {path} is an adapter directory already; give its base model as --model", isUsage: true);
             var adapted = LoadModel(path, files, device, dequantize: dequantize);
             TinyLlama.Training.Lora.PeftAdapter.Load(adapterDir, adapted);
+            CheckAdapterTensors(adapted, adapterDir, files);
             adapted.Eval();
             return adapted;
         }
@@ -229,6 +242,7 @@ internal static class ModelCommands
             for (int i = chain.Count - 1; i >= 0; i--)
             {
                 TinyLlama.Training.Lora.PeftAdapter.Load(chain[i], baseModel);
+                CheckAdapterTensors(baseModel, chain[i], files); // before a merge folds it into the base weights
                 if (i > 0) TinyLlama.Training.Lora.Lora.Merge(baseModel);
             }
             baseModel.Eval();
@@ -240,6 +254,14 @@ internal static class ModelCommands
         var model = LlamaForCausalLM.FromWeights(ckpt.Config, weights, DType.F32, device ?? Device.Cpu);
         model.Eval();
         return model;
+    }
+
+    // With --check-tensors, the adapter's weights (the LoRA A and B matrices over the scanned base) too.
+    private static void CheckAdapterTensors(LlamaForCausalLM model, string adapterDir, ModelFiles files)
+    {
+        if (!files.CheckTensors) return;
+        var lora = model.NamedParameters().Where(p => p.Name.Contains(".lora_", StringComparison.Ordinal)).ToDictionary(p => p.Name, p => p.Value);
+        WeightCheck.Check(lora, adapterDir);
     }
 
     internal static bool HasTokenizer(string modelPath, string? tokenizerPath, ModelFiles files) =>
@@ -276,6 +298,9 @@ internal static class ModelCommands
 internal sealed class ModelFiles
 {
     private readonly Dictionary<string, GgufFile> gguf = new(StringComparer.Ordinal);
+
+    /// <summary>Scan every weight loaded for NaN and infinity (--check-tensors).</summary>
+    public bool CheckTensors { get; init; }
 
     /// <summary>How many GGUF files were parsed (each once).</summary>
     public int Parsed => gguf.Count;
@@ -328,6 +353,9 @@ internal static class Perplexity
         var input = Tensor.FromArray(ids.Take(ids.Count - 1).ToArray(), [1, ids.Count - 1]);
         var targets = Tensor.FromArray(ids.Skip(1).ToArray(), [1, ids.Count - 1]);
         var loss = Functional.CrossEntropy(model.Forward(input).To(DType.F64), targets);
-        return (loss.Item(), ids.Count - 1);
+        double nll = loss.Item();
+        if (!double.IsFinite(nll))
+            throw new CliException($"the model computed a {(double.IsNaN(nll) ? "NaN" : "infinite")} loss over {ids.Count} tokens: its weights hold NaN or infinite values, or its activations overflow (--check-tensors scans the weights)");
+        return (nll, ids.Count - 1);
     }
 }

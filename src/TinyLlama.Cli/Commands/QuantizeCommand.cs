@@ -45,8 +45,9 @@ internal static class QuantizeCommand
         var actOrder = new Option<bool>("--act-order") { Description = "GPTQ: quantize columns by decreasing Hessian diagonal" };
         var scaleSearch = new Option<string?>("--scale-search") { Description = "GPTQ: each block's scale by the format's rule (none) or searched for the least weighted rounding error (mse, the default)" };
         var keep = new Option<string?>("--keep") { Description = "Format of the embedding and the LM head: f32, f16 or q8_0 (default: q8_0 for q4_0/q8_0, else --type)" };
+        var checkTensors = ModelCommands.CheckTensorsOption();
         var cmd = new Command("quantize", "Write a model as a GGUF file in f32, f16, bf16, q8_0 or q4_0 (round to nearest or GPTQ).")
-            { model, tokenizer, outFile, type, method, calib, samples, length, actOrder, scaleSearch, keep };
+            { model, tokenizer, outFile, type, method, calib, samples, length, actOrder, scaleSearch, keep, checkTensors };
         cmd.SetAction(parse =>
         {
             // ---- flags first, before any file is read ----
@@ -79,7 +80,7 @@ internal static class QuantizeCommand
 
             // ---- the model, merged, in f32 ----
             string path = parse.GetValue(model)!;
-            var files = new ModelFiles();
+            var files = new ModelFiles { CheckTensors = parse.GetValue(checkTensors) };
             var lm = ModelCommands.LoadModel(path, files, dequantize: true);
             int merged = Lora.AdaptedLayers(lm).Count > 0 ? Lora.Merge(lm) : 0;
             var tok = TryLoadTokenizer(path, parse.GetValue(tokenizer), files);

@@ -4,6 +4,7 @@
 // of each row is saved and the backward recomputes the probabilities from it. Math and tiling:
 // CpuBackend.Attention.cs; naive definition: Ops/Reference/AttentionRef.cs.
 using TinyLlama.Autograd;
+using TinyLlama.Backends.Cpu;
 
 namespace TinyLlama.Tensors;
 
@@ -38,8 +39,8 @@ public static partial class Functional
         // as a narrowed KV cache does; the backward and the ILGPU kernels want dense tensors.
         bool inPlace = q.Device == Device.Cpu && !(GradMode.IsEnabled && (q.RequiresGrad || k.RequiresGrad || v.RequiresGrad));
         var kc = inPlace && k.DType == ct && HasDenseRows(k) ? k.Detach() : k.Detach().CastRaw(ct).Contiguous();
-        var vc = inPlace && v.DType == ct && HasDenseRows(v) && v.strides.AsSpan().SequenceEqual(kc.strides) ? v.Detach() : v.Detach().CastRaw(ct).Contiguous();
-        if (!kc.strides.AsSpan().SequenceEqual(vc.strides)) kc = kc.Contiguous();
+        var vc = inPlace && v.DType == ct && HasDenseRows(v) && SameLayout(v, kc) ? v.Detach() : v.Detach().CastRaw(ct).Contiguous();
+        if (!SameLayout(kc, vc)) kc = kc.Contiguous();
         var o = Tensor.Zeros([b, h, t, d], ct, q.Device);
         var lse = Tensor.Zeros([b, h, t], ct, q.Device);
         q.Backend.Attention(qc, kc, vc, sc, causal, o, lse);
@@ -58,5 +59,9 @@ public static partial class Functional
     }
 
     /// <summary>True when x (B, KVH, S, D) has contiguous rows of D and consecutive rows: only its batch and head strides are free.</summary>
-    private static bool HasDenseRows(Tensor x) => x.strides[3] == 1 && x.strides[2] == x.shape[3];
+    private static bool HasDenseRows(Tensor x) => CpuBackend.HasDenseRows(x.shape, Shapes.SteppedStrides(x.shape, x.strides));
+
+    /// <summary>True when a and b (same shape) step through memory alike: equal strides wherever a dimension is larger than 1.</summary>
+    private static bool SameLayout(Tensor a, Tensor b) =>
+        Shapes.SteppedStrides(a.shape, a.strides).AsSpan().SequenceEqual(Shapes.SteppedStrides(b.shape, b.strides));
 }

@@ -31,6 +31,8 @@ public static partial class Functional
         if (start < 0 || length < 0) throw new ArgumentException($"rope tables: positions start at {start} for {length} positions; both must be non-negative");
         if (!dtype.IsFloat()) throw new ArgumentException($"rope tables: dtype must be floating-point, got {dtype.Name()}");
         int half = inverseFrequencies.Length;
+        if ((long)length * half > int.MaxValue)
+            throw new ArgumentException($"rope tables: {length} positions of {half} frequencies are more than the {int.MaxValue} elements a tensor may hold");
         // cos and sin are (T, D/2)
         var cos = new double[length * half];
         var sin = new double[length * half];

@@ -70,6 +70,12 @@ public delegate void RowDequantizer(ReadOnlySpan<byte> blocks, Span<float> y);
 /// </summary>
 public sealed record QuantTraits(QuantType Type, string Name, int BlockSize, int BlockBytes, RowQuantizer Quantize, RowDequantizer Dequantize, bool CanQuantize = true)
 {
+    /// <summary>
+    /// Byte offsets, within a block, of its binary16 scales (d; d and dmin for Q4_K): the only block fields that
+    /// can hold NaN or infinity (the rest are integers), which a weight scan such as --check-tensors reads.
+    /// </summary>
+    public int[] HalfScaleOffsets { get; init; } = [];
+
     /// <summary>Bytes of one row of <paramref name="k"/> weights; throws unless k is a whole number of blocks.</summary>
     public int RowBytes(int k)
     {
@@ -170,10 +176,10 @@ public struct SBytes32 { private sbyte element; }
 /// <summary>The traits table and the reference row converters.</summary>
 public static class QuantTypes
 {
-    private static readonly QuantTraits Q4_0Traits = new(QuantType.Q4_0, "q4_0", BlockQ4_0.Size, 18, QuantizeRowQ4_0, DequantizeRowQ4_0);
-    private static readonly QuantTraits Q8_0Traits = new(QuantType.Q8_0, "q8_0", BlockQ8_0.Size, 34, QuantizeRowQ8_0, DequantizeRowQ8_0);
-    private static readonly QuantTraits Q4_KTraits = new(QuantType.Q4_K, "q4_K", BlockQ4_K.Size, 144, NotWritable("q4_K"), DequantizeRowQ4_K, CanQuantize: false);
-    private static readonly QuantTraits Q6_KTraits = new(QuantType.Q6_K, "q6_K", BlockQ6_K.Size, 210, NotWritable("q6_K"), DequantizeRowQ6_K, CanQuantize: false);
+    private static readonly QuantTraits Q4_0Traits = new(QuantType.Q4_0, "q4_0", BlockQ4_0.Size, 18, QuantizeRowQ4_0, DequantizeRowQ4_0) { HalfScaleOffsets = [0] };
+    private static readonly QuantTraits Q8_0Traits = new(QuantType.Q8_0, "q8_0", BlockQ8_0.Size, 34, QuantizeRowQ8_0, DequantizeRowQ8_0) { HalfScaleOffsets = [0] };
+    private static readonly QuantTraits Q4_KTraits = new(QuantType.Q4_K, "q4_K", BlockQ4_K.Size, 144, NotWritable("q4_K"), DequantizeRowQ4_K, CanQuantize: false) { HalfScaleOffsets = [0, 2] };
+    private static readonly QuantTraits Q6_KTraits = new(QuantType.Q6_K, "q6_K", BlockQ6_K.Size, 210, NotWritable("q6_K"), DequantizeRowQ6_K, CanQuantize: false) { HalfScaleOffsets = [208] };
 
     /// <summary>The traits of <paramref name="type"/>.</summary>
     public static QuantTraits Traits(this QuantType type) => type switch

@@ -71,14 +71,8 @@ public static class Quantize
         int rowBytes = traits.RowBytes(k);
         var bytes = new byte[(long)rows * rowBytes];
         for (int i = 0; i < bytes.Length; i++) bytes[i] = (byte)generator.NextInt(256);
-        int[] scaleOffsets = type switch
-        {
-            QuantType.Q4_K => [0, 2],          // d, dmin
-            QuantType.Q6_K => [208],           // d after ql, qh, scales
-            _ => [0],                          // d first (Q4_0, Q8_0)
-        };
         for (int b = 0; b < bytes.Length; b += traits.BlockBytes)
-            foreach (int o in scaleOffsets)
+            foreach (int o in traits.HalfScaleOffsets)
             {
                 int exponent = 15 - 8 + generator.NextInt(4);              // biased binary16 exponent: 2^-8 .. 2^-5 (times 1.mantissa)
                 int bits = (generator.NextInt(2) << 15) | (exponent << 10) | generator.NextInt(1024);

@@ -27,6 +27,19 @@ public static class Shapes
         return strides;
     }
 
+    /// <summary>
+    /// The strides a kernel actually steps: those of <paramref name="strides"/> with every size-1 dimension's
+    /// set to 0. A size-1 dimension is never stepped, so its stride is arbitrary (a transposed view of one
+    /// position keeps the stride of its old place); layouts that differ only there are the same layout.
+    /// </summary>
+    public static int[] SteppedStrides(ReadOnlySpan<int> shape, ReadOnlySpan<int> strides)
+    {
+        var stepped = strides.ToArray();
+        for (int i = 0; i < shape.Length; i++)
+            if (shape[i] == 1) stepped[i] = 0;
+        return stepped;
+    }
+
     /// <summary>"[2, 3, 4]".</summary>
     public static string Format(ReadOnlySpan<int> shape) => "[" + string.Join(", ", shape.ToArray()) + "]";
 

@@ -125,10 +125,11 @@ public static class Checkpoint
     /// </summary>
     public static void CheckWeights(LlamaConfig config, IReadOnlyDictionary<string, Tensor> weights, string source)
     {
+        CheckLayerCount(config, weights, source);
         foreach (var (name, shape) in LlamaWeightNames.Expected(config))
         {
             if (!weights.TryGetValue(name, out var t))
-                throw new InvalidDataException($"{source}: tensor '{name}' is missing (the config needs shape {Shapes.Format(shape)})");
+                throw new InvalidDataException($"{source}: tensor '{name}' is missing (the config needs shape {Shapes.Format(shape)} from {FieldsOf(name)})");
             if (t.DType.IsQuantized())
             {
                 var block = GgmlTypes.FromDType(t.DType);
@@ -138,15 +139,51 @@ public static class Checkpoint
                     throw new InvalidDataException($"{source}: tensor '{name}' is {t.DType.Name()} of shape {Shapes.Format(t.Shape)}, not [rows, a multiple of the {block.BlockBytes}-byte block]");
                 int[] logical = [t.Size(0), t.Size(1) / block.BlockBytes * block.BlockSize];
                 if (!logical.AsSpan().SequenceEqual(shape))
-                    throw new InvalidDataException($"{source}: tensor '{name}' has shape {Shapes.Format(logical)} ({t.DType.Name()} bytes {Shapes.Format(t.Shape)}), but the config needs {Shapes.Format(shape)}");
+                    throw new InvalidDataException($"{source}: tensor '{name}' has shape {Shapes.Format(logical)} ({t.DType.Name()} bytes {Shapes.Format(t.Shape)}), but the config needs {Shapes.Format(shape)} from {FieldsOf(name)}");
                 continue;
             }
             if (!t.Shape.AsSpan().SequenceEqual(shape))
-                throw new InvalidDataException($"{source}: tensor '{name}' has shape {Shapes.Format(t.Shape)}, but the config needs {Shapes.Format(shape)}");
+                throw new InvalidDataException($"{source}: tensor '{name}' has shape {Shapes.Format(t.Shape)}, but the config needs {Shapes.Format(shape)} from {FieldsOf(name)}");
             if (!t.DType.IsFloat())
                 throw new InvalidDataException($"{source}: tensor '{name}' has dtype {t.DType.Name()}; weights must be floating-point");
         }
     }
+
+    /// <summary>
+    /// The config's layer count against the layers the weights hold, before anything is sized by it: a
+    /// num_hidden_layers larger than the file can back (a corrupt or hostile config.json) would otherwise
+    /// build billions of expected names, and a smaller one would silently drop layers.
+    /// </summary>
+    private static void CheckLayerCount(LlamaConfig config, IReadOnlyDictionary<string, Tensor> weights, string source)
+    {
+        const string prefix = "model.layers.";
+        var present = new HashSet<int>();
+        int highest = -1;
+        foreach (string name in weights.Keys)
+        {
+            if (!name.StartsWith(prefix, StringComparison.Ordinal)) continue;
+            int dot = name.IndexOf('.', prefix.Length);
+            if (dot < 0 || !int.TryParse(name.AsSpan(prefix.Length, dot - prefix.Length), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int layer)) continue;
+            present.Add(layer);
+            highest = Math.Max(highest, layer);
+        }
+        if (config.NumHiddenLayers > present.Count)
+        {
+            int missing = 0;
+            while (present.Contains(missing)) missing++;
+            throw new InvalidDataException($"{source}: num_hidden_layers is {config.NumHiddenLayers} but the weights hold {present.Count} layer{(present.Count == 1 ? "" : "s")} (no tensor of layer {missing})");
+        }
+        if (highest >= config.NumHiddenLayers)
+            throw new InvalidDataException($"{source}: the weights hold layer {highest} but num_hidden_layers is {config.NumHiddenLayers} (layers 0 to {config.NumHiddenLayers - 1})");
+    }
+
+    /// <summary>The config fields that set a weight's shape, for error messages.</summary>
+    private static string FieldsOf(string name) =>
+        name is LlamaWeightNames.Embedding or LlamaWeightNames.LmHead ? "vocab_size x hidden_size"
+        : name.EndsWith("q_proj.weight", StringComparison.Ordinal) || name.EndsWith("o_proj.weight", StringComparison.Ordinal) ? "num_attention_heads x head_dim and hidden_size"
+        : name.EndsWith("k_proj.weight", StringComparison.Ordinal) || name.EndsWith("v_proj.weight", StringComparison.Ordinal) ? "num_key_value_heads x head_dim and hidden_size"
+        : name.Contains(".mlp.", StringComparison.Ordinal) ? "intermediate_size and hidden_size"
+        : "hidden_size";
 
     private static string RequireFile(string path, string message) =>
         File.Exists(path) ? path : throw new InvalidDataException(message);

@@ -6,9 +6,12 @@
 //                      plus an optional "__metadata__": {string: string}
 //   bytes [8+N, EOF)   the byte buffer; a tensor's bytes are [begin, end) relative to its start, row-major, little-endian
 // The reference implementation caps N at 100,000,000 bytes and pads the header with spaces so the
-// buffer starts 8-byte aligned. Its reader also insists that the tensors tile the buffer with no gaps;
-// this reader only rejects what could make a read wrong (overlap, out-of-range, size mismatch) and
-// tolerates gaps, which cannot.
+// buffer starts 8-byte aligned. Its reader (tensor.rs `read_metadata` and `Metadata::validate`) insists
+// that the header starts with '{', and that the tensors tile the buffer exactly: sorted by offset, each
+// begins where the previous one ended, the first at 0, and the last ends at the end of the file. This
+// reader holds files to the same rules and also allows nothing but spaces after the JSON object. That
+// is what catches a header length off by a byte or a few: the JSON still parses (a padding space cut off,
+// or a data byte taken in), but every tensor would be read shifted, and the buffer is no longer covered.
 //
 // Why a memory mapping: a 2.2 GB TinyLlama checkpoint is used where it lies. Get(name) wraps the mapped
 // bytes in a CpuStorage whose owner is the mapping, so no tensor data is copied and the OS pages it in
@@ -127,10 +130,14 @@ public sealed unsafe class SafetensorsFile
         // InvalidOperationException; validating first keeps every failure an InvalidDataException.
         if (!Utf8.IsValid(header))
             throw new InvalidDataException($"{path}: header is not valid JSON (it is not valid UTF-8)");
+        // The JSON object, then padding: spaces only (what the reference writer pads with). JSON itself
+        // allows other white space around the object; checked below, once the object is known to parse.
+        int jsonEnd = header.Length;
+        while (jsonEnd > 0 && header[jsonEnd - 1] == (byte)' ') jsonEnd--;
         JsonDocument doc;
         try
         {
-            doc = JsonDocument.Parse(header);
+            doc = JsonDocument.Parse(header.AsMemory(0, jsonEnd));
         }
         catch (JsonException e)
         {
@@ -142,6 +149,9 @@ public sealed unsafe class SafetensorsFile
             var root = doc.RootElement;
             if (root.ValueKind != JsonValueKind.Object)
                 throw new InvalidDataException($"{path}: header is not a JSON object (found {root.ValueKind})");
+            if (header[0] != (byte)'{' || header[jsonEnd - 1] != (byte)'}')
+                throw new InvalidDataException($"{path}: header of {header.Length} bytes is not one JSON object padded with spaces "
+                    + $"(it {(header[0] != (byte)'{' ? $"starts with byte 0x{header[0]:X2}" : $"has byte 0x{header[jsonEnd - 1]:X2} after the closing '}}'")}); is the header length off?");
 
             var entries = new Dictionary<string, SafetensorsEntry>(StringComparer.Ordinal);
             var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
@@ -161,17 +171,22 @@ public sealed unsafe class SafetensorsFile
                 entries[name] = ReadEntry(path, name, prop.Value, dataLength);
             }
 
-            // Overlap: sort by begin; each tensor must start at or after the previous one's end.
-            // Empty tensors occupy no bytes and cannot overlap anything.
+            // Exact tiling: sorted by offset, each tensor begins where the previous one ended (an empty
+            // tensor, of no bytes, sits at that point), the first at 0, and the last ends with the buffer.
             var ordered = entries.Values.OrderBy(e => e.Begin).ThenBy(e => e.End).ToList();
             SafetensorsEntry? previous = null;
+            long covered = 0;
             foreach (var e in ordered)
             {
-                if (e.End == e.Begin) continue;
-                if (previous is not null && e.Begin < previous.End)
-                    throw new InvalidDataException($"{path}: tensors '{previous.Name}' [{previous.Begin}, {previous.End}) and '{e.Name}' [{e.Begin}, {e.End}) overlap");
+                if (e.Begin < covered)
+                    throw new InvalidDataException($"{path}: tensors '{previous!.Name}' [{previous.Begin}, {previous.End}) and '{e.Name}' [{e.Begin}, {e.End}) overlap");
+                if (e.Begin > covered)
+                    throw new InvalidDataException($"{path}: bytes [{covered}, {e.Begin}) of the data buffer belong to no tensor (the next, '{e.Name}', begins at {e.Begin}); the tensors must cover the buffer exactly");
+                covered = e.End;
                 previous = e;
             }
+            if (covered != dataLength)
+                throw new InvalidDataException($"{path}: the tensors cover {covered} bytes but the data buffer after the {header.Length}-byte header holds {dataLength}; a header length off by {dataLength - covered}, or trailing bytes?");
             return (entries, ordered.Select(e => e.Name).ToList(), metadata);
         }
     }

@@ -42,7 +42,10 @@ public sealed class ChatSession : IDisposable
     /// <param name="template">The chat format, bound to the tokenizer and system text.</param>
     /// <param name="options">Sampling settings; the sampler runs on across turns and restarts at <see cref="Reset"/>.</param>
     /// <param name="maxAnswerTokens">The most tokens one answer may have.</param>
-    /// <param name="contextSize">Cache capacity in tokens; 0 for the model's max_position_embeddings.</param>
+    /// <param name="contextSize">
+    /// Cache capacity in tokens; 0 for the model's max_position_embeddings, at most <see cref="DefaultContext"/>
+    /// (the cache is allocated whole, and a config may claim a context no conversation uses).
+    /// </param>
     public ChatSession(LlamaForCausalLM model, ChatTemplate template, SamplingOptions options, int maxAnswerTokens = 256, int contextSize = 0)
     {
         ArgumentNullException.ThrowIfNull(model);
@@ -52,20 +55,23 @@ public sealed class ChatSession : IDisposable
         if (maxAnswerTokens < 1) throw new ArgumentException($"max tokens per answer must be >= 1, got {maxAnswerTokens}");
         int limit = model.Config.MaxPositionEmbeddings;
         if (contextSize < 0 || contextSize > limit)
-            throw new ArgumentException($"context size must be in [0, {limit}] (the model's max_position_embeddings; 0 = all of it), got {contextSize}");
+            throw new ArgumentException($"context size must be in [0, {limit}] (the model's max_position_embeddings; 0 = all of it, at most {DefaultContext}), got {contextSize}");
         if (template.Tokenizer.VocabSize > model.Config.VocabSize)
             throw new ArgumentException($"the tokenizer has {template.Tokenizer.VocabSize} pieces but the model's vocabulary is {model.Config.VocabSize}");
         this.model = model;
         this.template = template;
         this.options = options;
         MaxAnswerTokens = maxAnswerTokens;
-        Capacity = contextSize == 0 ? limit : contextSize;
+        Capacity = contextSize == 0 ? Math.Min(limit, DefaultContext) : contextSize;
         cache = model.NewCache(1, Capacity);
         decoder = CpuDecoder.TryCreate(model, cache, out _);
         stopIds = [.. model.Config.EosTokenIds];
         if (template.Tokenizer.EosId >= 0) stopIds.Add(template.Tokenizer.EosId);
         sampler = new Sampler(options);
     }
+
+    /// <summary>The largest context a session takes when not told its size (llama.cpp's default n_ctx).</summary>
+    public const int DefaultContext = LlamaForCausalLM.DefaultCacheTokens;
 
     /// <summary>The context in tokens (the cache's capacity).</summary>
     public int Capacity { get; }

@@ -34,6 +34,19 @@ public sealed class Sampler
     private double[] scratch = [];
     private int[] order = [];
 
+    /// <summary>
+    /// Throws a one-line <see cref="InvalidDataException"/> when <paramref name="logits"/> hold a NaN or an infinity:
+    /// a model with non-finite weights (or activations that overflow) computes them, and any token or score
+    /// drawn from them would be meaningless (argmax of NaNs is token 0, &lt;unk&gt;).
+    /// </summary>
+    public static void CheckFinite(ReadOnlySpan<float> logits)
+    {
+        // The element of largest magnitude is the first NaN, if any, or an infinity exactly when one exists.
+        int i = System.Numerics.Tensors.TensorPrimitives.IndexOfMaxMagnitude(logits);
+        if (i >= 0 && !float.IsFinite(logits[i]))
+            throw new InvalidDataException($"the model computed a {(float.IsNaN(logits[i]) ? "NaN" : "infinite")} logit (token {i}): its weights hold NaN or infinite values, or its activations overflow (--check-tensors scans the weights)");
+    }
+
     public Sampler(SamplingOptions options)
     {
         options.Validate();
@@ -41,9 +54,13 @@ public sealed class Sampler
         rng = new Generator(options.Seed);
     }
 
-    /// <summary>Picks the next token from logits [V]; <paramref name="previous"/> are the ids seen so far (for the repetition penalty).</summary>
+    /// <summary>
+    /// Picks the next token from logits [V]; <paramref name="previous"/> are the ids seen so far (for the repetition
+    /// penalty). Logits holding NaN or infinity are an error (<see cref="CheckFinite"/>), not a token.
+    /// </summary>
     public int Sample(ReadOnlySpan<float> logits, IReadOnlyCollection<int>? previous = null)
     {
+        CheckFinite(logits);
         int v = logits.Length;
         if (scratch.Length != v) { scratch = new double[v]; order = new int[v]; }
         var x = scratch;

@@ -13,6 +13,7 @@
 // (a KvCache: prefill the prompt, then decode one token at a time).
 using TinyLlama.Autograd;
 using TinyLlama.Backends;
+using TinyLlama.Formats;
 using TinyLlama.NN;
 using TinyLlama.Tensors;
 
@@ -215,12 +216,22 @@ public sealed class LlamaForCausalLM : Module
         return LmHead is not null ? LmHead.Forward(h) : Model.EmbedTokens.Attend(h); // (B, T, V)
     }
 
-    /// <summary>A cache sized for batch and maxTokens (at most max_position_embeddings).</summary>
+    /// <summary>
+    /// The most tokens a cache holds when its caller does not say (llama.cpp's default n_ctx): the cache is
+    /// allocated whole, and a config may claim a context far longer than any sequence it will see.
+    /// </summary>
+    public const int DefaultCacheTokens = 4096;
+
+    /// <summary>
+    /// A cache sized for batch and maxTokens (at most max_position_embeddings; when not given,
+    /// max_position_embeddings but at most <see cref="DefaultCacheTokens"/>).
+    /// </summary>
     public KvCache NewCache(int batch = 1, int? maxTokens = null)
     {
         var p = Model.EmbedTokens.Weight;
         var rows = Model.EmbedTokens is QuantizedEmbedding q ? q.OutputDType : p.DType; // a block table's rows come out in the model's dtype
-        return new KvCache(Config, batch, Math.Min(maxTokens ?? Config.MaxPositionEmbeddings, Config.MaxPositionEmbeddings), rows == DType.F64 ? DType.F64 : DType.F32, p.Device);
+        int tokens = Math.Min(maxTokens ?? DefaultCacheTokens, Config.MaxPositionEmbeddings);
+        return new KvCache(Config, batch, tokens, rows == DType.F64 ? DType.F64 : DType.F32, p.Device);
     }
 
     /// <summary>
@@ -230,6 +241,8 @@ public sealed class LlamaForCausalLM : Module
     public static LlamaForCausalLM FromWeights(LlamaConfig config, IReadOnlyDictionary<string, Tensor> weights, DType dtype = DType.F32, Device? device = null)
     {
         var dev = device ?? Device.Cpu;
+        // Before anything is sized by the config: every tensor it implies present with the implied shape.
+        Checkpoint.CheckWeights(config, weights, "weights");
         var model = new LlamaForCausalLM(config, null, dtype, device, initialize: false);
         // A block-quantized weight (a GGUF q4_0/q8_0 file) stays in its blocks: its Linear or Embedding gives
         // way to a QuantizedLinear or QuantizedEmbedding over the tensor, which keeps the parameter's name.
@@ -254,31 +267,51 @@ public sealed class LlamaForCausalLM : Module
     }
 }
 
-/// <summary>Precomputed RoPE cos/sin tables for every position (angles in f64, as the references do).</summary>
+/// <summary>
+/// RoPE cos/sin tables (angles in f64, as the references do), tabulated for the positions used so far: they
+/// grow, doubling, to the highest position asked for, never beyond max_position_embeddings, so a model whose
+/// config claims a context of millions costs only what its sequences use.
+/// </summary>
 public sealed class RotaryEmbedding
 {
-    private readonly Tensor cos, sin; // (maxPos, HS/2)
+    private const int MinRows = 64;
+    private readonly double[] invFreq;
+    private readonly int maxPositions;
+    private readonly DType dtype;
+    private readonly Device device;
+    private readonly Lock growing = new();
+    private Tensor? cos, sin; // (rows, HS/2)
+    private int rows;
 
     public RotaryEmbedding(LlamaConfig config, DType dtype, Device device)
     {
-        var invFreq = config.RopeInverseFrequencies();
-        int half = invFreq.Length, n = config.MaxPositionEmbeddings;
-        var c = new double[n * half];
-        var s = new double[n * half];
-        for (int p = 0; p < n; p++)
-            for (int i = 0; i < half; i++)
-            {
-                double angle = p * invFreq[i];
-                c[p * half + i] = Math.Cos(angle);
-                s[p * half + i] = Math.Sin(angle);
-            }
-        var ct = dtype.IsHalf() ? DType.F32 : dtype;
-        cos = Tensor.FromDoubles(c, [n, half], ct, device);
-        sin = Tensor.FromDoubles(s, [n, half], ct, device);
+        invFreq = config.RopeInverseFrequencies();
+        maxPositions = config.MaxPositionEmbeddings;
+        this.dtype = dtype.IsHalf() ? DType.F32 : dtype;
+        this.device = device;
     }
 
-    /// <summary>Rows start..start+count-1 of the cos and sin tables (views).</summary>
-    public (Tensor Cos, Tensor Sin) Tables(int start, int count) => (cos.Narrow(0, start, count), sin.Narrow(0, start, count));
+    /// <summary>Positions tabulated so far.</summary>
+    public int Rows => rows;
+
+    /// <summary>Rows start..start+count-1 of the cos and sin tables (views), each (count, HS/2).</summary>
+    public (Tensor Cos, Tensor Sin) Tables(int start, int count)
+    {
+        if (start < 0 || count < 0 || (long)start + count > maxPositions)
+            throw new ArgumentException($"positions {start} to {(long)start + count - 1} are outside max_position_embeddings {maxPositions}");
+        lock (growing)
+        {
+            if (start + count > rows || cos is null) Grow(start + count);
+            return (cos!.Narrow(0, start, count), sin!.Narrow(0, start, count));
+        }
+    }
+
+    private void Grow(int needed)
+    {
+        int n = (int)Math.Min(maxPositions, Math.Max(needed, Math.Max(MinRows, 2L * rows)));
+        (cos, sin) = Functional.RopeTables(invFreq, 0, n, dtype, device);
+        rows = n;
+    }
 }
 
 /// <summary>Keys and values of the tokens seen so far, per layer: (B, NKV, maxTokens, HS) each.</summary>
@@ -288,6 +321,8 @@ public sealed class KvCache
 
     public KvCache(LlamaConfig config, int batch, int maxTokens, DType dtype, Device device)
     {
+        if (batch < 1 || maxTokens < 1)
+            throw new ArgumentException($"a KV cache needs batch >= 1 and capacity >= 1 token, got batch {batch} and {maxTokens} tokens");
         MaxTokens = maxTokens;
         Batch = batch;
         keys = new Tensor[config.NumHiddenLayers];

@@ -64,7 +64,10 @@ public sealed record LlamaConfig
     /// <summary>Width of one head. HS in the glossary. Defaults to HiddenSize / NumAttentionHeads, as in HF.</summary>
     public int HeadDim { get => headDim ?? (NumAttentionHeads > 0 ? HiddenSize / NumAttentionHeads : 0); init => headDim = value; }
 
-    /// <summary>Longest sequence the model was trained for (the RoPE table and KV cache are sized by it). HF default 2048.</summary>
+    /// <summary>
+    /// Longest sequence the model was trained for: no position beyond it is computed. HF default 2048. Nothing is
+    /// allocated by it: the RoPE tables grow with the positions used and KV caches are sized by their callers.
+    /// </summary>
     public int MaxPositionEmbeddings { get; init; } = 2048;
 
     /// <summary>The epsilon inside RMSNorm's square root. HF's default is 1e-6; LLaMA 2 and llama2.c use 1e-5.</summary>
@@ -221,6 +224,18 @@ public sealed record LlamaConfig
             throw new InvalidDataException($"{source}: head_dim ({HeadDim}) must be even, since RoPE rotates pairs of dimensions");
         if (NumAttentionHeads % NumKeyValueHeads != 0)
             throw new InvalidDataException($"{source}: num_key_value_heads ({NumKeyValueHeads}) does not divide num_attention_heads ({NumAttentionHeads})");
+        // Each weight is one tensor of at most int.MaxValue elements: widths whose products overflow describe
+        // no model this engine can hold (and would wrap around in the arithmetic that sizes the tensors).
+        void Fits(string what, long elements)
+        {
+            if (elements > int.MaxValue)
+                throw new InvalidDataException($"{source}: {what} = {elements} is more than the {int.MaxValue} elements a tensor may hold");
+        }
+        long qDim = (long)NumAttentionHeads * HeadDim; // NumKeyValueHeads divides NumAttentionHeads: k and v are no wider
+        Fits("num_attention_heads x head_dim", qDim);
+        Fits("num_attention_heads x head_dim x hidden_size (q_proj)", qDim * HiddenSize);
+        Fits("vocab_size x hidden_size (embed_tokens)", (long)VocabSize * HiddenSize);
+        Fits("intermediate_size x hidden_size (gate_proj)", (long)IntermediateSize * HiddenSize);
         Positive("max_position_embeddings", MaxPositionEmbeddings);
         if (!(RmsNormEps > 0) || double.IsInfinity(RmsNormEps))
             throw new InvalidDataException($"{source}: rms_norm_eps must be a positive number, got {RmsNormEps.ToString(CultureInfo.InvariantCulture)}");

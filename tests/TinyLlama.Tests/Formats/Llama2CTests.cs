@@ -32,6 +32,28 @@ public class Llama2CTests
         s.Write(MemoryMarshal.AsBytes(floats.AsSpan()));
     }
 
+    [Theory]
+    [InlineData(0, int.MaxValue - 7)]   // dim (a multiple of n_heads)
+    [InlineData(1, 2_000_000_000)]      // hidden_dim
+    [InlineData(2, 2_000_000_000)]      // n_layers
+    [InlineData(5, 2_000_000_000)]      // vocab_size
+    [InlineData(5, -2_000_000_000)]     // vocab_size, unshared classifier
+    [InlineData(6, int.MaxValue)]       // seq_len
+    public void HeaderSizesTheFileCannotBackAreOneLine(int field, int value)
+    {
+        // Every header field set huge: the file's length (checked in 128-bit arithmetic) cannot back it, and
+        // nothing is allocated from it.
+        using var dir = new TempDir();
+        string path = dir.File("m.bin");
+        WriteBin(path, Tiny);
+        var bytes = File.ReadAllBytes(path);
+        BitConverter.TryWriteBytes(bytes.AsSpan(field * 4, 4), value);
+        File.WriteAllBytes(path, bytes);
+        var e = Assert.Throws<InvalidDataException>(() => Llama2CFile.Load(path));
+        AssertMessage(e, path);
+        Assert.True(e.Message.Contains("truncated") || e.Message.Contains("does not divide") || e.Message.Contains("more than"), e.Message);
+    }
+
     [Fact]
     public void PermutationMatchesHandWrittenRowOrder()
     {

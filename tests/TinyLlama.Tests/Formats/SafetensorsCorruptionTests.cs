@@ -124,6 +124,71 @@ public class SafetensorsCorruptionTests
         AssertMessage(OpenFails(path), path, "'a'", "'b'", "overlap");
     }
 
+    // A writer's file (header space-padded to 8 bytes) with its header length field moved by delta.
+    private static string WithHeaderLengthShifted(TempDir dir, long delta, bool pad)
+    {
+        string good = dir.File("good.safetensors");
+        string header = """{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[3],"data_offsets":[8,20]}}""";
+        if (pad) header = header.PadRight((header.Length + 7) / 8 * 8 + 8);
+        var data = new byte[20];
+        for (int i = 0; i < data.Length; i++) data[i] = (byte)(0x41 + i); // never a space: a byte taken into the header shows
+        WriteRawSafetensors(good, header, data, (ulong)((long)header.Length + delta));
+        return good;
+    }
+
+    [Theory]
+    [InlineData(-1, true)]
+    [InlineData(1, true)]
+    [InlineData(-1, false)]
+    [InlineData(1, false)]
+    [InlineData(-8, true)]
+    public void HeaderLengthOffByABitIsRejected(long delta, bool pad)
+    {
+        using var dir = new TempDir();
+        string path = WithHeaderLengthShifted(dir, delta, pad);
+        var e = OpenFails(path);
+        AssertMessage(e, path);
+        Assert.True(e.Message.Contains("header length off") || e.Message.Contains("not valid JSON"), e.Message);
+        Assert.DoesNotContain('\n', e.Message);
+        // The same bytes with the right length open, and the data are where they were written.
+        path = WithHeaderLengthShifted(dir, 0, pad);
+        var file = SafetensorsFile.Open(path);
+        Assert.Equal(new byte[] { 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48 }, FormatTestUtil.RawBytes(file.Get("a")));
+    }
+
+    [Theory]
+    [InlineData("\t")]
+    [InlineData("\n")]
+    [InlineData("\0")]
+    [InlineData("x")]
+    public void HeaderPaddedWithOtherThanSpacesIsRejected(string padding)
+    {
+        using var dir = new TempDir();
+        string path = Raw(dir, """{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}  """ + padding + " ", 4);
+        // White space JSON allows (tab, newline) is named as bad padding; other bytes make the JSON itself invalid.
+        var e = OpenFails(path);
+        AssertMessage(e, path);
+        Assert.True(e.Message.Contains(padding.Trim() is "" ? "not one JSON object padded with spaces" : "not valid JSON"), e.Message);
+        path = Raw(dir, " " + """{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}""", 4);
+        AssertMessage(OpenFails(path), path, "starts with byte 0x20");
+        path = Raw(dir, """{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}      """, 4);
+        Assert.Equal(1, SafetensorsFile.Open(path).Count); // spaces are the padding the format allows
+    }
+
+    [Fact]
+    public void TensorsMustCoverTheDataBufferExactly()
+    {
+        using var dir = new TempDir();
+        string path = Raw(dir, """{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}""", 12);
+        AssertMessage(OpenFails(path), path, "bytes [4, 8)", "belong to no tensor", "'b'");
+        path = Raw(dir, """{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}""", 8);
+        AssertMessage(OpenFails(path), path, "bytes [0, 4)", "belong to no tensor");
+        path = Raw(dir, """{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}""", 5);
+        AssertMessage(OpenFails(path), path, "cover 4 bytes", "holds 5");
+        path = Raw(dir, """{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"e":{"dtype":"F32","shape":[0],"data_offsets":[4,4]}}""", 4);
+        Assert.Equal(2, SafetensorsFile.Open(path).Count); // an empty tensor at the end of the buffer covers nothing, and needs nothing
+    }
+
     [Fact]
     public void MalformedEntriesAndMetadata()
     {

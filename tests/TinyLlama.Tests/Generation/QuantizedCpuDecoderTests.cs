@@ -158,8 +158,12 @@ public class QuantizedCpuDecoderTests
         // from the config, so it must refuse rather than read past them.
         var config = LlamaTests.Tiny(vocab: 300, hidden: 256, layers: 1, heads: 4, kvHeads: 2, ffn: 512) with { TieWordEmbeddings = true };
         var weights = new LlamaForCausalLM(config, new Generator(70)).NamedParameters().ToDictionary(e => e.Name, e => e.Value.Detach());
-        weights["model.layers.0.self_attn.q_proj.weight"] = Quantize.RandomBlocks(QuantType.Q8_0, 128, 256, new Generator(71));
-        var model = LlamaForCausalLM.FromWeights(config, weights);
+        var blocks = Quantize.RandomBlocks(QuantType.Q8_0, 128, 256, new Generator(71));
+        // FromWeights itself refuses such a checkpoint; a module swapped in afterwards reaches the decoder's own check.
+        weights["model.layers.0.self_attn.q_proj.weight"] = blocks;
+        Assert.Contains("q_proj", Assert.Throws<InvalidDataException>(() => LlamaForCausalLM.FromWeights(config, weights)).Message);
+        var model = new LlamaForCausalLM(config, new Generator(70));
+        model.ReplaceModule("model.layers.0.self_attn.q_proj", new QuantizedLinear(blocks));
         Assert.Null(CpuDecoder.TryCreate(model, model.NewCache(1, 8), out var why));
         Assert.Contains("a projection is [128, 256] where the config gives [256, 256]", why);
     }

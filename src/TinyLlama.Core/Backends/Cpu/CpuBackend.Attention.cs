@@ -64,10 +64,12 @@ public sealed partial class CpuBackend
         int group = h / Math.Max(kvh, 1), shift = s - t;
         int qBlocks = (t + AttnBlockQ - 1) / AttnBlockQ;
         // k and v may be views (a KV cache narrowed to S tokens): rows of D are dense and consecutive,
-        // but the batch and head strides are free; both share the same strides (checked below).
-        if (k.strides[3] != 1 || k.strides[2] != d || !k.strides.AsSpan().SequenceEqual(v.strides))
+        // but the batch and head strides are free; both share the same strides (checked below). Only the
+        // strides of dimensions larger than 1 count: one position (S = 1) may carry any row stride.
+        var kStrides = Shapes.SteppedStrides(k.shape, k.strides);
+        if (!HasDenseRows(k.shape, kStrides) || !kStrides.AsSpan().SequenceEqual(Shapes.SteppedStrides(v.shape, v.strides)))
             throw new ArgumentException("attention: k and v need dense rows (strides [.., .., D, 1]) and equal strides");
-        int kvStrideB = k.strides[0], kvStrideH = k.strides[1];
+        int kvStrideB = kStrides[0], kvStrideH = kStrides[1];
         CpuParallel.For(b * h * qBlocks, 4L * AttnBlockQ * s * d, (start, end) =>
         {
             var qs = Span<T>(q);
@@ -121,6 +123,10 @@ public sealed partial class CpuBackend
             }
         });
     }
+
+    /// <summary>True when (B, KVH, S, D) with these stepped strides has contiguous rows of D, one after another.</summary>
+    internal static bool HasDenseRows(int[] shape, int[] stepped) =>
+        (shape[3] == 1 || stepped[3] == 1) && (shape[2] == 1 || stepped[2] == shape[3]);
 
     public void AttentionBackward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dO, double scale, bool causal, Tensor dq, Tensor dk, Tensor dv)
     {
