@@ -46,7 +46,7 @@ internal static class BenchGenerateCommand
             long bytes;
             if (path is not null)
             {
-                lm = ModelCommands.LoadModel(path, device);
+                lm = ModelCommands.LoadModel(path, new ModelFiles(), device);
                 CheckContext(lm.Config, p, n);
                 name = Path.GetFileName(Path.TrimEndingDirectorySeparator(path));
                 bytes = BytesOnDisk(path);

@@ -38,13 +38,14 @@ internal static class ChatCommand
             if (!ChatTemplates.Names.Contains(templateName))
                 throw new CliException($"--template: unknown '{templateName}'; expected one of {string.Join(", ", ChatTemplates.Names)}", isUsage: true);
             string? adapterDir = parse.GetValue(adapter), tokPath = parse.GetValue(tokenizer);
-            var lm = ModelCommands.LoadModel(path, DeviceOption.Resolve(parse), adapterDir);
+            var files = new ModelFiles();
+            var lm = ModelCommands.LoadModel(path, files, DeviceOption.Resolve(parse), adapterDir);
             if (ctx > lm.Config.MaxPositionEmbeddings)
                 throw new CliException($"--ctx-size: {ctx} exceeds the model's max_position_embeddings {lm.Config.MaxPositionEmbeddings}", isUsage: true);
             // The tokenizer: --tokenizer, else the model directory's, else the one sft wrote beside the adapter.
-            var tok = adapterDir is not null && !ModelCommands.HasTokenizer(path, tokPath) && ModelCommands.HasTokenizer(adapterDir, null)
-                ? ModelCommands.LoadTokenizer(adapterDir, null)
-                : ModelCommands.LoadTokenizer(path, tokPath);
+            var tok = adapterDir is not null && !ModelCommands.HasTokenizer(path, tokPath, files) && ModelCommands.HasTokenizer(adapterDir, null, files)
+                ? ModelCommands.LoadTokenizer(adapterDir, null, files)
+                : ModelCommands.LoadTokenizer(path, tokPath, files);
             using var session = new ChatSession(lm, ChatTemplates.Create(templateName, tok, parse.GetValue(system)), options, max, ctx);
             return Converse(session, templateName, stdin, parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error);
         });

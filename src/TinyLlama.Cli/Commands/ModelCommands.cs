@@ -4,7 +4,6 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
-using System.Text;
 using TinyLlama.Autograd;
 using TinyLlama.Formats;
 using TinyLlama.Generation;
@@ -43,7 +42,7 @@ internal static class ModelCommands
             string dtype;
             if (path is not null)
             {
-                var ckpt = LoadCheckpoint(path);
+                var ckpt = LoadCheckpoint(path, new ModelFiles());
                 config = ckpt.Config;
                 bytes = ckpt.Weights.Values.Sum(t => t.Storage.Bytes > 0 ? (long)t.Numel * t.DType.SizeOf() : 0);
                 dtype = string.Join(",", ckpt.Weights.Values.Select(t => t.DType.Name()).Distinct());
@@ -76,14 +75,11 @@ internal static class ModelCommands
         {
             string? t = parse.GetValue(text), f = parse.GetValue(file), idsPath = parse.GetValue(idsFile);
             if ((t is null ? 0 : 1) + (f is null ? 0 : 1) + (idsPath is null ? 0 : 1) != 1) throw new CliException("give exactly one of --text, --file or --ids-file", isUsage: true);
-            if (f is not null)
-            {
-                if (!File.Exists(f)) throw new CliException($"--file: {f} does not exist");
-                t = File.ReadAllText(f, Encoding.UTF8);
-            }
+            if (f is not null) t = TextFileOption.Read(f, "--file");
             if (idsPath is not null && !File.Exists(idsPath)) throw new CliException($"--ids-file: {idsPath} does not exist");
             var path = parse.GetValue(model)!;
-            var lm = LoadModel(path, DeviceOption.Resolve(parse));
+            var files = new ModelFiles();
+            var lm = LoadModel(path, files, DeviceOption.Resolve(parse));
             List<int[]> sequences;
             if (idsPath is not null)
             {
@@ -93,7 +89,7 @@ internal static class ModelCommands
             }
             else
             {
-                var tok = LoadTokenizer(path, parse.GetValue(tokenizer));
+                var tok = LoadTokenizer(path, parse.GetValue(tokenizer), files);
                 sequences = [[tok.BosId, .. tok.Encode(t!)]];
             }
             // Token-weighted over the sequences: the mean NLL of every predicted token.
@@ -139,10 +135,11 @@ internal static class ModelCommands
             if (max < 0) throw new CliException("--max-tokens must be >= 0", isUsage: true);
             var parsedIds = pIds is not null ? ParseIds(pIds) : null; // usage errors before any file is read
             var path = parse.GetValue(model)!;
-            var lm = LoadModel(path, DeviceOption.Resolve(parse));
+            var files = new ModelFiles();
+            var lm = LoadModel(path, files, DeviceOption.Resolve(parse));
             bool asJson = parse.GetValue(json);
             var tokPath = parse.GetValue(tokenizer);
-            LlamaTokenizer? tok = p is not null || !asJson || HasTokenizer(path, tokPath) ? LoadTokenizer(path, tokPath) : null;
+            LlamaTokenizer? tok = p is not null || !asJson || HasTokenizer(path, tokPath, files) ? LoadTokenizer(path, tokPath, files) : null;
             var ids = new List<int>();
             if (p is not null)
             {
@@ -193,19 +190,21 @@ internal static class ModelCommands
         catch (ArgumentException) { throw new CliException($"--preset: unknown preset '{name}'; expected one of {string.Join(", ", LlamaConfig.PresetNames)}", isUsage: true); }
     }
 
-    internal static ModelCheckpoint LoadCheckpoint(string path)
+    /// <summary>The config and weights of a model PATH (a GGUF file through <paramref name="files"/>).</summary>
+    internal static ModelCheckpoint LoadCheckpoint(string path, ModelFiles files)
     {
         if (!File.Exists(path) && !Directory.Exists(path)) throw new CliException($"--model: {path} does not exist");
-        return Checkpoint.Load(path);
+        return IsGguf(path) ? GgufModel.Load(files.Gguf(path)) : Checkpoint.Load(path);
     }
 
     /// <summary>
     /// Loads a model PATH (HF directory, llama2.c .bin, GGUF or PEFT adapter directory) in eval mode, with the
     /// PEFT adapter in <paramref name="adapterDir"/> over it when given. Block-quantized weights stay in their
     /// blocks unless <paramref name="dequantize"/> (for what needs float weights: quantizing again, merging an
-    /// adapter).
+    /// adapter). A GGUF file is opened through <paramref name="files"/>, so the tokenizer can be read from it
+    /// without parsing it again.
     /// </summary>
-    internal static LlamaForCausalLM LoadModel(string path, Device? device = null, string? adapterDir = null, bool dequantize = false)
+    internal static LlamaForCausalLM LoadModel(string path, ModelFiles files, Device? device = null, string? adapterDir = null, bool dequantize = false)
     {
         if (adapterDir is not null)
         {
@@ -213,7 +212,7 @@ internal static class ModelCommands
                 throw new CliException($"--adapter: {adapterDir} is not a PEFT adapter directory (expected {TinyLlama.Training.Lora.PeftAdapter.ConfigFileName} in it)");
             if (Directory.Exists(path) && TinyLlama.Training.Lora.PeftAdapter.IsAdapterDirectory(path))
                 throw new CliException($"--adapter: --model {path} is an adapter directory already; give its base model as --model", isUsage: true);
-            var adapted = LoadModel(path, device, dequantize: dequantize);
+            var adapted = LoadModel(path, files, device, dequantize: dequantize);
             TinyLlama.Training.Lora.PeftAdapter.Load(adapterDir, adapted);
             adapted.Eval();
             return adapted;
@@ -224,12 +223,12 @@ internal static class ModelCommands
             var (_, basePath) = TinyLlama.Training.Lora.PeftAdapter.ReadConfig(path);
             if (basePath is null || (!Directory.Exists(basePath) && !File.Exists(basePath)))
                 throw new CliException($"{Path.Combine(path, "adapter_config.json")}: base_model_name_or_path '{basePath}' is not a model on this machine");
-            var baseModel = LoadModel(basePath, device, dequantize: dequantize);
+            var baseModel = LoadModel(basePath, files, device, dequantize: dequantize);
             TinyLlama.Training.Lora.PeftAdapter.Load(path, baseModel);
             baseModel.Eval();
             return baseModel;
         }
-        var ckpt = LoadCheckpoint(path);
+        var ckpt = LoadCheckpoint(path, files);
         var weights = !dequantize ? ckpt.Weights
             : ckpt.Weights.ToDictionary(kv => kv.Key, kv => kv.Value.DType.IsQuantized() ? Quantize.Dequantize(kv.Value) : kv.Value);
         var model = LlamaForCausalLM.FromWeights(ckpt.Config, weights, DType.F32, device ?? Device.Cpu);
@@ -237,28 +236,49 @@ internal static class ModelCommands
         return model;
     }
 
-    internal static bool HasTokenizer(string modelPath, string? tokenizerPath) =>
+    internal static bool HasTokenizer(string modelPath, string? tokenizerPath, ModelFiles files) =>
         tokenizerPath is not null
         || (Directory.Exists(modelPath) && (File.Exists(Path.Combine(modelPath, "tokenizer.model")) || File.Exists(Path.Combine(modelPath, "tokenizer.json"))))
-        || (IsGguf(modelPath) && GgufFile.Open(modelPath).Metadata.ContainsKey(GgufModel.Keys.TokenizerModel));
+        || (IsGguf(modelPath) && files.Gguf(modelPath).Metadata.ContainsKey(GgufModel.Keys.TokenizerModel));
 
-    internal static LlamaTokenizer LoadTokenizer(string modelPath, string? tokenizerPath)
+    internal static LlamaTokenizer LoadTokenizer(string modelPath, string? tokenizerPath, ModelFiles files)
     {
         string? path = tokenizerPath;
-        if (path is null && (Directory.Exists(modelPath) || IsGguf(modelPath))) path = BaseModelPath(modelPath);
+        if (path is null && (Directory.Exists(modelPath) || IsGguf(modelPath))) path = BaseModelPath(modelPath, files);
         if (path is null) throw new CliException($"--tokenizer is needed: {modelPath} is a llama2.c file with no tokenizer beside it", isUsage: true);
-        return LlamaTokenizer.Load(path);
+        return IsGguf(path) ? GgufModel.LoadTokenizer(files.Gguf(path)) : LlamaTokenizer.Load(path);
     }
 
     /// <summary>The model an adapter directory without a tokenizer of its own was trained on; otherwise <paramref name="path"/> itself.</summary>
-    internal static string BaseModelPath(string path)
+    internal static string BaseModelPath(string path, ModelFiles files)
     {
-        if (!Directory.Exists(path) || !TinyLlama.Training.Lora.PeftAdapter.IsAdapterDirectory(path) || HasTokenizer(path, null)) return path;
+        if (!Directory.Exists(path) || !TinyLlama.Training.Lora.PeftAdapter.IsAdapterDirectory(path) || HasTokenizer(path, null, files)) return path;
         var (_, basePath) = TinyLlama.Training.Lora.PeftAdapter.ReadConfig(path);
         return basePath ?? path;
     }
 
     private static bool IsGguf(string path) => File.Exists(path) && path.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase);
+}
+
+/// <summary>
+/// The model files one command reads, each parsed once: a GGUF file's header, metadata and tensor table are
+/// read the first time <see cref="Gguf"/> is asked for it, and the same <see cref="GgufFile"/> then serves
+/// the weights (<see cref="ModelCommands.LoadModel"/>), the tokenizer check and the tokenizer. One per command.
+/// </summary>
+internal sealed class ModelFiles
+{
+    private readonly Dictionary<string, GgufFile> gguf = new(StringComparer.Ordinal);
+
+    /// <summary>How many GGUF files were parsed (each once).</summary>
+    public int Parsed => gguf.Count;
+
+    /// <summary>The GGUF file at <paramref name="path"/>, parsed on the first call for its full path.</summary>
+    public GgufFile Gguf(string path)
+    {
+        string full = Path.GetFullPath(path);
+        if (!gguf.TryGetValue(full, out var file)) gguf[full] = file = GgufFile.Open(path);
+        return file;
+    }
 }
 
 /// <summary>The sampling flags shared by generate and chat, and their check (bad values are usage errors).</summary>

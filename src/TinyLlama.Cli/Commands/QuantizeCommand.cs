@@ -2,10 +2,13 @@
 // directory, merged into its base) written as one GGUF file that llama.cpp runs, in f32, f16, bf16, q8_0 or
 // q4_0, by round-to-nearest (llama.cpp's reference quantizers, byte for byte) or GPTQ on calibration text.
 //
-// Calibration (GPTQ): --calib FILE is UTF-8 text, tokenized with the model's tokenizer and cut into
-// sequences of --calib-length tokens, each starting with BOS; a FILE ending in .ids holds token ids instead,
-// one sequence per line (comma- or space-separated), for models that come without a tokenizer. The first
-// --calib-samples sequences are used.
+// Calibration (GPTQ): --calib FILE is UTF-8 text (strictly: a bad byte is an error naming its offset),
+// tokenized with the model's tokenizer and cut into sequences of --calib-length tokens, each starting with
+// BOS; a FILE ending in .ids holds token ids instead, one sequence per line (comma- or space-separated), for
+// models that come without a tokenizer. The first --calib-samples sequences are used.
+//
+// Which weight goes in which format is ModelQuantizer's one rule, for block and float types alike: the
+// embedding and the LM head in --keep's format, the norms in f32, the decoder linears in --type's.
 //
 // Rows whose length is not a multiple of the block size (32) cannot be q4_0 or q8_0; they are kept in f16,
 // as llama-quantize's fallback does for formats that cannot hold them, and the summary line says how many.
@@ -13,7 +16,6 @@
 // first: the quantizers and LoRA's merge read float weights.
 using System.CommandLine;
 using System.Globalization;
-using System.Text;
 using TinyLlama.Formats;
 using TinyLlama.Model;
 using TinyLlama.Quantization;
@@ -70,9 +72,10 @@ internal static class QuantizeCommand
 
             // ---- the model, merged, in f32 ----
             string path = parse.GetValue(model)!;
-            var lm = ModelCommands.LoadModel(path, dequantize: true);
+            var files = new ModelFiles();
+            var lm = ModelCommands.LoadModel(path, files, dequantize: true);
             int merged = Lora.AdaptedLayers(lm).Count > 0 ? Lora.Merge(lm) : 0;
-            var tok = TryLoadTokenizer(path, parse.GetValue(tokenizer));
+            var tok = TryLoadTokenizer(path, parse.GetValue(tokenizer), files);
             var error = parse.InvocationConfiguration.Error;
             var output = parse.InvocationConfiguration.Output;
 
@@ -84,24 +87,15 @@ internal static class QuantizeCommand
                     Type = typeName == "q4_0" ? QuantType.Q4_0 : QuantType.Q8_0,
                     Method = gptq ? QuantMethod.Gptq : QuantMethod.Rtn,
                     ActOrder = parse.GetValue(actOrder),
-                    Embedding = Keep(keepName),
-                    Head = Keep(keepName),
+                    Embedding = WeightFormatOf(keepName),
+                    Head = WeightFormatOf(keepName),
                 };
                 var sequences = gptq ? Calibration(calibPath!, tok, lm.Config, nSamples, calibLength) : null;
                 if (sequences is not null)
                     error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"calibration: {sequences.Count} sequences, {sequences.Sum(s => s.Length):N0} tokens from {calibPath}"));
                 weights = ModelQuantizer.Quantize(lm, sequences, options, (done, all) => error.WriteLine($"quantized {done}/{all}"));
             }
-            else
-            {
-                var dtype = DTypes.Parse(typeName);
-                // The embedding and the head in --keep's format (by default --type's), the norms in f32.
-                Tensor Table(Tensor t) => keepName == "q8_0" ? Quantize.ToBlocks(t, QuantType.Q8_0) : t.To(DTypes.Parse(keepName));
-                weights = lm.NamedParameters().ToDictionary(p => p.Name, p =>
-                    p.Name.EndsWith("norm.weight", StringComparison.Ordinal) ? p.Value.Detach().To(DType.F32)
-                    : p.Name == LlamaWeightNames.Embedding || p.Name == LlamaWeightNames.LmHead ? Table(p.Value.Detach())
-                    : p.Value.Detach().To(dtype));
-            }
+            else weights = ModelQuantizer.Convert(lm, WeightFormatOf(typeName), WeightFormatOf(keepName), WeightFormatOf(keepName));
             GgufModel.Save(outPath, lm.Config, weights, tok);
 
             long size = new FileInfo(outPath).Length;
@@ -116,18 +110,19 @@ internal static class QuantizeCommand
     internal static string TensorFormats(IEnumerable<Tensor> tensors) => string.Join(", ",
         tensors.GroupBy(t => t.DType.Name()).OrderBy(g => g.Key, StringComparer.Ordinal).Select(g => $"{g.Count()} {g.Key}"));
 
-    private static WeightFormat Keep(string name) => name switch
+    private static WeightFormat WeightFormatOf(string name) => name switch
     {
         "f32" => WeightFormat.F32,
         "f16" => WeightFormat.F16,
+        "bf16" => WeightFormat.BF16,
         _ => WeightFormat.Q8_0,
     };
 
-    private static LlamaTokenizer? TryLoadTokenizer(string modelPath, string? tokenizerPath)
+    private static LlamaTokenizer? TryLoadTokenizer(string modelPath, string? tokenizerPath, ModelFiles files)
     {
-        if (tokenizerPath is not null) return LlamaTokenizer.Load(tokenizerPath);
-        string basePath = ModelCommands.BaseModelPath(modelPath);
-        return ModelCommands.HasTokenizer(basePath, null) ? ModelCommands.LoadTokenizer(basePath, null) : null;
+        if (tokenizerPath is not null) return ModelCommands.LoadTokenizer(modelPath, tokenizerPath, files);
+        string basePath = ModelCommands.BaseModelPath(modelPath, files);
+        return ModelCommands.HasTokenizer(basePath, null, files) ? ModelCommands.LoadTokenizer(basePath, null, files) : null;
     }
 
     /// <summary>Calibration sequences from text (cut into BOS + length - 1 tokens) or from a .ids file.</summary>
@@ -147,7 +142,7 @@ internal static class QuantizeCommand
         else
         {
             if (tok is null) throw new CliException($"--calib: {path} is text, but the model has no tokenizer; give --tokenizer or a .ids file");
-            string text = ReadUtf8(path, "--calib");
+            string text = TextFileOption.Read(path, "--calib");
             var ids = tok.Encode(text);
             for (int at = 0; at + max - 1 <= ids.Length && sequences.Count < samples; at += max - 1)
                 sequences.Add([tok.BosId, .. ids.AsSpan(at, max - 1)]);
@@ -165,7 +160,7 @@ internal static class QuantizeCommand
     {
         var result = new List<int[]>();
         int lineNumber = 0;
-        foreach (var line in ReadUtf8(path, flag).Split('\n'))
+        foreach (var line in TextFileOption.Read(path, flag).Split('\n'))
         {
             lineNumber++;
             var parts = line.Split([',', ' ', '\t', '\r'], StringSplitOptions.RemoveEmptyEntries);
@@ -179,17 +174,5 @@ internal static class QuantizeCommand
             result.Add(ids);
         }
         return result;
-    }
-
-    private static string ReadUtf8(string path, string flag)
-    {
-        try
-        {
-            return new UTF8Encoding(false, throwOnInvalidBytes: true).GetString(File.ReadAllBytes(path));
-        }
-        catch (DecoderFallbackException)
-        {
-            throw new CliException($"{flag}: {path} is not valid UTF-8");
-        }
     }
 }

@@ -95,11 +95,12 @@ internal static class SftCommand
 
             // ---- model, tokenizer, data ----
             var device = DeviceOption.Resolve(parse);
-            var lm = ModelCommands.LoadModel(modelPath, device);
+            var files = new ModelFiles();
+            var lm = ModelCommands.LoadModel(modelPath, files, device);
             var blockTypes = lm.Parameters().Where(p => p.DType.IsQuantized()).Select(p => p.DType.Name()).Distinct().ToList();
             if (parse.GetValue(loraRank) <= 0 && blockTypes.Count > 0)
                 throw new CliException($"--model: {modelPath} holds {string.Join(" and ", blockTypes)} weights, which full fine-tuning cannot update; train LoRA adapters over them with --lora-rank R, or start from a float model");
-            var tok = ModelCommands.LoadTokenizer(modelPath, parse.GetValue(tokenizer));
+            var tok = ModelCommands.LoadTokenizer(modelPath, parse.GetValue(tokenizer), files);
             int maxLen = parse.GetValue(maxLength) is int m && m > 0 ? Math.Min(m, lm.Config.MaxPositionEmbeddings) : lm.Config.MaxPositionEmbeddings;
             ulong s = parse.GetValue(seed);
             var datasets = sources.Select(src => SftDataset.Load(src.Path, parse.GetValue(format)!, tok, maxLen)).ToList();
@@ -141,7 +142,7 @@ internal static class SftCommand
             lm.CheckpointRng = rng;
             ITrainingLoss loss = new CrossEntropyLoss();
             if (parse.GetValue(teacher) is string teacherPath)
-                loss = new DistillationLoss(ModelCommands.LoadModel(teacherPath, device), parse.GetValue(distillT), parse.GetValue(distillW));
+                loss = new DistillationLoss(ModelCommands.LoadModel(teacherPath, files, device), parse.GetValue(distillT), parse.GetValue(distillW));
             var options = new SftOptions
             {
                 Steps = totalSteps, Lr = parse.GetValue(lr), Warmup = parse.GetValue(warmup), Schedule = scheduleKind,

@@ -31,11 +31,12 @@ internal static class TokenizeCommand
             if (!File.Exists(tokenizerPath) && !Directory.Exists(tokenizerPath))
                 throw new CliException($"--tokenizer: not found: {tokenizerPath}");
             if (!File.Exists(inputPath)) throw new CliException($"--jsonl: file not found: {inputPath}");
+            var lines = new StringReader(TextFileOption.Read(inputPath, "--jsonl")); // strict UTF-8, before the tokenizer loads
             var tok = LlamaTokenizer.Load(tokenizerPath);
             var output = parse.InvocationConfiguration.Output;
             var line = new StringBuilder();
             int lineNumber = 0;
-            foreach (string text in File.ReadLines(inputPath))
+            while (lines.ReadLine() is { } text)
             {
                 lineNumber++;
                 string input = ReadText(text, inputPath, lineNumber);

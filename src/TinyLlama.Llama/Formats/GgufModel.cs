@@ -269,11 +269,11 @@ public static class GgufModel
     }
 
     /// <summary>The tokenizer inside a GGUF file; <see cref="InvalidDataException"/> when it holds none.</summary>
-    public static LlamaTokenizer LoadTokenizer(string path)
-    {
-        var file = GgufFile.Open(path);
-        return ReadTokenizer(file) ?? throw new InvalidDataException($"{path}: the GGUF file holds no tokenizer ({Keys.TokenizerModel} is absent)");
-    }
+    public static LlamaTokenizer LoadTokenizer(string path) => LoadTokenizer(GgufFile.Open(path));
+
+    /// <summary>As <see cref="LoadTokenizer(string)"/>, from an opened file (its metadata is not parsed again).</summary>
+    public static LlamaTokenizer LoadTokenizer(GgufFile file) =>
+        ReadTokenizer(file) ?? throw new InvalidDataException($"{file.Path}: the GGUF file holds no tokenizer ({Keys.TokenizerModel} is absent)");
 
     // ---------------------------------------------------------------- saving
 

@@ -40,6 +40,8 @@ public enum WeightFormat
     F32,
     /// <summary>float16.</summary>
     F16,
+    /// <summary>bfloat16.</summary>
+    BF16,
     /// <summary>Q8_0 blocks.</summary>
     Q8_0,
     /// <summary>Q4_0 blocks.</summary>
@@ -131,16 +133,42 @@ public static class ModelQuantizer
             else quantized[LlamaWeightNames.LmHead] = RoundToNearest(head.Weight, type, LlamaWeightNames.LmHead);
         }
 
-        // Everything in the model's own order; what was not quantized above is kept as float.
+        return Store(model, quantized, WeightFormat.F32, o.Embedding, o.Head);
+    }
+
+    /// <summary>
+    /// The model's weights under their HF names with no block quantization of the decoder linears: those in
+    /// <paramref name="linears"/> (F32, F16 or BF16), the embedding and the LM head in their own formats
+    /// (Q8_0/Q4_0 by round to nearest), the norms in f32: the rule <see cref="Quantize"/> keeps for the weights
+    /// it does not quantize. The model is left as it is.
+    /// </summary>
+    public static Dictionary<string, Tensor> Convert(LlamaForCausalLM model, WeightFormat linears, WeightFormat embedding, WeightFormat head)
+    {
+        if (linears is not (WeightFormat.F32 or WeightFormat.F16 or WeightFormat.BF16))
+            throw new ArgumentException($"convert model: the linears' format must be F32, F16 or BF16, got {linears} (use Quantize for blocks)", nameof(linears));
+        using var noGrad = GradMode.NoGrad();
+        return Store(model, [], linears, embedding, head);
+    }
+
+    /// <summary>
+    /// The one keep rule: every parameter in the model's own order, those in <paramref name="quantized"/> as
+    /// given, the token embedding in <paramref name="embedding"/>'s format, the LM head in <paramref name="head"/>'s,
+    /// the other matrices (decoder linears) in <paramref name="linears"/>'s, and the vectors (RMSNorm gains) in f32.
+    /// </summary>
+    private static Dictionary<string, Tensor> Store(LlamaForCausalLM model, Dictionary<string, Tensor> quantized,
+        WeightFormat linears, WeightFormat embedding, WeightFormat head)
+    {
         var result = new Dictionary<string, Tensor>();
         foreach (var (name, p) in model.NamedParameters())
         {
             if (quantized.TryGetValue(name, out var q)) { result[name] = q; continue; }
-            var format = name == LlamaWeightNames.Embedding ? o.Embedding : name == LlamaWeightNames.LmHead ? o.Head : WeightFormat.F32;
+            var format = name == LlamaWeightNames.Embedding ? embedding : name == LlamaWeightNames.LmHead ? head
+                : p.Rank == 2 ? linears : WeightFormat.F32;
             result[name] = format switch
             {
                 WeightFormat.F32 => Tensor.FromArray(p.ToArray<float>(), p.Shape),
                 WeightFormat.F16 => ToF16(p),
+                WeightFormat.BF16 => p.Detach().To(DType.BF16),
                 WeightFormat.Q8_0 => RoundToNearest(p, QuantType.Q8_0, name),
                 _ => RoundToNearest(p, QuantType.Q4_0, name),
             };

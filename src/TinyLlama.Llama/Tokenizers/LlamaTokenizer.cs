@@ -179,7 +179,7 @@ public sealed class LlamaTokenizer
     /// <summary>
     /// Loads a tokenizer from a SentencePiece <c>tokenizer.model</c>, a Hugging Face <c>tokenizer.json</c>,
     /// the vocabulary inside a GGUF file (<c>.gguf</c>, or any file starting with the GGUF magic; see
-    /// <see cref="GgufModel.LoadTokenizer"/>), or a directory holding tokenizer.model or tokenizer.json
+    /// <see cref="GgufModel.LoadTokenizer(string)"/>), or a directory holding tokenizer.model or tokenizer.json
     /// (tokenizer.model is preferred when both are present).
     /// </summary>
     /// <exception cref="FileNotFoundException">Nothing to load at <paramref name="path"/>.</exception>

@@ -7,7 +7,9 @@
 // turn each element's byte offset (TokenStartIndex) into a line by counting '\n's, then parse the
 // element with JsonDocument.ParseValue. Malformed JSON reports the line from JsonException.LineNumber
 // (0-based, counted by the reader from the start of the buffer, so it is the file line).
+// A byte that is not valid UTF-8 is reported with its line and byte offset before any JSON is parsed.
 using System.Text.Json;
+using TinyLlama.Formats;
 
 namespace TinyLlama.Training.Data;
 
@@ -98,6 +100,11 @@ internal static class SftRecordReader
     {
         var text = content.AsSpan();
         int start = text.StartsWith("\uFEFF"u8) ? 3 : 0;
+        // JSON text is UTF-8 (RFC 8259 section 8.1); System.Text.Json would only notice a bad byte when a
+        // string is read, as an InvalidOperationException, so the whole file is checked first.
+        int bad = Utf8Text.FindInvalid(text[start..]);
+        if (bad >= 0)
+            throw SftDataError.At(file, text[..(start + bad)].Count((byte)'\n') + 1, null, $"not valid UTF-8 (byte offset {start + bad})");
         int first = start;
         while (first < text.Length && text[first] is (byte)' ' or (byte)'\t' or (byte)'\r' or (byte)'\n') first++;
         if (first == text.Length) throw SftDataError.At(file, 0, null, "the file holds no records");

@@ -230,6 +230,23 @@ public class QuantizeCommandTests(QuantizedReferenceModels models) : IClassFixtu
         Assert.Equal(DType.F16, file.GetInfo("blk.0.attn_q.weight").DType);
     }
 
+    [SkippableFact]
+    public void AGgufIsParsedOncePerCommandForTheWeightsAndTheTokenizer()
+    {
+        string gguf = models.Get("q8_0");
+        var files = new TinyLlama.Cli.Commands.ModelFiles();
+        var model = TinyLlama.Cli.Commands.ModelCommands.LoadModel(gguf, files);
+        Assert.Equal(1, files.Parsed);
+        var opened = files.Gguf(gguf);
+        Assert.Same(opened, files.Gguf(Path.GetRelativePath(Environment.CurrentDirectory, gguf))); // by full path
+        Assert.True(TinyLlama.Cli.Commands.ModelCommands.HasTokenizer(gguf, null, files));
+        var tok = TinyLlama.Cli.Commands.ModelCommands.LoadTokenizer(gguf, null, files);
+        Assert.Equal(1, files.Parsed);
+        // The tokenizer read from the shared file is the one a fresh parse gives.
+        Assert.Equal(GgufModel.LoadTokenizer(gguf).Encode(Text), tok.Encode(Text));
+        Assert.Equal(32000, model.Config.VocabSize);
+    }
+
     /// <summary>Bad files and values that need files to exist: one line naming the flag or file, exit code 1.</summary>
     [SkippableTheory]
     [InlineData("perplexity-oov", "--ids-file", "line 2: '32000' is not a token id below the vocabulary size 32000")]

@@ -122,6 +122,48 @@ public class ModelQuantizerTests
     }
 
     [Fact]
+    public void ConvertKeepsTheSameRuleForFloatTypes()
+    {
+        // The float path of `quantize --type f16|bf16|f32`: linears in the given float format, the embedding and
+        // the head in theirs, the RMSNorm gains in f32, whatever the rest is.
+        var model = new LlamaForCausalLM(Config(), new Generator(8));
+        var original = model.NamedParameters().ToDictionary(p => p.Name, p => p.Value.ToArray<float>());
+        var f16 = ModelQuantizer.Convert(model, WeightFormat.F16, WeightFormat.Q8_0, WeightFormat.F32);
+        var bf16 = ModelQuantizer.Convert(model, WeightFormat.BF16, WeightFormat.BF16, WeightFormat.F16);
+        Assert.Equal(original.Keys.Order(), f16.Keys.Order());
+        foreach (var (name, values) in original)
+        {
+            if (name == LlamaWeightNames.Embedding)
+            {
+                Assert.Equal(DType.Q8_0, f16[name].DType);
+                var shape = model.Model.EmbedTokens.Weight.Shape;
+                Assert.Equal(GptqTests.RoundToNearest(values, shape[0], shape[1], QuantType.Q8_0), Bytes(f16[name]));
+                Assert.Equal(DType.BF16, bf16[name].DType);
+            }
+            else if (name == LlamaWeightNames.LmHead)
+            {
+                Assert.Equal(values, f16[name].ToArray<float>());
+                Assert.Equal(values.Select(v => (Half)v).ToArray(), bf16[name].ToArray<Half>());
+            }
+            else if (name.EndsWith("norm.weight", StringComparison.Ordinal))
+            {
+                Assert.Equal(DType.F32, f16[name].DType);
+                Assert.Equal(DType.F32, bf16[name].DType);
+                Assert.Equal(values, bf16[name].ToArray<float>());
+            }
+            else
+            {
+                Assert.Equal(values.Select(v => (Half)v).ToArray(), f16[name].ToArray<Half>());
+                Assert.Equal(DType.BF16, bf16[name].DType);
+                // bfloat16 keeps the top 16 bits of the float, rounded to nearest even: within 2^-8 relative.
+                var got = bf16[name].ToArray<float>();
+                for (int i = 0; i < values.Length; i++) Assert.True(Math.Abs(got[i] - values[i]) <= Math.Abs(values[i]) / 256, $"{name}[{i}]");
+            }
+        }
+        Assert.Throws<ArgumentException>(() => ModelQuantizer.Convert(model, WeightFormat.Q4_0, WeightFormat.F32, WeightFormat.F32));
+    }
+
+    [Fact]
     public void TiedHeadIsTheEmbeddingAndIsNotCalibrated()
     {
         var model = new LlamaForCausalLM(Config(tied: true), new Generator(4));
