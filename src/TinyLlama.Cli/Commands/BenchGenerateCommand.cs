@@ -121,7 +121,7 @@ internal static class BenchGenerateCommand
         {
             cache.Reset();
             long t0 = Stopwatch.GetTimestamp();
-            TextGenerator.ModuleForward(model, prompt, cache, decoder);
+            TextGenerator.ModuleForward(model, prompt, cache);
             double tp = Stopwatch.GetElapsedTime(t0).TotalSeconds;
             cache.Reset();
             t0 = Stopwatch.GetTimestamp();

@@ -3,7 +3,6 @@
 // (their GEMMs reuse each weight across the prompt's tokens); single-token steps run CpuDecoder when it
 // applies (f32 or block-quantized weights on the CPU), the same math without per-op overheads, else the modules again.
 using TinyLlama.Autograd;
-using TinyLlama.Backends.Cpu;
 using TinyLlama.Model;
 
 namespace TinyLlama.Generation;
@@ -35,7 +34,7 @@ public static class TextGenerator
         {
             int next = input.Length == 1 && decoder is not null
                 ? sampler.Sample(decoder.Step(input[0]), seen)
-                : sampler.Sample(ModuleForward(model, input, cache, decoder), seen);
+                : sampler.Sample(ModuleForward(model, input, cache), seen);
             yield return next;
             seen.Add(next);
             if (stopIds is not null && stopIds.Contains(next)) yield break;
@@ -48,16 +47,5 @@ public static class TextGenerator
     {
         using (GradMode.NoGrad())
             return model.Forward(Tensor.FromArray(ids, [1, ids.Length]), cache, lastOnly: true).ToArray<float>();
-    }
-
-    /// <summary>
-    /// <see cref="ModuleForward(LlamaForCausalLM, int[], KvCache)"/> as the prompt prefill of a generation whose
-    /// decoder is <paramref name="decoder"/>: when it quantizes activations (llama.cpp's way), the prefill's
-    /// products with Q4_0 weights do too (the CPU backend's int8 GEMM, IntegerProducts).
-    /// </summary>
-    public static float[] ModuleForward(LlamaForCausalLM model, int[] ids, KvCache cache, CpuDecoder? decoder)
-    {
-        using var _ = IntegerProducts.Enable(decoder is { Activations: DecoderActivations.Quantized });
-        return ModuleForward(model, ids, cache);
     }
 }

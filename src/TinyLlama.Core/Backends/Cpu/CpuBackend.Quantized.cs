@@ -11,9 +11,7 @@
 //     pair of vector ops, in the reference's f32 operation order so the values are bit-identical) and
 //     dotted with each row of x (TensorPrimitives.Dot); 0.5625 / 0.82 bytes per weight.
 //   d is widened with QuantTypes.HalfToSingle, not (float)Half, which alone made the Q4_0 loop 20x slower.
-// Larger M with Q4_0 weights inside an IntegerProducts scope (generation with quantized activations): the
-//   int8 GEMM of IntegerGemm.cs, activations quantized to Q8_0 once per row, weights read in their blocks.
-// Larger M otherwise: w is expanded panel by panel (8 MiB of f32 rows at a time, in parallel, AVX2) and each panel goes
+// Larger M: w is expanded panel by panel (8 MiB of f32 rows at a time, in parallel, AVX2) and each panel goes
 //   through the packed GEMM into its columns of y (Gemm.Run with ldc = N). Expanding costs N K once against
 //   2 M N K flops, and the panel stays in cache while the GEMM packs it.
 // F64 (references and gradient checks): plain loops over blocks expanded by the reference converters.
@@ -72,11 +70,6 @@ public sealed unsafe partial class CpuBackend
                             MatVecRow(type, wp + (long)j * rowBytes, xp, yp + j, m, n, k);
                     });
                 }
-            }
-            else if (type == QuantType.Q4_0 && IntegerProducts.Enabled && IntegerGemm.IsSupported && x.IsContiguous && y.IsContiguous)
-            {
-                fixed (float* xf = Span<float>(x), yf = Span<float>(y))
-                    IntegerGemm.Q4_0(xf, wp, yf, m, n, k, n);
             }
             else
             {

@@ -218,9 +218,6 @@ public static unsafe class IntegerRows
     private static readonly float[] HalfTableArray = BuildHalfTable();
     private static readonly float* HalfTable = (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(HalfTableArray));
 
-    /// <summary>The binary16 -> f32 table (65,536 entries), for the GEMM in IntegerGemm.cs.</summary>
-    internal static float* HalfTablePointer => HalfTable;
-
     private static float[] BuildHalfTable()
     {
         var table = GC.AllocateUninitializedArray<float>(65536, pinned: true);
