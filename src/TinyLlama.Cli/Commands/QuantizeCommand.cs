@@ -5,7 +5,9 @@
 // Calibration (GPTQ): --calib FILE is UTF-8 text (strictly: a bad byte is an error naming its offset),
 // tokenized with the model's tokenizer and cut into sequences of --calib-length tokens, each starting with
 // BOS; a FILE ending in .ids holds token ids instead, one sequence per line (comma- or space-separated), for
-// models that come without a tokenizer. The first --calib-samples sequences are used.
+// models that come without a tokenizer. The first --calib-samples sequences are used. GPTQ searches each
+// block's scale (--scale-search mse, the default; Gptq.cs explains the search) or takes the format's own
+// (none); round to nearest never searches.
 //
 // Which weight goes in which format is ModelQuantizer's one rule, for block and float types alike: the
 // embedding and the LM head in --keep's format, the norms in f32, the decoder linears in --type's.
@@ -41,9 +43,10 @@ internal static class QuantizeCommand
         var samples = new Option<int>("--calib-samples") { Description = "Calibration sequences to use", DefaultValueFactory = _ => 128 };
         var length = new Option<int>("--calib-length") { Description = "Tokens per calibration sequence (default: 256, at most the model's context)" };
         var actOrder = new Option<bool>("--act-order") { Description = "GPTQ: quantize columns by decreasing Hessian diagonal" };
+        var scaleSearch = new Option<string?>("--scale-search") { Description = "GPTQ: each block's scale by the format's rule (none) or searched for the least weighted rounding error (mse, the default)" };
         var keep = new Option<string?>("--keep") { Description = "Format of the embedding and the LM head: f32, f16 or q8_0 (default: q8_0 for q4_0/q8_0, else --type)" };
         var cmd = new Command("quantize", "Write a model as a GGUF file in f32, f16, bf16, q8_0 or q4_0 (round to nearest or GPTQ).")
-            { model, tokenizer, outFile, type, method, calib, samples, length, actOrder, keep };
+            { model, tokenizer, outFile, type, method, calib, samples, length, actOrder, scaleSearch, keep };
         cmd.SetAction(parse =>
         {
             // ---- flags first, before any file is read ----
@@ -58,6 +61,10 @@ internal static class QuantizeCommand
             if (gptq && calibPath is null) throw new CliException("--method gptq needs --calib FILE", isUsage: true);
             if (!gptq && calibPath is not null) throw new CliException("--calib is only used by --method gptq", isUsage: true);
             if (parse.GetValue(actOrder) && !gptq) throw new CliException("--act-order is only used by --method gptq", isUsage: true);
+            string? searchName = parse.GetValue(scaleSearch)?.ToLowerInvariant();
+            if (searchName is not (null or "none" or "mse")) throw new CliException($"--scale-search: expected none or mse, got '{parse.GetValue(scaleSearch)}'", isUsage: true);
+            if (searchName is not null && !gptq) throw new CliException("--scale-search is only used by --method gptq", isUsage: true);
+            var search = searchName == "none" ? GptqScaleSearch.None : GptqScaleSearch.Mse;
             int nSamples = parse.GetValue(samples);
             if (nSamples < 1) throw new CliException("--calib-samples must be >= 1", isUsage: true);
             int calibLength = parse.GetValue(length);
@@ -87,6 +94,7 @@ internal static class QuantizeCommand
                     Type = typeName == "q4_0" ? QuantType.Q4_0 : QuantType.Q8_0,
                     Method = gptq ? QuantMethod.Gptq : QuantMethod.Rtn,
                     ActOrder = parse.GetValue(actOrder),
+                    ScaleSearch = search,
                     Embedding = WeightFormatOf(keepName),
                     Head = WeightFormatOf(keepName),
                 };
@@ -100,7 +108,7 @@ internal static class QuantizeCommand
 
             long size = new FileInfo(outPath).Length;
             output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"wrote {outPath}: {typeName}{(blocks ? $" ({methodName}{(parse.GetValue(actOrder) ? ", act-order" : "")})" : "")}, {weights.Count} tensors ({TensorFormats(weights.Values)}), {size / (1024.0 * 1024.0):F2} MiB{(merged > 0 ? $", {merged} LoRA adapters merged" : "")}{(tok is null ? ", no tokenizer" : "")}"));
+                $"wrote {outPath}: {typeName}{(blocks ? $" ({methodName}{(parse.GetValue(actOrder) ? ", act-order" : "")}{(gptq && search == GptqScaleSearch.None ? ", no scale search" : "")})" : "")}, {weights.Count} tensors ({TensorFormats(weights.Values)}), {size / (1024.0 * 1024.0):F2} MiB{(merged > 0 ? $", {merged} LoRA adapters merged" : "")}{(tok is null ? ", no tokenizer" : "")}"));
             return ExitCodes.Success;
         });
         return cmd;

@@ -66,6 +66,9 @@ public sealed record ModelQuantizerOptions
     /// <summary>GPTQ: columns per lazy-batch block.</summary>
     public int BlockSize { get; init; } = 128;
 
+    /// <summary>GPTQ: how each block's scale is chosen (the format's rule, or searched by OBQ-weighted error).</summary>
+    public GptqScaleSearch ScaleSearch { get; init; } = GptqScaleSearch.Mse;
+
     /// <summary>The token embedding's format (quantized formats use round to nearest).</summary>
     public WeightFormat Embedding { get; init; } = WeightFormat.F32;
 
@@ -91,7 +94,7 @@ public static class ModelQuantizer
         o.Type.Traits(); // rejects an unknown type
         if (model.Model.EmbedTokens.Weight.DType != DType.F32)
             throw new ArgumentException($"quantize model: expected an f32 model, got {model.Model.EmbedTokens.Weight.DType.Name()} weights");
-        var gptq = new GptqOptions { Type = o.Type, Damp = o.Damp, ActOrder = o.ActOrder, BlockSize = o.BlockSize };
+        var gptq = new GptqOptions { Type = o.Type, Damp = o.Damp, ActOrder = o.ActOrder, BlockSize = o.BlockSize, ScaleSearch = o.ScaleSearch };
         bool useGptq = o.Method == QuantMethod.Gptq;
         if (useGptq) CheckCalibration(calibration, config);
         var head = model.LmHead;

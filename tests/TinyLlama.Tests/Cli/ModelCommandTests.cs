@@ -148,6 +148,8 @@ public class ModelCommandTests
     [InlineData(2, "quantize", "--model", "x", "--out", "o.gguf", "--type", "q4_0", "--method", "awq")]
     [InlineData(2, "quantize", "--model", "x", "--out", "o.gguf", "--type", "q4_0", "--calib", "c.ids")]
     [InlineData(2, "quantize", "--model", "x", "--out", "o.gguf", "--type", "q4_0", "--act-order")]
+    [InlineData(2, "quantize", "--model", "x", "--out", "o.gguf", "--type", "q4_0", "--scale-search", "mse")]
+    [InlineData(2, "quantize", "--model", "x", "--out", "o.gguf", "--type", "q4_0", "--method", "gptq", "--calib", "c.ids", "--scale-search", "grid")]
     [InlineData(2, "quantize", "--model", "x", "--out", "o.bin", "--type", "q4_0")]
     [InlineData(2, "quantize", "--model", "x", "--out", "o.gguf", "--type", "q4_0", "--keep", "bogus")]
     [InlineData(2, "quantize", "--model", "x", "--out", "o.gguf", "--type", "q4_0", "--keep", "bf16")]

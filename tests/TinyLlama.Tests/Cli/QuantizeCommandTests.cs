@@ -1,9 +1,9 @@
 // The int4 path through the CLI, end to end on tiny-random-llama (../shared/reference; skipped where absent):
 // `quantize` to every type writes a GGUF that info, generate, perplexity and chat load (with the tokenizer
 // inside it), rows that are not whole 32-blocks (its FFN width is 172) stay f16, GPTQ runs on a .ids
-// calibration file with and without act-order, perplexity --ids-file is the token-weighted mean of its
-// sequences, sft trains LoRA over a q4_0 GGUF into a PEFT adapter that generate loads over the GGUF and
-// over the f32 base, quantize merges such an adapter, full fine-tuning of blocks is refused in one line,
+// calibration file with and without act-order and scale search, perplexity --ids-file is the token-weighted
+// mean of its sequences, sft trains LoRA over a q4_0 GGUF into a PEFT adapter that generate loads over the
+// GGUF and over the f32 base, quantize merges such an adapter, full fine-tuning of blocks is refused in one line,
 // and bad files and flags give one line naming them.
 using System.Text.Json;
 using System.Text.Json.Nodes;
@@ -108,12 +108,12 @@ public class QuantizeCommandTests(QuantizedReferenceModels models) : IClassFixtu
         string ids = models.Dir.File("calib.ids");
         File.WriteAllText(ids, "1 450 2041 263 931 17 99 1000\n1,15043,29892,920,4\n\n1 3 4 5 6 7 8 9 10 11 12\n");
         var blocks = new List<byte[]>();
-        foreach (var extra in new[] { Array.Empty<string>(), ["--act-order"] })
+        foreach (var extra in new[] { Array.Empty<string>(), ["--act-order"], ["--scale-search", "none"] })
         {
             string outPath = models.Dir.File($"gptq{extra.Length}.gguf");
             var (code, output, err) = CliRunner.Run(["quantize", "--model", dir, "--out", outPath, "--type", "q4_0", "--method", "gptq", "--calib", ids, "--calib-length", "6", .. extra]);
             Assert.True(code == 0, err);
-            Assert.Contains(extra.Length == 0 ? "q4_0 (gptq)" : "q4_0 (gptq, act-order)", output);
+            Assert.Contains(extra.Length == 0 ? "q4_0 (gptq)" : extra[0] == "--act-order" ? "q4_0 (gptq, act-order)" : "q4_0 (gptq, no scale search)", output);
             // 3 non-empty lines, cut to 6 tokens: 6 + 5 + 6.
             Assert.Contains("calibration: 3 sequences, 17 tokens from " + ids, err);
             Assert.Contains("quantized 3/3", err); // 2 layers, then the q8_0 head
@@ -121,10 +121,9 @@ public class QuantizeCommandTests(QuantizedReferenceModels models) : IClassFixtu
             blocks.Add(TensorFileIO.BlockBytes(GgufFile.Open(outPath).Get("blk.0.attn_q.weight")).ToArray());
         }
         blocks.Add(TensorFileIO.BlockBytes(GgufFile.Open(models.Get("q4_0")).Get("blk.0.attn_q.weight")).ToArray());
-        // GPTQ, GPTQ with act-order and RTN pick different blocks for the same weight.
-        Assert.False(blocks[0].AsSpan().SequenceEqual(blocks[1]));
-        Assert.False(blocks[0].AsSpan().SequenceEqual(blocks[2]));
-        Assert.False(blocks[1].AsSpan().SequenceEqual(blocks[2]));
+        // GPTQ, GPTQ with act-order, GPTQ without scale search and RTN pick different blocks for the same weight.
+        for (int a = 0; a < blocks.Count; a++)
+            for (int b = a + 1; b < blocks.Count; b++) Assert.False(blocks[a].AsSpan().SequenceEqual(blocks[b]), $"variants {a} and {b} wrote the same blocks");
     }
 
     [SkippableFact]

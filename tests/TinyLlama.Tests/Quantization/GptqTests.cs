@@ -1,9 +1,12 @@
 // GPTQ (src/TinyLlama.Core/Quantization/Gptq.cs) against plain Optimal Brain Quantization written here
 // column by column (no blocks, no lazy batch, f64), with each group's scale taken from the reference
-// quantizer (QuantTypes.QuantizeRowQ4_0 / Q8_0) run on the group's current weights; the inverse-Hessian
-// factor against an explicit inverse and Cholesky; the Hessian accumulator against 2/n X X^T; the output
-// error ||W X - Q X|| against round to nearest on correlated inputs; dead input features; and a diagonal
-// Hessian, for which GPTQ moves no error and must give the reference quantizer's bytes exactly.
+// quantizer (QuantTypes.QuantizeRowQ4_0 / Q8_0) run on the group's current weights, or with the scale
+// search, the candidate d * p of least OBQ-weighted error sum_j (w_j - q_j)^2 / U_jj^2 found by trying each;
+// the inverse-Hessian factor against an explicit inverse and Cholesky; the Hessian accumulator against
+// 2/n X X^T; the output error ||W X - Q X|| against round to nearest on correlated inputs, with the search
+// against without it; dead input features; a diagonal Hessian, for which GPTQ moves no error and gives the
+// reference quantizer's bytes exactly without the search, and the per-block weighted search with it; and
+// weights already on a block grid, for which the search keeps the format's scale (same bytes as without).
 using TinyLlama.Quantization;
 using TinyLlama.Tensors;
 
@@ -92,6 +95,44 @@ public class GptqTests
         return Math.Sqrt(sum);
     }
 
+    /// <summary>The dequantized value of x coded with inverse scale id and stored scale d, by the reference rule.</summary>
+    private static float Dequantized(QuantType type, float x, float id, float d) => type == QuantType.Q4_0
+        ? (Math.Clamp((int)(x * id + 8.5f), 0, 15) - 8) * d
+        : Math.Clamp(MathF.Round(x * id, MidpointRounding.AwayFromZero), -127f, 127f) * d;
+
+    /// <summary>
+    /// The scale search, written out: of the candidates d * p (p in Gptq.ScaleShrinks, in order), the first
+    /// of least OBQ cost. The group's columns x [32] are coded in processing order (ranks: each column's
+    /// place in it) and cost err_j^2, err_j = (x_j - q_j) / U[j, j], with uGroup [32, 32] the inverse-Hessian
+    /// factor restricted to the group (rows and columns in group order; entries with rank a less than rank b
+    /// are used); with <paramref name="simulate"/> (no act-order) each err_j is moved onto the group's later columns,
+    /// x_c -= err_j U[j, c], as GPTQ moves it.
+    /// </summary>
+    private static float SearchedScale(QuantType type, float d, ReadOnlySpan<float> x, double[,] uGroup, int[] ranks, bool simulate)
+    {
+        if (d == 0) return d;
+        float best = d;
+        double bestCost = double.PositiveInfinity;
+        var byRank = Enumerable.Range(0, 32).OrderBy(j => ranks[j]).ToArray();
+        foreach (float p in Gptq.ScaleShrinks)
+        {
+            float candidate = d * p;
+            var w = new double[32];
+            for (int j = 0; j < 32; j++) w[j] = x[j];
+            double cost = 0;
+            for (int t = 0; t < 32; t++)
+            {
+                int j = byRank[t];
+                double e = (w[j] - Dequantized(type, (float)w[j], 1f / candidate, (float)(Half)candidate)) / uGroup[j, j];
+                cost += e * e;
+                if (simulate)
+                    for (int t2 = t + 1; t2 < 32; t2++) w[byRank[t2]] -= e * uGroup[j, byRank[t2]];
+            }
+            if (cost < bestCost) (best, bestCost) = (candidate, cost);
+        }
+        return best;
+    }
+
     // ---------------------------------------------------------------- the direct reference
 
     /// <summary>
@@ -99,7 +140,9 @@ public class GptqTests
     /// dead-column rule, dampening, order and inverse-Hessian factor U (Gptq.InverseHessianFactor, checked on
     /// its own below); quantize column c with its group's scale, err = (w - q) / U[p, p], and update every
     /// column not yet processed at once. A group's scale is the d that the reference quantizer writes for the
-    /// group's current weights when its first column comes up. Returns the dequantized weights [rows, k] and
+    /// group's current weights when its first column comes up, or with the search the candidate that
+    /// SearchedScale picks on them. Returns
+    /// the dequantized weights [rows, k] and
     /// the scales [rows, k / 32].
     /// </summary>
     private static (float[] Values, Half[] Scales) DirectObq(float[] weight, int rows, int k, double[] hessian, GptqOptions o)
@@ -130,12 +173,19 @@ public class GptqTests
         var values = new float[rows * k];
         var block = new byte[traits.BlockBytes];
         var current = new float[32];
+        var uGroup = new double[32, 32];
+        var ranks = new int[32];
         for (int p = 0; p < k; p++)
         {
             int c = order[p], g = c / 32;
             if (!fixedGroup[g])
             {
                 fixedGroup[g] = true;
+                for (int a = 0; a < 32; a++)
+                {
+                    ranks[a] = Array.IndexOf(order, g * 32 + a);
+                    for (int b = 0; b < 32; b++) uGroup[a, b] = u[Array.IndexOf(order, g * 32 + a) * k + Array.IndexOf(order, g * 32 + b)];
+                }
                 for (int r = 0; r < rows; r++)
                 {
                     for (int j = 0; j < 32; j++) current[j] = (float)w[r * k + g * 32 + j];
@@ -144,15 +194,17 @@ public class GptqTests
                     float amax = current.Max(Math.Abs);
                     float max = current.First(v => Math.Abs(v) == amax);
                     float d = o.Type == QuantType.Q4_0 ? max / -8f : amax / 127f;
+                    if (o.ScaleSearch == GptqScaleSearch.Mse)
+                    {
+                        d = SearchedScale(o.Type, d, current, uGroup, ranks, simulate: !o.ActOrder);
+                        scales[r * groups + g] = (Half)d;
+                    }
                     inverse[r * groups + g] = d != 0 ? 1f / d : 0f;
                 }
             }
             for (int r = 0; r < rows; r++)
             {
-                float x = (float)w[r * k + c], id = inverse[r * groups + g], d = (float)scales[r * groups + g];
-                float q = o.Type == QuantType.Q4_0
-                    ? (Math.Clamp((int)(x * id + 8.5f), 0, 15) - 8) * d
-                    : Math.Clamp(MathF.Round(x * id, MidpointRounding.AwayFromZero), -127f, 127f) * d;
+                float q = Dequantized(o.Type, (float)w[r * k + c], inverse[r * groups + g], (float)scales[r * groups + g]);
                 values[r * k + c] = q;
                 double err = (w[r * k + c] - q) / u[p * k + p];
                 for (int p2 = p + 1; p2 < k; p2++) w[r * k + order[p2]] -= err * u[p * k + p2];
@@ -164,26 +216,33 @@ public class GptqTests
     // ---------------------------------------------------------------- tests
 
     [Theory]
-    [InlineData(QuantType.Q4_0, false, 128)]
-    [InlineData(QuantType.Q4_0, true, 128)]
-    [InlineData(QuantType.Q4_0, false, 48)]   // blocks that cut groups in two
-    [InlineData(QuantType.Q4_0, true, 7)]
-    [InlineData(QuantType.Q8_0, false, 128)]
-    [InlineData(QuantType.Q8_0, true, 48)]
-    public void BlockedGptqEqualsColumnByColumnObq(QuantType type, bool actOrder, int blockSize)
+    [InlineData(QuantType.Q4_0, false, 128, GptqScaleSearch.None)]
+    [InlineData(QuantType.Q4_0, true, 128, GptqScaleSearch.None)]
+    [InlineData(QuantType.Q4_0, false, 48, GptqScaleSearch.None)]   // blocks that cut groups in two
+    [InlineData(QuantType.Q4_0, true, 7, GptqScaleSearch.None)]
+    [InlineData(QuantType.Q8_0, false, 128, GptqScaleSearch.None)]
+    [InlineData(QuantType.Q8_0, true, 48, GptqScaleSearch.None)]
+    [InlineData(QuantType.Q4_0, false, 128, GptqScaleSearch.Mse)]
+    [InlineData(QuantType.Q4_0, true, 128, GptqScaleSearch.Mse)]
+    [InlineData(QuantType.Q4_0, false, 48, GptqScaleSearch.Mse)]
+    [InlineData(QuantType.Q4_0, true, 7, GptqScaleSearch.Mse)]
+    [InlineData(QuantType.Q8_0, false, 128, GptqScaleSearch.Mse)]
+    [InlineData(QuantType.Q8_0, true, 48, GptqScaleSearch.Mse)]
+    public void BlockedGptqEqualsColumnByColumnObq(QuantType type, bool actOrder, int blockSize, GptqScaleSearch search)
     {
         const int rows = 8, k = 256;
         var w = Weights(rows, k, 1);
         var x = CorrelatedInputs(512, k, 2);
         var h = HessianOf(x, k);
-        var options = new GptqOptions { Type = type, ActOrder = actOrder, BlockSize = blockSize };
+        var options = new GptqOptions { Type = type, ActOrder = actOrder, BlockSize = blockSize, ScaleSearch = search };
         var blocks = Gptq.Quantize(w, rows, k, h, options);
         Assert.Equal(rows * type.Traits().RowBytes(k), blocks.Length);
         var got = Decode(blocks, rows, k, type);
         var (expected, scales) = DirectObq(w, rows, k, h, options);
         for (int i = 0; i < got.Length; i++)
             Assert.True(Math.Abs(got[i] - expected[i]) <= 1e-5, $"weight [{i / k}, {i % k}]: gptq {got[i]}, direct obq {expected[i]}");
-        // (d) every block's scale is the one the reference quantizer writes for the group's current weights.
+        // (d) every block's scale is the one the reference quantizer writes for the group's current weights
+        // (without the search), or the direct search's choice among d * p (with it).
         int blockBytes = type.Traits().BlockBytes;
         for (int b = 0; b < scales.Length; b++)
             Assert.Equal(scales[b], BitConverter.ToHalf(blocks, b * blockBytes));
@@ -195,7 +254,8 @@ public class GptqTests
         // (d) The bytes are plain Q4_0: DequantizeRowQ4_0 gives (nibble - 8) d for every weight and every block
         // has a finite non-zero scale. d = max / -8 puts the group's signed maximum at nibble 0 (value -8 d)
         // when the scale is fixed; errors moved onto it later may shift it, but in nearly every block some
-        // weight still sits at nibble 0. (A scale by another rule, max / -7 or max / 8, would never reach it.)
+        // weight still sits at nibble 0. (A scale by another rule, max / -7 or max / 8, would never reach it;
+        // a searched d * p with p < 1 clips the maximum to nibble 0.)
         const int rows = 16, k = 128;
         var w = Weights(rows, k, 3);
         var x = CorrelatedInputs(256, k, 4);
@@ -231,6 +291,28 @@ public class GptqTests
         var rtn = Decode(RoundToNearest(w, rows, k, QuantType.Q4_0), rows, k, QuantType.Q4_0);
         double eGptq = OutputError(w, gptq, x, rows, k), eRtn = OutputError(w, rtn, x, rows, k);
         Assert.True(eGptq < 0.3 * eRtn, $"||WX - QX||: gptq {eGptq:g4}, rtn {eRtn:g4}");
+    }
+
+    [Theory]
+    [InlineData(QuantType.Q4_0, false)]
+    [InlineData(QuantType.Q4_0, true)]
+    [InlineData(QuantType.Q8_0, false)]
+    public void ScaleSearchLowersTheOutputError(QuantType type, bool actOrder)
+    {
+        // The search is a heuristic (each group's d is chosen greedily, blind to what its moved errors do to
+        // later groups, and with act-order to the interleaved columns' errors), so this is an observation on
+        // fixed data, not a theorem: on correlated inputs ||W X - Q X|| with the search is below the format's
+        // own scale, and both are below round to nearest.
+        const int rows = 16, k = 256;
+        var w = Weights(rows, k, 14);
+        var x = CorrelatedInputs(1024, k, 15);
+        var h = HessianOf(x, k);
+        var searched = Gptq.Quantize(w, rows, k, h, new GptqOptions { Type = type, ActOrder = actOrder });
+        var plain = Gptq.Quantize(w, rows, k, h, new GptqOptions { Type = type, ActOrder = actOrder, ScaleSearch = GptqScaleSearch.None });
+        double eSearch = OutputError(w, Decode(searched, rows, k, type), x, rows, k);
+        double ePlain = OutputError(w, Decode(plain, rows, k, type), x, rows, k);
+        double eRtn = OutputError(w, Decode(RoundToNearest(w, rows, k, type), rows, k, type), x, rows, k);
+        Assert.True(eSearch <= ePlain && ePlain < eRtn, $"||WX - QX||: searched {eSearch:g5}, format's scale {ePlain:g5}, rtn {eRtn:g5}");
     }
 
     [Fact]
@@ -276,7 +358,8 @@ public class GptqTests
         // (e) With H diagonal (the identity, or uncorrelated features of different scales), dampening adds a
         // multiple of the identity and H stays diagonal, so U is diagonal: every error is multiplied by an
         // off-diagonal zero and no weight moves. Each group's scale comes from its original weights and each
-        // weight is coded by the reference rule, so the bytes are the reference quantizer's exactly.
+        // weight is coded by the reference rule, so without the scale search the bytes are the reference
+        // quantizer's exactly (with it, see DiagonalHessianWithSearchIsAPerBlockWeightedSearch).
         const int rows = 6, k = 128;
         var w = Weights(rows, k, 10);
         var rng = new Random(11);
@@ -284,9 +367,88 @@ public class GptqTests
         {
             var h = new double[k * k];
             for (int j = 0; j < k; j++) h[j * k + j] = identity ? 1 : Math.Exp(Normal(rng));
-            var blocks = Gptq.Quantize(w, rows, k, h, new GptqOptions { Type = type, ActOrder = actOrder, BlockSize = blockSize });
+            var blocks = Gptq.Quantize(w, rows, k, h, new GptqOptions { Type = type, ActOrder = actOrder, BlockSize = blockSize, ScaleSearch = GptqScaleSearch.None });
             Assert.Equal(RoundToNearest(w, rows, k, type), blocks);
         }
+    }
+
+    [Theory]
+    [InlineData(QuantType.Q4_0, false)]
+    [InlineData(QuantType.Q4_0, true)]
+    [InlineData(QuantType.Q8_0, true)]
+    public void DiagonalHessianWithSearchIsAPerBlockWeightedSearch(QuantType type, bool actOrder)
+    {
+        // With H diagonal no weight moves (above), and U_jj^2 = 1 / (H_jj + damp * mean diag H), so each block
+        // is the original weights coded with the d * p of least sum_j (H_jj + damp mean)(w_j - q_j)^2. That
+        // cost is never above round to nearest's (p = 1 is a candidate), block by block; for the identity it
+        // is the plain squared error. Some blocks must choose p < 1, or the test would show nothing.
+        const int rows = 6, k = 128;
+        var w = Weights(rows, k, 16);
+        var rng = new Random(17);
+        foreach (bool identity in new[] { true, false })
+        {
+            var h = new double[k * k];
+            for (int j = 0; j < k; j++) h[j * k + j] = identity ? 1 : Math.Exp(Normal(rng));
+            double mean = Enumerable.Range(0, k).Average(j => h[j * k + j]);
+            var price = Enumerable.Range(0, k).Select(j => h[j * k + j] + 0.01 * mean).ToArray();
+            var got = Decode(Gptq.Quantize(w, rows, k, h, new GptqOptions { Type = type, ActOrder = actOrder }), rows, k, type);
+            var rtn = Decode(RoundToNearest(w, rows, k, type), rows, k, type);
+            int shrunk = 0;
+            for (int r = 0; r < rows; r++)
+                for (int g = 0; g < k / 32; g++)
+                {
+                    var x = w.AsSpan(r * k + g * 32, 32);
+                    var p = price.AsSpan(g * 32, 32);
+                    float amax = 0, max = 0;
+                    foreach (float v in x) if (amax < Math.Abs(v)) (amax, max) = (Math.Abs(v), v);
+                    float d0 = type == QuantType.Q4_0 ? max / -8f : amax / 127f;
+                    var uGroup = new double[32, 32];
+                    for (int j = 0; j < 32; j++) uGroup[j, j] = 1 / Math.Sqrt(p[j]);
+                    float d = SearchedScale(type, d0, x, uGroup, Enumerable.Range(0, 32).ToArray(), simulate: !actOrder);
+                    if (d != d0) shrunk++;
+                    double cost = 0, rtnCost = 0;
+                    for (int j = 0; j < 32; j++)
+                    {
+                        int i = r * k + g * 32 + j;
+                        Assert.Equal(Dequantized(type, x[j], 1f / d, (float)(Half)d), got[i]);
+                        cost += p[j] * Math.Pow(x[j] - (double)got[i], 2);
+                        rtnCost += p[j] * Math.Pow(x[j] - (double)rtn[i], 2);
+                    }
+                    Assert.True(cost <= rtnCost, $"row {r}, block {g}: weighted error {cost:g6} above round to nearest's {rtnCost:g6}");
+                }
+            if (type == QuantType.Q4_0) Assert.True(shrunk > 0, "no block chose a shrunk scale"); // Q8_0's 255 levels: clipping 5% never pays
+        }
+    }
+
+    [Theory]
+    [InlineData(QuantType.Q4_0, false)]
+    [InlineData(QuantType.Q4_0, true)]
+    [InlineData(QuantType.Q8_0, false)]
+    public void WeightsOnTheGridKeepTheFormatsScale(QuantType type, bool actOrder)
+    {
+        // Every block's weights are codes times a power of two, with the extreme code present (Q4_0: nibble 0,
+        // the weight -8 d; Q8_0: +-127): the format's scale d (p = 1) codes them with no error at all, so no
+        // error moves, however correlated H is, and every shrunk candidate costs more. The search keeps p = 1
+        // everywhere: the bytes equal those without the search and round to nearest's.
+        const int rows = 8, k = 128;
+        var rng = new Random(18);
+        var w = new float[rows * k];
+        for (int b = 0; b < rows * k / 32; b++)
+        {
+            float d = MathF.ScaleB(1f, -5 - rng.Next(4));
+            int extreme = rng.Next(32);
+            for (int j = 0; j < 32; j++)
+            {
+                int code = type == QuantType.Q4_0 ? (j == extreme ? 0 : rng.Next(16)) - 8
+                    : j == extreme ? (rng.Next(2) == 0 ? 127 : -127) : rng.Next(-127, 128);
+                w[b * 32 + j] = code * d;
+            }
+        }
+        var h = HessianOf(CorrelatedInputs(512, k, 19), k);
+        var searched = Gptq.Quantize(w, rows, k, h, new GptqOptions { Type = type, ActOrder = actOrder });
+        Assert.Equal(Gptq.Quantize(w, rows, k, h, new GptqOptions { Type = type, ActOrder = actOrder, ScaleSearch = GptqScaleSearch.None }), searched);
+        Assert.Equal(RoundToNearest(w, rows, k, type), searched);
+        Assert.Equal(w, Decode(searched, rows, k, type));
     }
 
     [Fact]
@@ -362,6 +524,7 @@ public class GptqTests
         Assert.Contains("expected [64, 64]", Assert.Throws<ArgumentException>(() => Gptq.Quantize(new float[128], 2, 64, new double[10])).Message);
         Assert.Contains("multiple of the block size", Assert.Throws<ArgumentException>(() => Gptq.Quantize(new float[80], 2, 40, new double[1600])).Message);
         Assert.Contains("damp", Assert.Throws<ArgumentException>(() => Gptq.Quantize(new float[128], 2, 64, h, new GptqOptions { Damp = double.NaN })).Message);
+        Assert.Contains("scale search", Assert.Throws<ArgumentException>(() => Gptq.Quantize(new float[128], 2, 64, h, new GptqOptions { ScaleSearch = (GptqScaleSearch)7 })).Message);
         var w = new float[128];
         w[3] = float.NaN;
         Assert.Contains("[0, 3]", Assert.Throws<ArgumentException>(() => Gptq.Quantize(w, 2, 64, h)).Message);
