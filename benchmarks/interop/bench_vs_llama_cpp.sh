@@ -44,7 +44,13 @@ for m in $MODELS; do
       [ -f $m.bin ] || $PY "$ROOT/benchmarks/interop/random_llama2c.py" $m $m.bin
       [ -f $m.f32.gguf ] || "$BIN/llama-convert-llama2c-to-ggml" --copy-vocab-from-model "$PEERS/llama.cpp/models/ggml-vocab-llama-spm.gguf" \
         --llama2c-model $m.bin --llama2c-output-model $m.f32.gguf >/dev/null 2>&1
-      [ -f $m.q4_0.gguf ] || "$BIN/llama-quantize" $m.f32.gguf $m.q4_0.gguf q4_0 >/dev/null 2>&1 ;;
+      if [ ! -f $m.q4_0.gguf ]; then
+        "$BIN/llama-quantize" $m.f32.gguf $m.q4_0.gguf q4_0 >/dev/null 2>&1
+        # the converter writes llama.context_length 128 whatever the checkpoint's seq_len; llama.cpp ignores it
+        # when benchmarking, this project refuses a prompt longer than the model's context: set the real one
+        PYTHONPATH="$PEERS/llama.cpp/gguf-py" $PY "$PEERS/llama.cpp/gguf-py/gguf/scripts/gguf_set_metadata.py" --force \
+          $m.q4_0.gguf llama.context_length 1024 >/dev/null 2>&1
+      fi ;;
     tinyllama-1.1b)
       if [ ! -f $m.q4_0.gguf ]; then
         $PY "$ROOT/benchmarks/quant/random_hf.py" $m.hf "$ROOT/../shared/reference/llama2-tokenizer/tokenizer.model" $m >/dev/null
