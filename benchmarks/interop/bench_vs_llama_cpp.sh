@@ -61,7 +61,7 @@ for m in $MODELS; do
   echo "$m.q4_0.gguf: $(stat -c %s $m.q4_0.gguf) bytes"
 done
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+median() { sort -g | awk '{a[NR]=$1} END {printf "%.1f\n", (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 echo "## 1. q4_0: pp512 and tg128, tokens/s (median of $ROUNDS rounds of $REPS repetitions; ratio = ours / llama.cpp)"
