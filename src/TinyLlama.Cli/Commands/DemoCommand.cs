@@ -216,7 +216,8 @@ internal static class DemoCommand
         var progress = new ProgressLine(output, steps);
         while (trainer.Step < steps)
         {
-            progress.Report(trainer.TrainStep());
+            try { progress.Report(trainer.TrainStep()); }
+            catch (TrainingDivergedException e) { throw new CliException($"demo: {e.Message} (the demo's settings are fixed; please report this with the seed)"); }
             if (evalEvery > 0 && trainer.Step % evalEvery == 0 && trainer.Step < steps)
             {
                 progress.Done();

@@ -219,12 +219,18 @@ internal static class ModelCommands
         }
         if (Directory.Exists(path) && TinyLlama.Training.Lora.PeftAdapter.IsAdapterDirectory(path))
         {
-            // A PEFT adapter directory: load its base model, then the adapter on top.
-            var (_, basePath) = TinyLlama.Training.Lora.PeftAdapter.ReadConfig(path);
+            // A PEFT adapter directory: load its base model, then the adapter on top. When the base is itself an
+            // adapter (a chain, checked for loops and length), each lower adapter is merged into the weights
+            // before the next goes on: W + s1 B1 A1 + s2 B2 A2, as PEFT computes stacked adapters.
+            var (chain, basePath) = TinyLlama.Training.Lora.PeftAdapter.ResolveChain(path);
             if (basePath is null || (!Directory.Exists(basePath) && !File.Exists(basePath)))
-                throw new CliException($"{Path.Combine(path, "adapter_config.json")}: base_model_name_or_path '{basePath}' is not a model on this machine");
-            var baseModel = LoadModel(basePath, files, device, dequantize: dequantize);
-            TinyLlama.Training.Lora.PeftAdapter.Load(path, baseModel);
+                throw new CliException($"{Path.Combine(chain[^1], "adapter_config.json")}: base_model_name_or_path '{basePath}' is not a model on this machine");
+            var baseModel = LoadModel(basePath, files, device, dequantize: dequantize || chain.Count > 1);
+            for (int i = chain.Count - 1; i >= 0; i--)
+            {
+                TinyLlama.Training.Lora.PeftAdapter.Load(chain[i], baseModel);
+                if (i > 0) TinyLlama.Training.Lora.Lora.Merge(baseModel);
+            }
             baseModel.Eval();
             return baseModel;
         }
@@ -252,8 +258,10 @@ internal static class ModelCommands
     /// <summary>The model an adapter directory without a tokenizer of its own was trained on; otherwise <paramref name="path"/> itself.</summary>
     internal static string BaseModelPath(string path, ModelFiles files)
     {
-        if (!Directory.Exists(path) || !TinyLlama.Training.Lora.PeftAdapter.IsAdapterDirectory(path) || HasTokenizer(path, null, files)) return path;
-        var (_, basePath) = TinyLlama.Training.Lora.PeftAdapter.ReadConfig(path);
+        if (!Directory.Exists(path) || !TinyLlama.Training.Lora.PeftAdapter.IsAdapterDirectory(path)) return path;
+        var (chain, basePath) = TinyLlama.Training.Lora.PeftAdapter.ResolveChain(path);
+        foreach (var adapter in chain)
+            if (HasTokenizer(adapter, null, files)) return adapter;
         return basePath ?? path;
     }
 

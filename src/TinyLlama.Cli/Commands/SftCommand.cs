@@ -42,7 +42,7 @@ internal static class SftCommand
         var noShuffle = new Option<bool>("--no-shuffle") { Description = "Consecutive records in file order" };
         var seed = new Option<ulong>("--seed") { Description = "Seed for shuffling, LoRA init and dropout" };
         var dtype = new Option<string>("--dtype") { Description = "f32, or bf16/f16 mixed precision (f32 master weights)", DefaultValueFactory = _ => "f32" };
-        var maxLength = new Option<int>("--max-length") { Description = "Truncate sequences to this many tokens (default: the model's context)" };
+        var maxLength = new Option<int?>("--max-length") { Description = "Truncate sequences to this many tokens (default: the model's context)" };
         var loraRank = new Option<int>("--lora-rank") { Description = "Train LoRA adapters of this rank instead of all weights" };
         var loraAlpha = new Option<double?>("--lora-alpha") { Description = "LoRA alpha (default 2 x rank)" };
         var loraDropout = new Option<double>("--lora-dropout") { Description = "Dropout on the LoRA input" };
@@ -68,11 +68,22 @@ internal static class SftCommand
             int? nSteps = parse.GetValue(steps);
             double? nEpochs = parse.GetValue(epochs);
             if (nSteps is null == nEpochs is null) throw new CliException("give exactly one of --steps or --epochs", isUsage: true);
-            if (nSteps is < 0) throw new CliException("--steps must be >= 0", isUsage: true);
-            if (nEpochs is not null && !(nEpochs > 0)) throw new CliException("--epochs must be > 0", isUsage: true);
-            int b = parse.GetValue(batchSize), k = parse.GetValue(gradAccum);
-            if (b < 1) throw new CliException("--batch-size must be >= 1", isUsage: true);
-            if (k < 1) throw new CliException("--grad-accum must be >= 1", isUsage: true);
+            // Every numeric flag has a range; outside it is a usage error naming the flag.
+            if (nSteps is int n) OptionRange.Check("--steps", n, 0);
+            if (nEpochs is double ep) OptionRange.Check("--epochs", ep, 0, MaxEpochs, minOpen: true);
+            int b = OptionRange.Check("--batch-size", parse.GetValue(batchSize), 1, MaxBatch);
+            int k = OptionRange.Check("--grad-accum", parse.GetValue(gradAccum), 1, MaxBatch);
+            double peakLr = OptionRange.Check("--lr", parse.GetValue(lr), 0, double.PositiveInfinity, minOpen: true);
+            int warmupSteps = OptionRange.Check("--warmup", parse.GetValue(warmup), 0);
+            double decay = OptionRange.Check("--weight-decay", parse.GetValue(weightDecay), 0, double.PositiveInfinity);
+            double clip = OptionRange.Check("--grad-clip", parse.GetValue(gradClip), 0, double.PositiveInfinity);
+            if (parse.GetValue(maxLength) is int ml) OptionRange.Check("--max-length", ml, 2);
+            if (parse.GetValue(loraAlpha) is double alpha) OptionRange.Check("--lora-alpha", alpha, 0, double.PositiveInfinity, minOpen: true);
+            double dropout = OptionRange.Check("--lora-dropout", parse.GetValue(loraDropout), 0, 1, maxOpen: true);
+            double temperature = OptionRange.Check("--distill-temperature", parse.GetValue(distillT), 0, double.PositiveInfinity, minOpen: true);
+            double distillWeight = OptionRange.Check("--distill-weight", parse.GetValue(distillW), 0, 1);
+            int evalInterval = OptionRange.Check("--eval-every", parse.GetValue(evalEvery), 0);
+            int saveInterval = OptionRange.Check("--save-every", parse.GetValue(saveEvery), 0);
             if (!SftDataset.TryParseFormat(parse.GetValue(format)!, out _)) throw new CliException($"--format: expected alpaca or sharegpt, got '{parse.GetValue(format)}'", isUsage: true);
             LrScheduleKind scheduleKind;
             try { scheduleKind = LrSchedule.ParseKind(parse.GetValue(schedule)!); }
@@ -81,10 +92,8 @@ internal static class SftCommand
             try { computeType = DTypes.Parse(parse.GetValue(dtype)!); }
             catch (ArgumentException e) { throw new CliException("--dtype: " + e.Message, isUsage: true); }
             if (computeType is not (DType.F32 or DType.BF16 or DType.F16)) throw new CliException("--dtype must be f32, bf16 or f16", isUsage: true);
-            double valFrac = parse.GetValue(valFraction);
-            if (valFrac is < 0 or >= 1) throw new CliException("--val-fraction must be in [0, 1)", isUsage: true);
-            int rank = parse.GetValue(loraRank);
-            if (rank < 0) throw new CliException("--lora-rank must be >= 0", isUsage: true);
+            double valFrac = OptionRange.Check("--val-fraction", parse.GetValue(valFraction), 0, 1, maxOpen: true);
+            int rank = OptionRange.Check("--lora-rank", parse.GetValue(loraRank), 0, MaxLoraRank);
             var loraTargetList = parse.GetValue(loraTargets)!.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
 
             var output = parse.InvocationConfiguration.Output;
@@ -101,7 +110,9 @@ internal static class SftCommand
             if (parse.GetValue(loraRank) <= 0 && blockTypes.Count > 0)
                 throw new CliException($"--model: {modelPath} holds {string.Join(" and ", blockTypes)} weights, which full fine-tuning cannot update; train LoRA adapters over them with --lora-rank R, or start from a float model");
             var tok = ModelCommands.LoadTokenizer(modelPath, parse.GetValue(tokenizer), files);
-            int maxLen = parse.GetValue(maxLength) is int m && m > 0 ? Math.Min(m, lm.Config.MaxPositionEmbeddings) : lm.Config.MaxPositionEmbeddings;
+            if (rank > lm.Config.HiddenSize)
+                throw new CliException($"--lora-rank {rank} is larger than the model's hidden size {lm.Config.HiddenSize} (a rank above a layer's width adds no capacity)", isUsage: true);
+            int maxLen = parse.GetValue(maxLength) is int m ? Math.Min(m, lm.Config.MaxPositionEmbeddings) : lm.Config.MaxPositionEmbeddings;
             ulong s = parse.GetValue(seed);
             var datasets = sources.Select(src => SftDataset.Load(src.Path, parse.GetValue(format)!, tok, maxLen)).ToList();
             // Validation is held out from each source before mixing, so no record is in both sets.
@@ -126,7 +137,11 @@ internal static class SftCommand
             }
             var dataset = datasets[0];
             if (trainSet.Count == 0) throw new CliException($"{dataPath}: no training examples");
-            int totalSteps = nSteps ?? (int)Math.Ceiling(nEpochs!.Value * trainSet.Count / (double)(b * k));
+            double stepCount = nSteps ?? Math.Ceiling(nEpochs!.Value * trainSet.Count / ((double)b * k));
+            if (stepCount > int.MaxValue)
+                throw new CliException(string.Create(CultureInfo.InvariantCulture, $"--epochs {nEpochs} over {trainSet.Count} examples makes {stepCount:G4} steps, more than {int.MaxValue}"), isUsage: true);
+            int totalSteps = (int)stepCount;
+            CheckStepMemory(trainSet, b, k, maxLen, lm.Config.VocabSize);
             int padId = SftDataLoader.InputPadId(tok);
             var loader = new SftDataLoader(trainSet, b, !parse.GetValue(noShuffle), s, padId, maxLen);
 
@@ -135,53 +150,64 @@ internal static class SftCommand
             LoraConfig? lora = null;
             if (rank > 0)
             {
-                lora = new LoraConfig(rank, parse.GetValue(loraAlpha) ?? 2.0 * rank, parse.GetValue(loraDropout), loraTargetList);
+                lora = new LoraConfig(rank, parse.GetValue(loraAlpha) ?? 2.0 * rank, dropout, loraTargetList);
                 TinyLlama.Training.Lora.Lora.Apply(lm, lora, rng);
             }
             lm.GradientCheckpointing = parse.GetValue(checkpointing);
             lm.CheckpointRng = rng;
             ITrainingLoss loss = new CrossEntropyLoss();
             if (parse.GetValue(teacher) is string teacherPath)
-                loss = new DistillationLoss(ModelCommands.LoadModel(teacherPath, files, device), parse.GetValue(distillT), parse.GetValue(distillW));
+                loss = new DistillationLoss(ModelCommands.LoadModel(teacherPath, files, device), temperature, distillWeight);
             var options = new SftOptions
             {
-                Steps = totalSteps, Lr = parse.GetValue(lr), Warmup = parse.GetValue(warmup), Schedule = scheduleKind,
-                WeightDecay = parse.GetValue(weightDecay), GradClip = parse.GetValue(gradClip), GradAccum = k, ComputeDType = computeType,
+                Steps = totalSteps, Lr = peakLr, Warmup = warmupSteps, Schedule = scheduleKind,
+                WeightDecay = decay, GradClip = clip, GradAccum = k, ComputeDType = computeType,
             };
             var trainer = new SftTrainer(lm, loader, options, loss, rng: rng);
             var outPath = parse.GetValue(outDir)!;
             Directory.CreateDirectory(outPath);
             var checkpointDir = Path.Combine(outPath, "checkpoint");
+            string? lastCheckpoint = null; // the newest good checkpoint of this run, named when it diverges
             if (parse.GetValue(resume) is string resumeDir)
             {
-                var dir = Directory.Exists(Path.Combine(resumeDir, "checkpoint")) ? Path.Combine(resumeDir, "checkpoint") : resumeDir;
+                // An interrupted save may have left the checkpoint between its two renames: recover it first.
+                var nested = Path.Combine(resumeDir, "checkpoint");
+                var dir = CheckpointDirectory.Recover(nested, SftTrainer.CheckpointFiles) ? nested : resumeDir;
                 if (!Directory.Exists(dir)) throw new CliException($"--resume: {resumeDir} does not exist");
                 trainer.LoadCheckpoint(dir);
+                lastCheckpoint = dir;
             }
             if (!asJson)
                 output.WriteLine($"{string.Join("; ", datasets.Select(d => d.Summary()))}; {trainSet.Count} train / {valSet.Count} validation examples; {trainer.Trainable.Sum(p => (long)p.Param.Numel):N0} trainable parameters; {totalSteps} steps");
 
             // ---- the loop ----
-            int evalInterval = parse.GetValue(evalEvery), saveInterval = parse.GetValue(saveEvery);
             var progress = asJson ? null : new ProgressLine(output, totalSteps);
             while (trainer.Step < totalSteps)
             {
-                var log = trainer.TrainStep();
+                StepLog log;
+                try { log = trainer.TrainStep(); }
+                catch (TrainingDivergedException diverged) { throw Diverged(diverged.Message, lastCheckpoint); }
                 if (asJson)
                     output.WriteLine(JsonLine.Format(("step", log.Step), ("loss", log.Loss), ("lr", log.Lr), ("tokens_per_second", Math.Round(log.TokensPerSecond, 2))));
                 else progress!.Report(log);
                 if (valSet.Count > 0 && evalInterval > 0 && log.Step % evalInterval == 0)
                 {
                     var (vl, ppl) = trainer.Evaluate(valSet, b, padId, maxLen);
+                    if (!double.IsFinite(vl)) throw Diverged(new TrainingDivergedException(log.Step, "validation loss", vl).Message, lastCheckpoint);
                     trainer.ValidationHistory.Add((log.Step, vl));
                     if (!asJson) output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"step {log.Step}: validation loss {vl:F4}, perplexity {ppl:F2}"));
                 }
-                if (saveInterval > 0 && log.Step % saveInterval == 0 && log.Step < totalSteps) trainer.SaveCheckpoint(checkpointDir);
+                if (saveInterval > 0 && log.Step % saveInterval == 0 && log.Step < totalSteps)
+                {
+                    trainer.SaveCheckpoint(checkpointDir);
+                    lastCheckpoint = checkpointDir;
+                }
             }
             progress?.Done();
             if (valSet.Count > 0 && (evalInterval <= 0 || trainer.Step % evalInterval != 0))
             {
                 var (vl, ppl) = trainer.Evaluate(valSet, b, padId, maxLen);
+                if (!double.IsFinite(vl)) throw Diverged(new TrainingDivergedException(trainer.Step, "validation loss", vl).Message, lastCheckpoint);
                 trainer.ValidationHistory.Add((trainer.Step, vl));
                 if (!asJson) output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"final validation loss {vl:F4}, perplexity {ppl:F2}"));
             }
@@ -195,6 +221,32 @@ internal static class SftCommand
         });
         return cmd;
     }
+
+    // Upper ends of the flags' ranges: far beyond any run that fits in memory, small enough to multiply safely.
+    private const int MaxBatch = 1 << 20;
+    private const int MaxLoraRank = 1 << 16;
+    private const double MaxEpochs = 1e6;
+
+    /// <summary>
+    /// Refuses a step whose smallest possible footprint exceeds the memory this process can have: the
+    /// logits of one micro-batch (B x T x V f32, T the longest example after truncation) plus the token ids
+    /// of the K micro-batches a step holds, a lower bound on what the step needs.
+    /// </summary>
+    internal static void CheckStepMemory(IReadOnlyList<SftExample> examples, int b, int k, int maxLen, int vocab)
+    {
+        long longest = Math.Min(maxLen, examples.Max(e => e.InputIds.Length));
+        double bytes = (double)b * longest * vocab * sizeof(float) + (double)k * b * longest * 2 * sizeof(int);
+        long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        if (bytes > available)
+            throw new CliException(string.Create(CultureInfo.InvariantCulture,
+                $"--batch-size {b} x --grad-accum {k} with sequences of up to {longest} tokens needs {bytes / 1e9:F1} GB or more (its logits alone), over the {available / 1e9:F1} GB available; lower --batch-size or --max-length"), isUsage: true);
+    }
+
+    /// <summary>The one-line failure for a run that diverged, naming the last good checkpoint.</summary>
+    private static CliException Diverged(string what, string? lastCheckpoint) =>
+        new(lastCheckpoint is null
+            ? $"{what}; no checkpoint was written before it (--save-every N keeps one); try a smaller --lr or --grad-clip"
+            : $"{what}; the last good checkpoint is {lastCheckpoint} (continue with --resume {lastCheckpoint} and a smaller --lr)");
 
     /// <summary>Parses repeated --data values FILE or FILE:WEIGHT (weight > 0, default 1).</summary>
     internal static List<(string Path, double Weight)> ParseDataSources(string[] values)

@@ -17,6 +17,22 @@ public static class GradClip
         return Math.Sqrt(sum);
     }
 
+    /// <summary>
+    /// The global L2 norm as a one-element f64 tensor, left on the device that computed it when every gradient
+    /// is on one device (no host read; the trainer reads it with the loss at the end of the step), otherwise
+    /// read on the host and returned as a CPU tensor. Gradients are not changed.
+    /// </summary>
+    public static Tensor GlobalNormOnDevice(IEnumerable<Tensor> parameters)
+    {
+        var sums = SumsOfSquares(parameters);
+        if (sums.Count == 1)
+        {
+            using var _ = GradMode.NoGrad();
+            return sums.Values.First().Sqrt();
+        }
+        return Tensor.Full([1], Math.Sqrt(sums.Values.Sum(acc => acc.Item())), DType.F64);
+    }
+
     /// <summary>Scales the gradients so their global norm is at most maxNorm; returns the norm before clipping.</summary>
     public static double ClipGradNorm(IEnumerable<Tensor> parameters, double maxNorm) =>
         ClipGradNormOnDevice(parameters, maxNorm).Item();

@@ -15,7 +15,8 @@
 // Both files are written atomically (temporary file in the same directory, flushed, renamed over the
 // target), the weights first and the config last, so a directory with a config always has its weights.
 // Every problem with a file's contents is a one-line InvalidDataException naming the file; a missing
-// file is a FileNotFoundException naming it.
+// file is a FileNotFoundException naming it. base_model_name_or_path may name another adapter directory;
+// ResolveChain follows such chains with a bound on their length and refuses one that loops.
 using System.Globalization;
 using System.Text.Json;
 using TinyLlama.Autograd;
@@ -41,6 +42,43 @@ public static class PeftAdapter
     /// <summary>True when <paramref name="dir"/> holds an adapter_config.json (PEFT's own test for an adapter directory).</summary>
     public static bool IsAdapterDirectory(string dir) =>
         !string.IsNullOrEmpty(dir) && Directory.Exists(dir) && File.Exists(Path.Combine(dir, ConfigFileName));
+
+    /// <summary>The most adapters <see cref="ResolveChain"/> follows before it gives up.</summary>
+    public const int MaxChainLength = 8;
+
+    /// <summary>
+    /// Follows base_model_name_or_path from the adapter in <paramref name="dir"/> through every adapter
+    /// directory it leads to. Returns those adapters (<paramref name="dir"/> first, each one's base next) and
+    /// the first path that is not an adapter directory (null when the last adapter names no base). A chain
+    /// that comes back to an adapter already in it, or holds more than <see cref="MaxChainLength"/>
+    /// adapters, is a one-line <see cref="InvalidDataException"/> naming the chain. Relative base paths are
+    /// taken as given (from the current directory), as when the model is loaded.
+    /// </summary>
+    public static (IReadOnlyList<string> Adapters, string? BaseModel) ResolveChain(string dir)
+    {
+        var chain = new List<string>();
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        string? current = dir;
+        while (current is not null && IsAdapterDirectory(current))
+        {
+            string identity = Identity(current);
+            if (!seen.Add(identity))
+                throw new InvalidDataException($"{Path.Combine(chain[^1], ConfigFileName)}: base_model_name_or_path leads back to an adapter already in the chain {string.Join(" -> ", chain.Append(current))}");
+            chain.Add(current);
+            if (chain.Count > MaxChainLength)
+                throw new InvalidDataException($"{Path.Combine(dir, ConfigFileName)}: more than {MaxChainLength} adapters stacked through base_model_name_or_path ({string.Join(" -> ", chain)} -> ...)");
+            current = ReadConfig(current).BaseModelNameOrPath;
+        }
+        return (chain, current);
+    }
+
+    // The directory itself, whichever spelling or symbolic link reached it.
+    private static string Identity(string dir)
+    {
+        var info = new DirectoryInfo(Path.GetFullPath(dir));
+        string full = (info.LinkTarget is null ? info : info.ResolveLinkTarget(returnFinalTarget: true) ?? info).FullName;
+        return Path.TrimEndingDirectorySeparator(full);
+    }
 
     /// <summary>
     /// Writes the model's adapters to <paramref name="dir"/> (created if needed) as adapter_model.safetensors

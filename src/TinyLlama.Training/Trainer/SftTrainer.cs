@@ -2,9 +2,12 @@
 //   lr <- schedule(step)
 //   for each of K micro-batches:  (sum of token losses * scale / N).Backward()   (N = targets in the step)
 //   all-reduce gradients (data-parallel seam) -> unscale (f16) -> skip on overflow -> clip -> AdamW
+// A step whose loss or (outside f16 loss scaling) gradient norm is NaN or infinite throws
+// TrainingDivergedException: such a step has already poisoned the weights, so the run must stop before
+// anything saves them, and the last checkpoint written stays the last good one.
 // Everything a resumed run needs (parameters, AdamW moments, step, loss scale, data position, RNG)
-// is saved by SaveCheckpoint and restored by LoadCheckpoint, so a resumed run follows the same
-// trajectory bit for bit on the CPU.
+// is saved by SaveCheckpoint and restored by LoadCheckpoint (SftTrainer.Checkpoint.cs), so a resumed
+// run follows the same trajectory bit for bit on the CPU.
 using System.Diagnostics;
 using System.Text.Json;
 using System.Text.Json.Nodes;
@@ -39,6 +42,48 @@ public sealed record SftOptions
     public double Beta1 { get; init; } = 0.9;
     public double Beta2 { get; init; } = 0.999;
     public double Eps { get; init; } = 1e-8;
+
+    /// <summary>
+    /// Throws an <see cref="ArgumentException"/> naming the first setting outside its range: Steps, Warmup &gt;= 0;
+    /// GradAccum &gt;= 1; Lr and Eps finite and &gt; 0; WeightDecay and GradClip finite and &gt;= 0; Beta1 and
+    /// Beta2 in [0, 1); ComputeDType f32, bf16 or f16.
+    /// </summary>
+    public void Validate()
+    {
+        Check(Steps >= 0, "steps", ">= 0", Steps);
+        Check(double.IsFinite(Lr) && Lr > 0, "lr", "a finite number > 0", Lr);
+        Check(Warmup >= 0, "warmup", ">= 0", Warmup);
+        Check(double.IsFinite(WeightDecay) && WeightDecay >= 0, "weight decay", "a finite number >= 0", WeightDecay);
+        Check(double.IsFinite(GradClip) && GradClip >= 0, "grad clip", "a finite number >= 0 (0 = off)", GradClip);
+        Check(GradAccum >= 1, "grad-accum", ">= 1", GradAccum);
+        Check(Beta1 is >= 0 and < 1, "beta1", "in [0, 1)", Beta1);
+        Check(Beta2 is >= 0 and < 1, "beta2", "in [0, 1)", Beta2);
+        Check(double.IsFinite(Eps) && Eps > 0, "eps", "a finite number > 0", Eps);
+        if (ComputeDType is not (DType.F32 or DType.BF16 or DType.F16))
+            throw new ArgumentException($"compute dtype must be f32, bf16 or f16, not {ComputeDType.Name()}");
+    }
+
+    private static void Check(bool ok, string name, string range, double value)
+    {
+        if (!ok) throw new ArgumentException(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{name} must be {range}, got {value}"));
+    }
+}
+
+/// <summary>
+/// A step's loss or gradient norm was NaN or infinite. The parameters were updated with it and are not
+/// usable; the last checkpoint saved before this step is the last good state.
+/// </summary>
+public sealed class TrainingDivergedException(int step, string quantity, double value)
+    : Exception(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"training diverged in step {step}: the {quantity} is {value}"))
+{
+    /// <summary>The 1-based step that diverged.</summary>
+    public int Step { get; } = step;
+
+    /// <summary>What was not finite ("loss", "gradient norm", "validation loss").</summary>
+    public string Quantity { get; } = quantity;
+
+    /// <summary>The value (NaN or an infinity).</summary>
+    public double Value { get; } = value;
 }
 
 /// <summary>What one optimizer step did.</summary>
@@ -51,7 +96,7 @@ public sealed record SftOptions
 public sealed record StepLog(int Step, double Loss, double Lr, double TokensPerSecond, double GradNorm, bool Skipped);
 
 /// <summary>Fine-tunes the parameters of a model that require grad.</summary>
-public sealed class SftTrainer
+public sealed partial class SftTrainer
 {
     private readonly LlamaForCausalLM model;
     private readonly SftDataLoader train;
@@ -70,11 +115,7 @@ public sealed class SftTrainer
     /// </summary>
     public SftTrainer(LlamaForCausalLM model, SftDataLoader train, SftOptions options, ITrainingLoss? loss = null, ICollective? collective = null, Generator? rng = null)
     {
-        if (options.Steps < 0) throw new ArgumentException($"steps must be >= 0, got {options.Steps}");
-        if (options.GradAccum < 1) throw new ArgumentException($"grad-accum must be >= 1, got {options.GradAccum}");
-        if (!(options.Lr >= 0)) throw new ArgumentException($"lr must be >= 0, got {options.Lr}");
-        if (options.ComputeDType is not (DType.F32 or DType.BF16 or DType.F16))
-            throw new ArgumentException($"compute dtype must be f32, bf16 or f16, not {options.ComputeDType.Name()}");
+        options.Validate();
         this.model = model;
         this.train = train;
         this.options = options;
@@ -104,7 +145,10 @@ public sealed class SftTrainer
     /// <summary>The current f16 loss scale (1 when not scaling).</summary>
     public double LossScale => scaler?.Scale ?? 1.0;
 
-    /// <summary>Runs one optimizer step.</summary>
+    /// <summary>
+    /// Runs one optimizer step. Throws <see cref="TrainingDivergedException"/> (Step and History unchanged)
+    /// when the step's loss, or its gradient norm outside f16 loss scaling, is NaN or infinite.
+    /// </summary>
     public StepLog TrainStep()
     {
         long t0 = Stopwatch.GetTimestamp();
@@ -134,7 +178,7 @@ public sealed class SftTrainer
 
         bool skipped = false;
         double gradNorm = double.NaN;
-        Tensor? clippedNorm = null;
+        Tensor? normOnDevice = null;
         using (GradMode.NoGrad())
         {
             if (scaler is not null)
@@ -147,17 +191,22 @@ public sealed class SftTrainer
             }
             if (!skipped)
             {
-                if (options.GradClip > 0) clippedNorm = GradClip.ClipGradNormOnDevice(parameters, options.GradClip);
+                if (options.GradClip > 0) normOnDevice = GradClip.ClipGradNormOnDevice(parameters, options.GradClip);
+                else if (scaler is null) normOnDevice = GradClip.GlobalNormOnDevice(parameters); // to notice divergence
                 optimizer.Step();
             }
         }
         // Everything of the step is enqueued; the host now reads what it reports.
         Span<double> lossTotal = [lossSum!.Item()];
         collective.AllReduceSum(lossTotal);
-        if (clippedNorm is not null) gradNorm = clippedNorm.Item();
+        if (normOnDevice is not null) gradNorm = normOnDevice.Item();
+        double meanLoss = lossTotal[0] / targets;
+        if (!double.IsFinite(meanLoss)) throw new TrainingDivergedException(Step + 1, "loss", meanLoss);
+        // With f16 loss scaling a non-finite norm is an overflow the scaler answers by skipping the step.
+        if (scaler is null && !double.IsFinite(gradNorm)) throw new TrainingDivergedException(Step + 1, "gradient norm", gradNorm);
         Step++;
         double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
-        var log = new StepLog(Step, lossTotal[0] / targets, lr, tokens / Math.Max(seconds, 1e-9), gradNorm, skipped);
+        var log = new StepLog(Step, meanLoss, lr, tokens / Math.Max(seconds, 1e-9), gradNorm, skipped);
         History.Add(log);
         return log;
     }
@@ -184,114 +233,5 @@ public sealed class SftTrainer
         model.Train(wasTraining);
         double mean = sum / Math.Max(count, 1);
         return (mean, Math.Exp(mean));
-    }
-
-    // ---------------- checkpoints ----------------
-
-    private const string ParamsFile = "trainable.safetensors";
-    private const string OptimizerFile = "optimizer.safetensors";
-    private const string StateFile = "trainer_state.json";
-
-    /// <summary>
-    /// Writes everything needed to resume into <paramref name="dir"/>, atomically: the files go to a
-    /// temporary sibling directory that then replaces the old checkpoint, so an interrupted save
-    /// leaves the previous checkpoint intact.
-    /// </summary>
-    public void SaveCheckpoint(string dir)
-    {
-        var full = Path.GetFullPath(dir);
-        var parent = Path.GetDirectoryName(full)!;
-        Directory.CreateDirectory(parent);
-        var tmp = Path.Combine(parent, "." + Path.GetFileName(full) + ".tmp-" + Environment.ProcessId);
-        if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
-        Directory.CreateDirectory(tmp);
-        Safetensors.Save(Path.Combine(tmp, ParamsFile), trainable.ToDictionary(p => p.Name, p => p.Param.Detach()));
-        var moments = new Dictionary<string, Tensor>();
-        for (int i = 0; i < trainable.Count; i++)
-        {
-            var (m, v) = optimizer.State(i);
-            if (m is not null) moments["m." + trainable[i].Name] = m;
-            if (v is not null) moments["v." + trainable[i].Name] = v;
-        }
-        Safetensors.Save(Path.Combine(tmp, OptimizerFile), moments);
-        var state = new JsonObject
-        {
-            ["step"] = Step,
-            ["optimizer_step"] = optimizer.StepCount,
-            ["loss_scale"] = scaler?.Scale ?? 1.0,
-            ["scaler_good_steps"] = scaler?.GoodSteps ?? 0,
-            ["data"] = JsonNode.Parse(train.GetState().ToJson()),
-            ["rng"] = rng is null ? null : new JsonArray(rng.GetState().Select(u => (JsonNode)u.ToString(System.Globalization.CultureInfo.InvariantCulture)).ToArray()),
-            ["history"] = new JsonArray(History.Select(h => (JsonNode)new JsonObject
-            {
-                ["step"] = h.Step, ["loss"] = h.Loss, ["lr"] = h.Lr, ["tokens_per_second"] = h.TokensPerSecond,
-                ["grad_norm"] = double.IsFinite(h.GradNorm) ? h.GradNorm : null, ["skipped"] = h.Skipped,
-            }).ToArray()),
-            ["validation"] = new JsonArray(ValidationHistory.Select(v => (JsonNode)new JsonObject { ["step"] = v.Step, ["loss"] = v.Loss }).ToArray()),
-        };
-        File.WriteAllText(Path.Combine(tmp, StateFile), state.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-        // Swap in: old -> backup, tmp -> dir, drop backup. Each rename is atomic on one file system.
-        string? backup = null;
-        if (Directory.Exists(full))
-        {
-            backup = Path.Combine(parent, "." + Path.GetFileName(full) + ".old-" + Environment.ProcessId);
-            if (Directory.Exists(backup)) Directory.Delete(backup, true);
-            Directory.Move(full, backup);
-        }
-        Directory.Move(tmp, full);
-        if (backup is not null) Directory.Delete(backup, true);
-    }
-
-    /// <summary>Restores a checkpoint written by <see cref="SaveCheckpoint"/> (same model setup and data).</summary>
-    public void LoadCheckpoint(string dir)
-    {
-        string Need(string name)
-        {
-            var path = Path.Combine(dir, name);
-            if (!File.Exists(path)) throw new InvalidDataException($"{dir}: not a training checkpoint ({name} is missing)");
-            return path;
-        }
-        var paramsFile = SafetensorsFile.Open(Need(ParamsFile));
-        var momentsFile = SafetensorsFile.Open(Need(OptimizerFile));
-        JsonNode state;
-        try { state = JsonNode.Parse(File.ReadAllText(Need(StateFile))) ?? throw new InvalidDataException("empty"); }
-        catch (JsonException e) { throw new InvalidDataException($"{Path.Combine(dir, StateFile)}: malformed JSON ({e.Message})"); }
-        using (GradMode.NoGrad())
-        {
-            foreach (var (name, p) in trainable)
-            {
-                if (!paramsFile.Contains(name)) throw new InvalidDataException($"{paramsFile.Path}: tensor '{name}' is missing (was the checkpoint made with other LoRA targets?)");
-                var src = paramsFile.Get(name);
-                if (!src.Shape.SequenceEqual(p.Shape)) throw new InvalidDataException($"{paramsFile.Path}: tensor '{name}' has shape {Shapes.Format(src.Shape)}, expected {Shapes.Format(p.Shape)}");
-                p.CopyFrom_(src);
-            }
-        }
-        var m1 = new Tensor?[trainable.Count];
-        var m2 = new Tensor?[trainable.Count];
-        for (int i = 0; i < trainable.Count; i++)
-        {
-            string n = trainable[i].Name;
-            if (momentsFile.Contains("m." + n)) m1[i] = momentsFile.Get("m." + n).Clone();
-            if (momentsFile.Contains("v." + n)) m2[i] = momentsFile.Get("v." + n).Clone();
-        }
-        try
-        {
-            optimizer.SetState((int)state["optimizer_step"]!, m1, m2);
-            Step = (int)state["step"]!;
-            scaler?.Restore((double)state["loss_scale"]!, (int)state["scaler_good_steps"]!);
-            train.SetState(DataLoaderState.FromJson(state["data"]!.ToJsonString()));
-            if (rng is not null && state["rng"] is JsonArray words)
-                rng.SetState(words.Select(w => ulong.Parse((string)w!, System.Globalization.CultureInfo.InvariantCulture)).ToArray());
-            History.Clear();
-            foreach (var h in state["history"]!.AsArray())
-                History.Add(new StepLog((int)h!["step"]!, (double)h["loss"]!, (double)h["lr"]!, (double)h["tokens_per_second"]!,
-                    h["grad_norm"] is JsonNode g ? (double)g : double.NaN, (bool)h["skipped"]!));
-            ValidationHistory.Clear();
-            foreach (var v in state["validation"]!.AsArray()) ValidationHistory.Add(((int)v!["step"]!, (double)v["loss"]!));
-        }
-        catch (Exception e) when (e is NullReferenceException or InvalidOperationException or FormatException or ArgumentException)
-        {
-            throw new InvalidDataException($"{Path.Combine(dir, StateFile)}: missing or ill-typed field ({e.Message})");
-        }
     }
 }
