@@ -249,7 +249,7 @@ public static unsafe class IntegerDot
 
     /// <summary>The 32 nibbles of a Q4_0 block as unsigned bytes 0..15 in weight order (low nibbles, then high).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static Vector256<byte> Nibbles(byte* w)
+    private static Vector256<byte> Nibbles(byte* w)
     {
         var low4 = Vector128.Create((byte)0x0F);
         var q = Sse2.LoadVector128(w + 2);

@@ -272,7 +272,16 @@ public static unsafe class IntegerRows
     private interface ILaneSums
     {
         static abstract int BlockBytes { get; }
-        static abstract Vector256<int> Sums(byte* w, sbyte* q, Vector256<int> negBias);
+        // low4: 0x0F in every byte; ones: 1 in every int16 (hoisted by the caller: the JIT re-creates such
+        // constants inside the loop otherwise, two instructions a block).
+        static abstract Vector256<int> Sums(byte* w, sbyte* q, Vector256<int> negBias, Vector128<byte> low4, Vector256<short> ones);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<byte> Nibbles(byte* w, Vector128<byte> low4)
+    {
+        var q = Sse2.LoadVector128(w + 2);
+        return Vector256.Create(Sse2.And(q, low4), Sse2.And(Sse2.ShiftRightLogical(q.AsUInt16(), 4).AsByte(), low4));
     }
 
     private readonly struct Avx2Q4 : ILaneSums
@@ -280,8 +289,8 @@ public static unsafe class IntegerRows
         public static int BlockBytes => Q4Bytes;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector256<int> Sums(byte* w, sbyte* q, Vector256<int> negBias) =>
-            Avx2.Add(Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(IntegerDot.Nibbles(w), Avx.LoadVector256(q)), Vector256.Create((short)1)), negBias);
+        public static Vector256<int> Sums(byte* w, sbyte* q, Vector256<int> negBias, Vector128<byte> low4, Vector256<short> ones) =>
+            Avx2.Add(Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(Nibbles(w, low4), Avx.LoadVector256(q)), ones), negBias);
     }
 
     private readonly struct Avx2Q8 : ILaneSums
@@ -289,11 +298,11 @@ public static unsafe class IntegerRows
         public static int BlockBytes => Q8Bytes;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector256<int> Sums(byte* w, sbyte* q, Vector256<int> negBias)
+        public static Vector256<int> Sums(byte* w, sbyte* q, Vector256<int> negBias, Vector128<byte> low4, Vector256<short> ones)
         {
             var wv = Avx.LoadVector256((sbyte*)(w + 2));
             var pairs = Avx2.MultiplyAddAdjacent(Avx2.Sign(wv, wv).AsByte(), Avx2.Sign(Avx.LoadVector256(q), wv));
-            return Avx2.MultiplyAddAdjacent(pairs, Vector256.Create((short)1));
+            return Avx2.MultiplyAddAdjacent(pairs, ones);
         }
     }
 
@@ -302,8 +311,8 @@ public static unsafe class IntegerRows
         public static int BlockBytes => Q4Bytes;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector256<int> Sums(byte* w, sbyte* q, Vector256<int> negBias) =>
-            AvxVnni.MultiplyWideningAndAdd(negBias, IntegerDot.Nibbles(w), Avx.LoadVector256(q));
+        public static Vector256<int> Sums(byte* w, sbyte* q, Vector256<int> negBias, Vector128<byte> low4, Vector256<short> ones) =>
+            AvxVnni.MultiplyWideningAndAdd(negBias, Nibbles(w, low4), Avx.LoadVector256(q));
     }
 
     private readonly struct VnniQ8 : ILaneSums
@@ -311,29 +320,33 @@ public static unsafe class IntegerRows
         public static int BlockBytes => Q8Bytes;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector256<int> Sums(byte* w, sbyte* q, Vector256<int> negBias) =>
+        public static Vector256<int> Sums(byte* w, sbyte* q, Vector256<int> negBias, Vector128<byte> low4, Vector256<short> ones) =>
             AvxVnni.MultiplyWideningAndAdd(Avx2.ShiftLeftLogical(negBias, 4), Avx2.Xor(Avx.LoadVector256(w + 2), Vector256.Create((byte)0x80)), Avx.LoadVector256(q));
     }
 
     // A Q4_0 or Q8_0 row: two accumulators (even and odd blocks) hide the FMA latency; one reduction per row.
+    // Pointers advance block by block (no index arithmetic in the loop).
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float RowQ8Acts<T>(byte* w, QuantizedActivations a) where T : struct, ILaneSums
     {
-        int blocks = a.K / 32, b = 0, size = T.BlockBytes;
+        int size = T.BlockBytes;
         float* table = HalfTable;
         sbyte* q = a.Q;
         Vector256<float>* dv = a.DV;
         Vector256<int>* bias = a.NegBias;
+        byte* end = w + (long)(a.K / 32) * size, pairsEnd = w + (long)(a.K / 64) * 2 * size;
+        var low4 = Vector128.Create((byte)0x0F);
+        var ones = Vector256.Create((short)1);
         Vector256<float> acc0 = Vector256<float>.Zero, acc1 = acc0;
-        for (; b + 2 <= blocks; b += 2, w += 2 * size)
+        for (; w < pairsEnd; w += 2 * size, q += 64, dv += 2, bias += 2)
         {
-            var s0 = T.Sums(w, q + 32 * b, bias[b]);
-            var s1 = T.Sums(w + size, q + 32 * b + 32, bias[b + 1]);
-            acc0 = Fma.MultiplyAdd(Avx.Multiply(Avx.ConvertToVector256Single(s0), dv[b]), Vector256.Create(table[*(ushort*)w]), acc0);
-            acc1 = Fma.MultiplyAdd(Avx.Multiply(Avx.ConvertToVector256Single(s1), dv[b + 1]), Vector256.Create(table[*(ushort*)(w + size)]), acc1);
+            var s0 = T.Sums(w, q, bias[0], low4, ones);
+            var s1 = T.Sums(w + size, q + 32, bias[1], low4, ones);
+            acc0 = Fma.MultiplyAdd(Avx.Multiply(Avx.ConvertToVector256Single(s0), dv[0]), Vector256.Create(table[*(ushort*)w]), acc0);
+            acc1 = Fma.MultiplyAdd(Avx.Multiply(Avx.ConvertToVector256Single(s1), dv[1]), Vector256.Create(table[*(ushort*)(w + size)]), acc1);
         }
-        if (b < blocks)
-            acc0 = Fma.MultiplyAdd(Avx.Multiply(Avx.ConvertToVector256Single(T.Sums(w, q + 32 * b, bias[b])), dv[b]), Vector256.Create(table[*(ushort*)w]), acc0);
+        if (w < end)
+            acc0 = Fma.MultiplyAdd(Avx.Multiply(Avx.ConvertToVector256Single(T.Sums(w, q, bias[0], low4, ones)), dv[0]), Vector256.Create(table[*(ushort*)w]), acc0);
         return Vector256.Sum(Avx.Add(acc0, acc1));
     }
 
