@@ -109,6 +109,8 @@ internal static class SftCommand
             var blockTypes = lm.Parameters().Where(p => p.DType.IsQuantized()).Select(p => p.DType.Name()).Distinct().ToList();
             if (parse.GetValue(loraRank) <= 0 && blockTypes.Count > 0)
                 throw new CliException($"--model: {modelPath} holds {string.Join(" and ", blockTypes)} weights, which full fine-tuning cannot update; train LoRA adapters over them with --lora-rank R, or start from a float model");
+            if (rank > 0 && lm.NamedModules().Any(e => e.Value is TinyLlama.NN.LoraLinear))
+                throw new CliException($"--model: {modelPath} is a LoRA adapter, and --lora-rank {rank} would put a second adapter on its layers; train over its base model, or merge it first (tinyllama quantize --model {modelPath} --out merged.gguf --type f32) and train over the merged file", isUsage: true);
             var tok = ModelCommands.LoadTokenizer(modelPath, parse.GetValue(tokenizer), files);
             if (rank > lm.Config.HiddenSize)
                 throw new CliException($"--lora-rank {rank} is larger than the model's hidden size {lm.Config.HiddenSize} (a rank above a layer's width adds no capacity)", isUsage: true);

@@ -199,6 +199,22 @@ public class SftReliabilityTests
     }
 
     [Fact]
+    public void LoraOverAnAdapterDirectoryIsAUsageError()
+    {
+        // sft --model ADAPTER --lora-rank R would stack a second adapter on the first one's layers.
+        using var dir = new TempDir();
+        var (model, data) = WriteModelAndData(dir);
+        var lm = TinyLlama.Cli.Commands.ModelCommands.LoadModel(model, new TinyLlama.Cli.Commands.ModelFiles());
+        var lora = new LoraConfig(2, 4, 0, ["q_proj"]);
+        Lora.Apply(lm, lora, new Generator(1));
+        string adapter = dir.File("adapter");
+        PeftAdapter.Save(adapter, lm, lora, model);
+        var (code, _, err) = CliRunner.Run(Sft(adapter, data, dir.File("out"), "--steps", "1", "--batch-size", "2", "--lr", "1e-3", "--lora-rank", "2"));
+        var line = CliRunner.AssertOneLineError(2, code, err);
+        Assert.Contains($"--model: {adapter} is a LoRA adapter", line);
+    }
+
+    [Fact]
     public void TwoAdapterChainAddsBothDeltas()
     {
         using var dir = new TempDir();
