@@ -1,5 +1,6 @@
 // `--device cpu|cuda[:N]|opencl[:N]|ilgpu-cpu`, accepted by every verb (a recursive root option).
-// A GPU kind that this machine lacks falls back to the CPU backend with a one-line warning naming why.
+// A GPU kind that this machine lacks falls back to the CPU backend with a one-line warning naming why; a
+// malformed value is a usage error for every verb, at parse time.
 using System.CommandLine;
 using TinyLlama.Backends.Ilgpu;
 using TinyLlama.Tensors;
@@ -8,12 +9,23 @@ namespace TinyLlama.Cli;
 
 internal static class DeviceOption
 {
-    public static Option<string> Create() => new("--device")
+    public static Option<string> Create()
     {
-        Description = "Where to compute: cpu, cuda[:N], opencl[:N] or ilgpu-cpu[:1] (ILGPU's CPU accelerator, for testing kernels; :1 shaped like a GPU, taking the GPU code paths)",
-        DefaultValueFactory = _ => "cpu",
-        Recursive = true,
-    };
+        var option = new Option<string>("--device")
+        {
+            Description = "Where to compute: cpu, cuda[:N], opencl[:N] or ilgpu-cpu[:1] (ILGPU's CPU accelerator, for testing kernels; :1 shaped like a GPU, taking the GPU code paths)",
+            DefaultValueFactory = _ => "cpu",
+            Recursive = true,
+        };
+        // Checked when parsed, so every verb refuses a malformed device, also the verbs that compute nothing.
+        option.Validators.Add(result =>
+        {
+            if (result.Tokens.Count != 1) return;
+            try { Device.Parse(result.Tokens[0].Value); }
+            catch (ArgumentException e) { result.AddError("--device: " + e.Message); }
+        });
+        return option;
+    }
 
     /// <summary>The device the verb should use.</summary>
     public static Device Resolve(ParseResult parse)

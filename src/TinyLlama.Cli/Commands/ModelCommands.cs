@@ -84,7 +84,7 @@ internal static class ModelCommands
             string? t = parse.GetValue(text), f = parse.GetValue(file), idsPath = parse.GetValue(idsFile);
             if ((t is null ? 0 : 1) + (f is null ? 0 : 1) + (idsPath is null ? 0 : 1) != 1) throw new CliException("give exactly one of --text, --file or --ids-file", isUsage: true);
             if (f is not null) t = TextFileOption.Read(f, "--file");
-            if (idsPath is not null && !File.Exists(idsPath)) throw new CliException($"--ids-file: {idsPath} does not exist");
+            if (idsPath is not null) TextFileOption.RequireFile(idsPath, "--ids-file");
             var path = parse.GetValue(model)!;
             var files = new ModelFiles { CheckTensors = parse.GetValue(checkTensors) };
             var lm = LoadModel(path, files, DeviceOption.Resolve(parse));
@@ -201,9 +201,10 @@ internal static class ModelCommands
     }
 
     /// <summary>The config and weights of a model PATH (a GGUF file through <paramref name="files"/>).</summary>
-    internal static ModelCheckpoint LoadCheckpoint(string path, ModelFiles files)
+    internal static ModelCheckpoint LoadCheckpoint(string path, ModelFiles files, string flag = "--model")
     {
-        if (!File.Exists(path) && !Directory.Exists(path)) throw new CliException($"--model: {path} does not exist");
+        if (!File.Exists(path) && !Directory.Exists(path)) throw new CliException($"{flag}: {path} does not exist");
+        if (File.Exists(path)) TextFileOption.RequireRegular(path, flag);
         var checkpoint = IsGguf(path) ? GgufModel.Load(files.Gguf(path)) : Checkpoint.Load(path);
         if (files.CheckTensors) WeightCheck.Check(checkpoint.Weights, path);
         return checkpoint;
@@ -216,7 +217,7 @@ internal static class ModelCommands
     /// adapter). A GGUF file is opened through <paramref name="files"/>, so the tokenizer can be read from it
     /// without parsing it again.
     /// </summary>
-    internal static LlamaForCausalLM LoadModel(string path, ModelFiles files, Device? device = null, string? adapterDir = null, bool dequantize = false)
+    internal static LlamaForCausalLM LoadModel(string path, ModelFiles files, Device? device = null, string? adapterDir = null, bool dequantize = false, string flag = "--model")
     {
         if (adapterDir is not null)
         {
@@ -248,7 +249,7 @@ internal static class ModelCommands
             baseModel.Eval();
             return baseModel;
         }
-        var ckpt = LoadCheckpoint(path, files);
+        var ckpt = LoadCheckpoint(path, files, flag);
         var weights = !dequantize ? ckpt.Weights
             : ckpt.Weights.ToDictionary(kv => kv.Key, kv => kv.Value.DType.IsQuantized() ? Quantize.Dequantize(kv.Value) : kv.Value);
         var model = LlamaForCausalLM.FromWeights(ckpt.Config, weights, DType.F32, device ?? Device.Cpu);

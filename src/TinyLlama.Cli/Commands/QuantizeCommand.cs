@@ -137,7 +137,7 @@ internal static class QuantizeCommand
     /// <summary>Calibration sequences from text (cut into BOS + length - 1 tokens) or from a .ids file.</summary>
     internal static List<int[]> Calibration(string path, LlamaTokenizer? tok, LlamaConfig config, int samples, int length)
     {
-        if (!File.Exists(path)) throw new CliException($"--calib: {path} does not exist");
+        TextFileOption.RequireFile(path, "--calib");
         int max = Math.Min(length > 0 ? length : 256, config.MaxPositionEmbeddings);
         var sequences = new List<int[]>();
         if (path.EndsWith(".ids", StringComparison.OrdinalIgnoreCase))

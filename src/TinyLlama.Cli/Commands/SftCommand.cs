@@ -159,7 +159,7 @@ internal static class SftCommand
             lm.CheckpointRng = rng;
             ITrainingLoss loss = new CrossEntropyLoss();
             if (parse.GetValue(teacher) is string teacherPath)
-                loss = new DistillationLoss(ModelCommands.LoadModel(teacherPath, files, device), temperature, distillWeight);
+                loss = new DistillationLoss(ModelCommands.LoadModel(teacherPath, files, device, flag: "--teacher"), temperature, distillWeight);
             var options = new SftOptions
             {
                 Steps = totalSteps, Lr = peakLr, Warmup = warmupSteps, Schedule = scheduleKind,
@@ -265,7 +265,7 @@ internal static class SftCommand
                 weight = w;
             }
             if (!(weight > 0) || double.IsInfinity(weight)) throw new CliException($"--data: weight of {path} must be > 0, got {weight}", isUsage: true);
-            if (!File.Exists(path)) throw new CliException($"--data: {path} does not exist");
+            TextFileOption.RequireFile(path, "--data");
             result.Add((path, weight));
         }
         if (result.Count == 0) throw new CliException("--data: no file given", isUsage: true);

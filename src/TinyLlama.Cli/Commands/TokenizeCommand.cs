@@ -30,7 +30,7 @@ internal static class TokenizeCommand
             string inputPath = parse.GetValue(jsonl)!;
             if (!File.Exists(tokenizerPath) && !Directory.Exists(tokenizerPath))
                 throw new CliException($"--tokenizer: not found: {tokenizerPath}");
-            if (!File.Exists(inputPath)) throw new CliException($"--jsonl: file not found: {inputPath}");
+            if (File.Exists(tokenizerPath)) TextFileOption.RequireRegular(tokenizerPath, "--tokenizer");
             var lines = new StringReader(TextFileOption.Read(inputPath, "--jsonl")); // strict UTF-8, before the tokenizer loads
             var tok = LlamaTokenizer.Load(tokenizerPath);
             var output = parse.InvocationConfiguration.Output;
