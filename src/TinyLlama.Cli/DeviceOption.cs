@@ -31,9 +31,7 @@ internal static class DeviceOption
     public static Device Resolve(ParseResult parse)
     {
         var name = parse.GetValue<string>("--device") ?? "cpu";
-        Device requested;
-        try { requested = Device.Parse(name); }
-        catch (ArgumentException e) { throw new CliException("--device: " + e.Message, isUsage: true); }
+        var requested = Device.Parse(name); // well-formed: the option's validator refused anything else at parse time
         try
         {
             return IlgpuDevices.Resolve(name);

@@ -20,7 +20,7 @@ public class IntegerDotTests
     /// <summary>The explicit paths; each test skips the ones this CPU cannot run.</summary>
     public static TheoryData<string> Paths => new() { "Scalar", "Avx2", "AvxVnni" };
 
-    private static IntegerDotPath SkipUnsupported(string name)
+    internal static IntegerDotPath SkipUnsupported(string name)
     {
         var path = Enum.Parse<IntegerDotPath>(name);
         Skip.IfNot(IntegerDot.IsSupported(path), $"{name} integer-dot path is not supported on this CPU");
@@ -209,7 +209,7 @@ public class IntegerDotTests
         return bytes;
     }
 
-    private static float[] RandomFloats(Random rng, int n)
+    internal static float[] RandomFloats(Random rng, int n)
     {
         var v = new float[n];
         for (int i = 0; i < n; i++) v[i] = (float)(rng.NextDouble() * 2 - 1) * (i % 7 == 0 ? 3f : 1f);

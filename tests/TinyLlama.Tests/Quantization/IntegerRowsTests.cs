@@ -25,20 +25,13 @@ public class IntegerRowsTests
         return data;
     }
 
-    private static IntegerDotPath SkipUnsupported(string name)
-    {
-        var path = Enum.Parse<IntegerDotPath>(name);
-        Skip.IfNot(IntegerDot.IsSupported(path), $"{name} integer-dot path is not supported on this CPU");
-        return path;
-    }
-
     [Fact]
     public void Q8_0FormEqualsTheReferenceQuantizer()
     {
         var rng = new Random(3);
         foreach (int k in new[] { 32, 64, 96, 768, 2048 + 32 })
         {
-            var x = RandomFloats(rng, k);
+            var x = IntegerDotTests.RandomFloats(rng, k);
             var a = new QuantizedActivations(k);
             a.Quantize(x);
             var blocks = new byte[k / 32 * 34];
@@ -69,7 +62,7 @@ public class IntegerRowsTests
 
         // Random values: every q within one of x / d, capped at 127, and the sums consistent.
         var rng = new Random(4);
-        var y = RandomFloats(rng, 512);
+        var y = IntegerDotTests.RandomFloats(rng, 512);
         a = new QuantizedActivations(512);
         a.Quantize(y, q8_0: false, q8K: true);
         for (int i = 0; i < 512; i++)
@@ -89,14 +82,14 @@ public class IntegerRowsTests
     [MemberData(nameof(PathsAndTypes))]
     public void RowsMatchAnF64SumOfTheSameTerms(string pathName, QuantType type)
     {
-        var path = SkipUnsupported(pathName);
+        var path = IntegerDotTests.SkipUnsupported(pathName);
         var rng = new Random(10 + (int)type);
         var traits = type.Traits();
         foreach (int units in new[] { 1, 2, 3, 5, 8 })
         {
             int k = units * (traits.BlockSize == 32 ? 32 * 7 : 256);   // Q4_0 / Q8_0: 7, 14, ... blocks (odd counts too)
             var row = RawBlocks(rng, type, k);
-            var x = RandomFloats(rng, k);
+            var x = IntegerDotTests.RandomFloats(rng, k);
             var a = new QuantizedActivations(k);
             a.Quantize(x, q8_0: !IntegerRows.UsesQ8K(type), q8K: IntegerRows.UsesQ8K(type));
             var (exact, magnitude, terms) = Reference(type, row, a, x);
@@ -112,7 +105,7 @@ public class IntegerRowsTests
     [InlineData("AvxVnni")]
     public void ExtremeValuesGiveExactSums(string pathName)
     {
-        var path = SkipUnsupported(pathName);
+        var path = IntegerDotTests.SkipUnsupported(pathName);
         // Activations with amax 127 in every block: d = 1, q = x.
         var x = new float[64];
         for (int i = 0; i < 64; i++) x[i] = i % 2 == 0 ? 127 : -127;
@@ -144,7 +137,7 @@ public class IntegerRowsTests
     public void ANonFiniteActivationMakesTheRowNaN(QuantType type)
     {
         var rng = new Random(5);
-        var x = RandomFloats(rng, 512);
+        var x = IntegerDotTests.RandomFloats(rng, 512);
         x[300] = float.PositiveInfinity;
         var a = new QuantizedActivations(512);
         a.Quantize(x, q8_0: true, q8K: true);
@@ -213,9 +206,8 @@ public class IntegerRowsTests
         int blocks = k / traits.BlockSize, size = traits.BlockBytes;
         var bytes = new byte[blocks * size];
         rng.NextBytes(bytes);
-        int[] scaleOffsets = type switch { QuantType.Q4_K => [0, 2], QuantType.Q6_K => [208], _ => [0] };
         for (int b = 0; b < blocks; b++)
-            foreach (int o in scaleOffsets)
+            foreach (int o in traits.HalfScaleOffsets)
             {
                 var d = (Half)((rng.Next(2) == 0 ? -1 : 1) * Math.Pow(2, -10 * rng.NextDouble()));
                 BitConverter.TryWriteBytes(bytes.AsSpan(b * size + o, 2), BitConverter.HalfToUInt16Bits(d));
@@ -232,12 +224,5 @@ public class IntegerRowsTests
             bytes.AsSpan(b * blockBytes + 2, blockBytes - 2).Fill((byte)fill);
         }
         return bytes;
-    }
-
-    private static float[] RandomFloats(Random rng, int n)
-    {
-        var v = new float[n];
-        for (int i = 0; i < n; i++) v[i] = (float)(rng.NextDouble() * 2 - 1) * (i % 7 == 0 ? 3f : 1f);
-        return v;
     }
 }

@@ -460,17 +460,11 @@ public static unsafe class IntegerRows
         return sum;
     }
 
-    // The 8 six-bit scales and mins of a Q4_K super-block (QuantTypes.ScaleMinQ4_K).
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    // The 8 six-bit scales and mins of a Q4_K super-block, by the format's one unpacking rule (QuantTypes.ScaleMinQ4_K).
     private static void ScalesMins(byte* s, int* sc, int* m)
     {
-        for (int i = 0; i < 4; i++)
-        {
-            sc[i] = s[i] & 63;
-            m[i] = s[i + 4] & 63;
-            sc[i + 4] = (s[i + 8] & 0x0F) | ((s[i] >> 6) << 4);
-            m[i + 4] = (s[i + 8] >> 4) | ((s[i + 4] >> 6) << 4);
-        }
+        var packed = new ReadOnlySpan<byte>(s, 12);
+        for (int i = 0; i < 8; i++) (sc[i], m[i]) = QuantTypes.ScaleMinQ4_K(i, packed);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
