@@ -2,11 +2,14 @@
 // against the f32 product of the same shape and layout (x @ W^T, W [N, K] read in place), timed in the same
 // process, alternating the two so that drift hits both. Reported per shape: the medians, the weights'
 // bytes per second (w is what a mat-vec streams: 0.5625 bytes per weight for Q4_0, 4 for f32), GFLOP/s,
-// and the speed-up. Shapes are M x N x K: M = 1 is decoding one token, larger M a prefill.
+// and the speed-up. Shapes are M x N x K: M = 1 is decoding one token, larger M a prefill. On the CPU the Q4_0
+// product quantizes x to Q8_0 and runs the integer kernels over repacked rows (as generation does) unless the
+// global --f32-activations is given.
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
 using TinyLlama.Backends.Cpu;
+using TinyLlama.Generation;
 using TinyLlama.Quantization;
 using TinyLlama.Tensors;
 
@@ -76,7 +79,12 @@ internal static class BenchQ4Command
         var backend = x.Backend;
         var wt = w.MT;                                              // W^T [K, N], a view
         void RunF32() => backend.MatMul(x, wt, y);
-        void RunQ4() => backend.MatMulQuantized(x, q, y);
+        bool integer = CpuDecoder.DefaultActivations == DecoderActivations.Quantized;  // --f32-activations turns it off
+        void RunQ4()
+        {
+            using var scope = CpuBackend.UseIntegerActivations(integer);
+            backend.MatMulQuantized(x, q, y);
+        }
         RunF32();
         RunQ4();
         var f32 = new double[reps];

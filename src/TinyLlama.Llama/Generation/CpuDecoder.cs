@@ -29,7 +29,8 @@
 //   Quantized (the default, llama.cpp's way): each mat-vec's input is quantized once to Q8_0 (Q8_K for the
 //     K-quants) and every row is an integer dot product with one scale multiply per block
 //     (Backends/Cpu/IntegerRows.cs); about twice as fast, at the cost of the activations' 8-bit rounding
-//     (the same rounding llama.cpp applies).
+//     (the same rounding llama.cpp applies). Q4_0 matrices run on their rows repacked in groups of eight
+//     (Backends/Cpu/RepackedQ4_0.cs, made once per weight tensor), eight rows per instruction sequence.
 //   Float32: each row is QuantizedDot.Row, the CPU backend's own mat-vec kernel on f32 activations, so every
 //     row equals the module path's bit for bit (what the tests against the module path use).
 using System.Buffers;
@@ -66,6 +67,7 @@ public sealed unsafe class CpuDecoder : IDisposable
     {
         public float* W;
         public byte* Blocks;
+        public RepackedQ4_0? Repacked; // Q4_0 rows in groups of 8 for the integer rows (RepackedQ4_0.cs), or null
         public QuantType Type;
         public long RowBytes;
         public int Out, In;
@@ -110,13 +112,13 @@ public sealed unsafe class CpuDecoder : IDisposable
             var list = new List<(Projection, int, int, int)>();
             if (swiglu)
             {
-                foreach (var (r0, r1) in Cut(slots[0].Out, 2L * slots[0].In, threads))
+                foreach (var (r0, r1) in Cut(slots[0].Out, 2L * slots[0].In, threads, Alignment(slots[0])))
                     list.Add((slots[0], r0, r1, 0));
             }
             else
             {
                 for (int s = 0; s < slots.Length; s++)
-                    foreach (var (r0, r1) in Cut(slots[s].Out, slots[s].In, threads))
+                    foreach (var (r0, r1) in Cut(slots[s].Out, slots[s].In, threads, Alignment(slots[s])))
                         list.Add((slots[s], r0, r1, s));
             }
             chunks = list.ToArray();
@@ -148,12 +150,15 @@ public sealed unsafe class CpuDecoder : IDisposable
             }
         }
 
-        // Row ranges of about equal weight bytes, several per thread (load balance).
-        private static IEnumerable<(int, int)> Cut(int rows, long rowCost, int threads)
+        // Repacked rows run in whole groups of 8.
+        private int Alignment(Projection p) => acts is not null && p.Repacked is not null ? RepackedQ4_0.GroupRows : 1;
+
+        // Row ranges of about equal weight bytes, several per thread (load balance), starting at multiples of align.
+        private static IEnumerable<(int, int)> Cut(int rows, long rowCost, int threads, int align)
         {
             const long MinChunkCost = 16 * 1024; // floats: below this a chunk is not worth a hand-off
             int pieces = (int)Math.Clamp(rows * rowCost / MinChunkCost, 1, threads * 8L);
-            int step = (rows + pieces - 1) / pieces;
+            int step = ((rows + pieces - 1) / pieces + align - 1) / align * align;
             for (int r = 0; r < rows; r += step) yield return (r, Math.Min(rows, r + step));
         }
     }
@@ -255,7 +260,11 @@ public sealed unsafe class CpuDecoder : IDisposable
             };
         }
         head = model.LmHead is { } lmHead ? Project(lmHead)
-            : new Projection { W = embed, Blocks = embedBlocks, Type = embedType, RowBytes = embedRowBytes, Out = vocab, In = dim };
+            : new Projection
+            {
+                W = embed, Blocks = embedBlocks, Type = embedType, RowBytes = embedRowBytes, Out = vocab, In = dim,
+                Repacked = embedBlocks is not null && activations == DecoderActivations.Quantized ? RepackedQ4_0.For(table) : null,
+            };
 
         // Activations: x, xb [C]; q, att [NH*HS]; gate, up [F]; logits [V]; scores [NH, maxTokens];
         // cos, sin [HS/2]; one u [r] per LoRA projection; this token's k, v [NKV*HS]. The array lives on the
@@ -450,6 +459,7 @@ public sealed unsafe class CpuDecoder : IDisposable
             p.Blocks = Address(lin.Weight);
             p.Type = QuantTypes.FromDType(lin.Weight.DType);
             p.RowBytes = lin.Weight.Size(1);
+            if (Activations == DecoderActivations.Quantized) p.Repacked = RepackedQ4_0.For(lin.Weight);
         }
         else
         {
@@ -469,6 +479,7 @@ public sealed unsafe class CpuDecoder : IDisposable
     private static void Rows(Projection p, float* xIn, float* y, int r0, int r1, bool accumulate, QuantizedActivations? acts)
     {
         if (p.Blocks is null) Rows(p.W, p.In, xIn, y, r0, r1, accumulate);
+        else if (acts is not null && p.Repacked is not null) p.Repacked.MatVec(acts, y, r0 / RepackedQ4_0.GroupRows, r1 / RepackedQ4_0.GroupRows, accumulate);
         else if (acts is not null && IntegerRows.Supports(p.Type)) IntegerBlockRows(p, acts, y, r0, r1, accumulate);
         else BlockRows(p, xIn, y, r0, r1, accumulate);
         for (int r = r0; r < r1 && p.R > 0; r++) y[r] += p.Scale * Dot(p.LoraB + (long)r * p.R, p.U, p.R);

@@ -3,6 +3,7 @@
 // (their GEMMs reuse each weight across the prompt's tokens); single-token steps run CpuDecoder when it
 // applies (f32 or block-quantized weights on the CPU), the same math without per-op overheads, else the modules again.
 using TinyLlama.Autograd;
+using TinyLlama.Backends.Cpu;
 using TinyLlama.Model;
 
 namespace TinyLlama.Generation;
@@ -42,9 +43,14 @@ public static class TextGenerator
         }
     }
 
-    /// <summary>Last-position logits [V] of ids continuing the cached sequence, through the modules.</summary>
-    public static float[] ModuleForward(LlamaForCausalLM model, int[] ids, KvCache cache)
+    /// <summary>
+    /// Last-position logits [V] of ids continuing the cached sequence, through the modules. Block-quantized products
+    /// run as the decoder's do (<paramref name="activations"/>, default <see cref="CpuDecoder.DefaultActivations"/>):
+    /// with Q8_0 activations and the integer GEMM over Q4_0 weights on the CPU unless f32 activations are asked for.
+    /// </summary>
+    public static float[] ModuleForward(LlamaForCausalLM model, int[] ids, KvCache cache, DecoderActivations? activations = null)
     {
+        using var integer = CpuBackend.UseIntegerActivations((activations ?? CpuDecoder.DefaultActivations) == DecoderActivations.Quantized);
         using (GradMode.NoGrad())
             return model.Forward(Tensor.FromArray(ids, [1, ids.Length]), cache, lastOnly: true).ToArray<float>();
     }

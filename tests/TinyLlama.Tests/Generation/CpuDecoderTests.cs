@@ -19,18 +19,19 @@ public class CpuDecoderTests
     private const float Tolerance = 2e-5f;
 
     // relativeTolerance: the bound is relativeTolerance * max |logit| of each step instead of Tolerance.
-    internal static void AssertSameLogits(LlamaForCausalLM model, int[] ids, int prefill, SpinPool pool, float? relativeTolerance = null)
+    internal static void AssertSameLogits(LlamaForCausalLM model, int[] ids, int prefill, SpinPool pool, float? relativeTolerance = null,
+        DecoderActivations activations = DecoderActivations.Float32)
     {
         using var _ = GradMode.NoGrad();
         var moduleCache = model.NewCache(1, ids.Length);
         var decoderCache = model.NewCache(1, ids.Length);
-        TextGenerator.ModuleForward(model, ids[..prefill], moduleCache);
-        TextGenerator.ModuleForward(model, ids[..prefill], decoderCache);
-        using var decoder = CpuDecoder.TryCreate(model, decoderCache, out var why, pool, DecoderActivations.Float32);
+        TextGenerator.ModuleForward(model, ids[..prefill], moduleCache, activations);
+        TextGenerator.ModuleForward(model, ids[..prefill], decoderCache, activations);
+        using var decoder = CpuDecoder.TryCreate(model, decoderCache, out var why, pool, activations);
         Assert.True(decoder is not null, why);
         for (int t = prefill; t < ids.Length; t++)
         {
-            var expected = TextGenerator.ModuleForward(model, [ids[t]], moduleCache);
+            var expected = TextGenerator.ModuleForward(model, [ids[t]], moduleCache, activations);
             var actual = decoder.Step(ids[t]).ToArray();
             Assert.Equal(moduleCache.Length, decoderCache.Length);
             Assert.Equal(expected.Length, actual.Length);

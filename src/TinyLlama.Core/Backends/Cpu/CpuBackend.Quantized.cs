@@ -14,6 +14,10 @@
 // Larger M: w is expanded panel by panel (8 MiB of f32 rows at a time, in parallel, AVX2) and each panel goes
 //   through the packed GEMM into its columns of y (Gemm.Run with ldc = N). Expanding costs N K once against
 //   2 M N K flops, and the panel stays in cache while the GEMM packs it.
+// Integer activations (a scope a caller opens on its thread, UseIntegerActivations; generation opens it, as
+//   llama.cpp always runs this way): x is quantized to Q8_0 once per row and Q4_0 weights go through the integer
+//   GEMM over their rows repacked in groups of eight (RepackedQ4_0.cs): no f32 expansion, about 3x fewer
+//   instructions per weight than the f32 panel path, at the cost of the activations' 8-bit rounding.
 // F64 (references and gradient checks): plain loops over blocks expanded by the reference converters.
 using System.Buffers;
 using System.Numerics.Tensors;
@@ -41,6 +45,29 @@ public sealed unsafe partial class CpuBackend
 
     private static bool HasAvx2Fma => Avx2.IsSupported && Fma.IsSupported;
 
+    [ThreadStatic] private static bool integerActivations;
+    [ThreadStatic] private static Q8_0Rows? q8Rows;
+
+    /// <summary>
+    /// Until the returned scope is disposed, this thread's <see cref="MatMulQuantized"/> calls with f32 x and Q4_0
+    /// weights quantize x to Q8_0 and run the integer GEMM over repacked rows (llama.cpp's arithmetic, see the file
+    /// header); other calls and other threads are unchanged. Scopes nest.
+    /// </summary>
+    public static IntegerActivationsScope UseIntegerActivations(bool enable = true)
+    {
+        var scope = new IntegerActivationsScope(integerActivations);
+        integerActivations = enable;
+        return scope;
+    }
+
+    /// <summary>Restores the previous setting of <see cref="UseIntegerActivations"/> when disposed.</summary>
+    public readonly struct IntegerActivationsScope : IDisposable
+    {
+        private readonly bool previous;
+        internal IntegerActivationsScope(bool previous) => this.previous = previous;
+        public void Dispose() => integerActivations = previous;
+    }
+
     public void MatMulQuantized(Tensor x, Tensor w, Tensor y)
     {
         const string op = "matmul_quantized";
@@ -57,6 +84,16 @@ public sealed unsafe partial class CpuBackend
                 {
                     double* xp = xd, yp = yd;
                     CpuParallel.For(n, 2L * m * k, (start, end) => MatMulBlocksF64(traits, xp, wp, yp, m, n, k, start, end));
+                }
+            }
+            else if (integerActivations && type == QuantType.Q4_0 && RepackedQ4_0.For(w) is { } packed)
+            {
+                var rows = q8Rows ??= new Q8_0Rows();
+                fixed (float* xf = Span<float>(x), yf = Span<float>(y))
+                {
+                    float* yp = yf;
+                    rows.Quantize(xf, m, k);
+                    CpuParallel.For(packed.Groups, 2L * m * k * RepackedQ4_0.GroupRows, (g0, g1) => packed.MatMul(rows, yp, n, g0, g1));
                 }
             }
             else if (m <= Gemm.SmallMMax)

@@ -57,8 +57,8 @@ public sealed unsafe class QuantizedActivations
         K = k;
         int blocks = k / 32, superBlocks = k / 256;
         // Layout (each part 32-byte aligned): Q [K] sbyte, DV [blocks] Vector256<float>, NegBias [blocks]
-        // Vector256<int>, D [blocks] float, QK [K] sbyte, DK [superBlocks] float, BSums [K / 16] short.
-        long size = 32 + Align(k) + 32L * blocks * 2 + Align(4L * blocks) + Align(k) + Align(4L * superBlocks) + Align(2L * (k / 16));
+        // Vector256<int>, D [blocks] float, Bias [blocks] int, QK [K] sbyte, DK [superBlocks] float, BSums [K / 16] short.
+        long size = 32 + Align(k) + 32L * blocks * 2 + 2 * Align(4L * blocks) + Align(k) + Align(4L * superBlocks) + Align(2L * (k / 16));
         buffer = GC.AllocateArray<byte>(checked((int)size), pinned: true);
         scratch = GC.AllocateUninitializedArray<byte>(blocks * 34, pinned: true);
         byte* p = (byte*)(((nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(buffer)) + 31) & ~(nint)31);
@@ -66,6 +66,7 @@ public sealed unsafe class QuantizedActivations
         DV = (Vector256<float>*)p; p += 32L * blocks;
         NegBias = (Vector256<int>*)p; p += 32L * blocks;
         D = (float*)p; p += Align(4L * blocks);
+        Bias = (int*)p; p += Align(4L * blocks);
         QK = (sbyte*)p; p += Align(k);
         DK = (float*)p; p += Align(4L * superBlocks);
         BSums = (short*)p;
@@ -82,6 +83,8 @@ public sealed unsafe class QuantizedActivations
     internal readonly float* D;
     internal readonly Vector256<float>* DV;
     internal readonly Vector256<int>* NegBias;
+    // -8 x (the sum of a block's 32 values), per block: the Q4_0 bias of the repacked rows (RepackedQ4_0.cs).
+    internal readonly int* Bias;
     // Q8_K form: int8 values [K], f32 scales [K / 256], sums of 16 values [K / 16].
     internal readonly sbyte* QK;
     internal readonly float* DK;
@@ -125,29 +128,41 @@ public sealed unsafe class QuantizedActivations
     private void QuantizeQ8_0(float* x)
     {
         int blocks = K / 32;
-        fixed (byte* s = scratch)
+        fixed (byte* s = scratch) QuantizeBlocksQ8_0(x, blocks, s, Q, D, Bias);
+        for (int b = 0; b < blocks; b++)
         {
-            bool done = Avx2.IsSupported && IntegerDot.QuantizeRowQ8_0Avx2(x, s, blocks);
-            for (int b = 0; b < blocks; b++)
+            DV[b] = Vector256.Create(D[b]);
+            NegBias[b] = NegativeBias(Q + b * 32);
+        }
+    }
+
+    /// <summary>
+    /// x [32 blocks] to Q8_0, byte for byte llama.cpp's quantize_row_q8_0, split into values q [32 blocks], widened
+    /// scales d [blocks] and bias [blocks] = -8 sum(q) of each block; a block holding a non-finite value gets zeros
+    /// and a NaN scale. <paramref name="scratch"/>: 34 bytes a block.
+    /// </summary>
+    internal static void QuantizeBlocksQ8_0(float* x, int blocks, byte* scratch, sbyte* q, float* d, int* bias)
+    {
+        bool done = Avx2.IsSupported && IntegerDot.QuantizeRowQ8_0Avx2(x, scratch, blocks);
+        for (int b = 0; b < blocks; b++)
+        {
+            var values = new ReadOnlySpan<float>(x + b * 32, 32);
+            var block = new Span<byte>(scratch + b * 34, 34);
+            if (done || AllFinite(values))
             {
-                var values = new ReadOnlySpan<float>(x + b * 32, 32);
-                var block = new Span<byte>(s + b * 34, 34);
-                float d;
-                if (done || AllFinite(values))
-                {
-                    if (!done) QuantTypes.QuantizeRowQ8_0(values, block);
-                    d = QuantTypes.HalfToSingle(*(ushort*)(s + b * 34));
-                }
-                else
-                {
-                    block.Clear();
-                    d = float.NaN;
-                }
-                Buffer.MemoryCopy(s + b * 34 + 2, Q + b * 32, 32, 32);
-                D[b] = d;
-                DV[b] = Vector256.Create(d);
-                NegBias[b] = NegativeBias(Q + b * 32);
+                if (!done) QuantTypes.QuantizeRowQ8_0(values, block);
+                d[b] = QuantTypes.HalfToSingle(*(ushort*)(scratch + b * 34));
             }
+            else
+            {
+                block.Clear();
+                d[b] = float.NaN;
+            }
+            sbyte* qb = q + b * 32;
+            Buffer.MemoryCopy(scratch + b * 34 + 2, qb, 32, 32);
+            int sum = 0;
+            for (int j = 0; j < 32; j++) sum += qb[j];
+            bias[b] = -8 * sum;
         }
     }
 
