@@ -29,6 +29,7 @@ public static class Program
         root.Subcommands.Add(SftCommand.Create());
         root.Subcommands.Add(DemoCommand.Create());
         root.Subcommands.Add(CheckCommand.Create());
+        root.Subcommands.Add(FuzzCommand.Create());
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {

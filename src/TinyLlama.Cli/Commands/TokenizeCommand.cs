@@ -60,6 +60,7 @@ internal static class TokenizeCommand
         try
         {
             using var doc = JsonDocument.Parse(line);
+            TinyLlama.Formats.JsonText.CheckEscapes(Encoding.UTF8.GetBytes(line), $"{path}:{lineNumber}");
             if (doc.RootElement.ValueKind == JsonValueKind.Object &&
                 doc.RootElement.TryGetProperty("text", out var text) && text.ValueKind == JsonValueKind.String)
                 return text.GetString()!;

@@ -12,6 +12,7 @@
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
+using TinyLlama.Formats;
 
 namespace TinyLlama.Model;
 
@@ -259,7 +260,7 @@ public sealed record LlamaConfig
     // ---------------- config.json ----------------
 
     /// <summary>Reads a Hugging Face config.json; errors are one-line <see cref="InvalidDataException"/>s naming the file and field.</summary>
-    public static LlamaConfig FromJson(string path) => FromJsonText(File.ReadAllText(path), path);
+    public static LlamaConfig FromJson(string path) => FromJsonText(Utf8Text.ReadFile(path), path);
 
     /// <summary>Parses config.json text; <paramref name="sourceName"/> names it in error messages.</summary>
     public static LlamaConfig FromJsonText(string json, string sourceName)
@@ -271,10 +272,11 @@ public sealed record LlamaConfig
         }
         catch (JsonException e)
         {
-            throw new InvalidDataException($"{sourceName}: not valid JSON ({OneLine(e.Message)})");
+            throw new InvalidDataException($"{sourceName}: not valid JSON ({JsonText.Describe(e)})");
         }
         using (doc)
         {
+            JsonText.CheckEscapes(Encoding.UTF8.GetBytes(json), sourceName);
             var root = doc.RootElement;
             if (root.ValueKind != JsonValueKind.Object)
                 throw new InvalidDataException($"{sourceName}: expected a JSON object, got {root.ValueKind}");

@@ -29,7 +29,7 @@ internal static class HuggingFaceTokenizerJson
         }
         catch (JsonException e)
         {
-            throw new InvalidDataException($"{source}: not valid JSON: {e.Message}", e);
+            throw new InvalidDataException($"{source}: not valid JSON: {TinyLlama.Formats.JsonText.Describe(e)}", e);
         }
         using (doc)
         {

@@ -105,6 +105,10 @@ internal static class SftRecordReader
         int bad = Utf8Text.FindInvalid(text[start..]);
         if (bad >= 0)
             throw SftDataError.At(file, text[..(start + bad)].Count((byte)'\n') + 1, null, $"not valid UTF-8 (byte offset {start + bad})");
+        // Nor is a string escape that decodes to a lone surrogate ("\ud800") text; GetString would throw.
+        int escape = JsonText.FindLoneSurrogateEscape(text[start..]);
+        if (escape >= 0)
+            throw SftDataError.At(file, text[..(start + escape)].Count((byte)'\n') + 1, null, $"a string holds the escape {System.Text.Encoding.ASCII.GetString(text.Slice(start + escape, 6))}, a lone UTF-16 surrogate that is not a character");
         int first = start;
         while (first < text.Length && text[first] is (byte)' ' or (byte)'\t' or (byte)'\r' or (byte)'\n') first++;
         if (first == text.Length) throw SftDataError.At(file, 0, null, "the file holds no records");
@@ -174,7 +178,7 @@ internal static class SftRecordReader
     {
         // JsonException's message ends with " Path: ... | LineNumber: ... | BytePositionInLine: ...";
         // keep the reason, and say the column ourselves (1-based).
-        string reason = e.Message;
+        string reason = JsonText.Describe(e);   // one line: the parser may quote text holding newlines
         int cut = reason.IndexOf(" Path:", StringComparison.Ordinal);
         if (cut < 0) cut = reason.IndexOf(" LineNumber:", StringComparison.Ordinal);
         if (cut > 0) reason = reason[..cut];

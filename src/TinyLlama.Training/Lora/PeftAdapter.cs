@@ -176,9 +176,12 @@ public static class PeftAdapter
         string path = Path.Combine(dir, ConfigFileName);
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: adapter config not found", path);
         JsonDocument doc;
+        byte[] bytes = File.ReadAllBytes(path);
+        if (Utf8Text.FindInvalid(bytes) is int bad and >= 0) throw new InvalidDataException($"{path}: not valid UTF-8 (byte offset {bad})");
         try
         {
-            doc = JsonDocument.Parse(File.ReadAllBytes(path));
+            doc = JsonDocument.Parse(bytes);
+            JsonText.CheckEscapes(bytes, path);
         }
         catch (JsonException e)
         {

@@ -33,66 +33,10 @@ public sealed class HuggingFaceJsonTests : IDisposable
     private static readonly string[] TinyVocab = ["<unk>", "<s>", "</s>", "<0xC3>", "<0xA9>", "▁", "a", "b", "c", "ab", "bc", "abc", "▁a", "b▁"];
     private static readonly string[][] TinyMerges = [["b", "c"], ["a", "b"], ["a", "bc"], ["b", "▁"], ["▁", "a"]];
 
-    /// <summary>A Llama-style tokenizer.json. <paramref name="preTokenizer"/> null: Llama 2's normalizer.</summary>
+    /// <summary>A Llama-style tokenizer.json (the fuzz harness's writer). <paramref name="preTokenizer"/> null: Llama 2's normalizer.</summary>
     private static string TokenizerJson(IReadOnlyList<string> vocab, IEnumerable<string[]> merges, bool arrayMerges = false,
-        string? preTokenizer = null, bool fuseUnk = true, string modelType = "BPE")
-    {
-        using var stream = new MemoryStream();
-        using (var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true }))
-        {
-            w.WriteStartObject();
-            w.WriteString("version", "1.0");
-            w.WriteStartArray("added_tokens");
-            for (int id = 0; id < 3; id++)
-            {
-                w.WriteStartObject();
-                w.WriteNumber("id", id);
-                w.WriteString("content", vocab[id]);
-                w.WriteBoolean("special", true);
-                w.WriteEndObject();
-            }
-            w.WriteEndArray();
-            if (preTokenizer is null)
-            {
-                w.WritePropertyName("normalizer");
-                w.WriteRawValue("""{"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}""");
-                w.WriteNull("pre_tokenizer");
-            }
-            else
-            {
-                w.WriteNull("normalizer");
-                w.WritePropertyName("pre_tokenizer");
-                w.WriteRawValue(preTokenizer);
-            }
-            w.WritePropertyName("decoder");
-            w.WriteRawValue("""{"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}""");
-            w.WriteStartObject("model");
-            w.WriteString("type", modelType);
-            w.WriteNull("dropout");
-            w.WriteString("unk_token", "<unk>");
-            w.WriteBoolean("fuse_unk", fuseUnk);
-            w.WriteBoolean("byte_fallback", true);
-            w.WriteStartObject("vocab");
-            for (int id = 0; id < vocab.Count; id++) w.WriteNumber(vocab[id], id);
-            w.WriteEndObject();
-            w.WriteStartArray("merges");
-            foreach (var m in merges)
-            {
-                if (arrayMerges)
-                {
-                    w.WriteStartArray();
-                    w.WriteStringValue(m[0]);
-                    w.WriteStringValue(m[1]);
-                    w.WriteEndArray();
-                }
-                else w.WriteStringValue(m[0] + " " + m[1]);
-            }
-            w.WriteEndArray();
-            w.WriteEndObject();
-            w.WriteEndObject();
-        }
-        return Encoding.UTF8.GetString(stream.ToArray());
-    }
+        string? preTokenizer = null, bool fuseUnk = true, string modelType = "BPE") =>
+        Encoding.UTF8.GetString(TinyLlama.Cli.Fuzzing.FuzzSeeds.TokenizerJson(vocab, merges, arrayMerges, preTokenizer, fuseUnk, modelType));
 
     [Fact]
     public void TinyVocabulary_MergesFollowRankOrder_WorkedOutByHand()
