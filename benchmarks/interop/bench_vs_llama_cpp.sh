@@ -19,11 +19,13 @@
 #   4. the machine's read bandwidth (a 1 GiB sum in C, 1 and 2 OpenMP threads), and per model the decode
 #      speed it allows: bandwidth / bytes of weights read per token (the file's tensor bytes).
 # Usage: benchmarks/interop/bench_vs_llama_cpp.sh  (env: PEERS=/tmp/peers from ../shared/peers/setup.sh,
-#        WORK=/tmp/bench-vs-llama, REPS=3, ROUNDS=2, THREADS="1 2", MODELS="stories15m stories110m tinyllama-1.1b")
+#        WORK=/tmp/bench-vs-llama, REPS=3, ROUNDS=2, THREADS="1 2", MODELS="stories15m stories110m tinyllama-1.1b",
+#        PARTS="1 2 3 4": the measurements above to run)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 PEERS=${PEERS:-/tmp/peers}; WORK=${WORK:-/tmp/bench-vs-llama}; REPS=${REPS:-3}; ROUNDS=${ROUNDS:-2}
-THREADS=${THREADS:-"1 2"}; MODELS=${MODELS:-"stories15m stories110m tinyllama-1.1b"}
+THREADS=${THREADS:-"1 2"}; MODELS=${MODELS:-"stories15m stories110m tinyllama-1.1b"}; PARTS=${PARTS:-"1 2 3 4"}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 BIN=$PEERS/llama.cpp/build/bin; RUNC=$PEERS/llama2c/run; PY=/usr/bin/python3
 TL=$ROOT/src/TinyLlama.Cli/bin/Release/net10.0/tinyllama
 export LD_LIBRARY_PATH=$BIN
@@ -64,6 +66,7 @@ done
 median() { sort -g | awk '{a[NR]=$1} END {printf "%.1f\n", (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
+if part 1; then
 echo "## 1. q4_0: pp512 and tg128, tokens/s (median of $ROUNDS rounds of $REPS repetitions; ratio = ours / llama.cpp)"
 echo "| file | threads | llama.cpp pp512 | ours pp512 | ratio | llama.cpp tg128 | ours tg128 | ratio |"
 echo "|---|---|---|---|---|---|---|---|"
@@ -81,6 +84,9 @@ for m in $MODELS; do
   done
 done
 
+fi
+
+if part 2; then
 echo "## 2. f32 decoding of the llama2.c files, tokens/s (256 tokens; ratio = ours / run.c)"
 echo "| file | threads | run.c | ours | ratio |"
 echo "|---|---|---|---|---|"
@@ -97,6 +103,9 @@ for m in $MODELS; do
   done
 done
 
+fi
+
+if part 3; then
 echo "## 3. Peak resident memory generating 64 tokens from the q4_0 files, 2 threads (MB; ratio = ours / llama.cpp)"
 echo "| file | llama-cli | tinyllama generate | ratio |"
 echo "|---|---|---|---|"
@@ -106,6 +115,9 @@ for m in $MODELS; do
   echo "| $m | $((l / 1024)) | $((o / 1024)) | $(ratio $o $l) |"
 done
 
+fi
+
+if part 4; then
 echo "## 4. Read bandwidth and the decode speed it allows"
 cat > bw.c <<'C'
 #include <stdio.h>
@@ -134,3 +146,4 @@ for t in $THREADS; do
     echo "  $m.q4_0.gguf ($bytes bytes per token): at most $(awk -v g=$g -v b=$bytes 'BEGIN { printf "%.0f", g * 1e9 / b }') tokens/s"
   done
 done
+fi

@@ -96,35 +96,70 @@ public static unsafe class IntegerDot
     /// </summary>
     internal static bool QuantizeRowQ8_0Avx2(float* x, byte* blocks, int count)
     {
+        for (int b = 0; b < count; b++, x += 32, blocks += Q8Bytes)
+        {
+            if (!QuantizeBlockAvx2(x, out ushort d, out var q, out _)) return false;
+            *(ushort*)blocks = d;                                      // unaligned: blocks are 34 bytes
+            Avx.Store(blocks + 2, q.AsByte());
+        }
+        return true;
+    }
+
+    /// <summary>
+    /// <see cref="QuantizeRowQ8_0Avx2"/> into separate arrays: values q [32 count], scales d [count] (the binary16
+    /// scale widened) and bias [count] = -8 x the block's sum of values; false (partly written) if a value is not finite.
+    /// </summary>
+    internal static bool QuantizeSplitQ8_0Avx2(float* x, int count, sbyte* q, float* d, int* bias)
+    {
+        for (int b = 0; b < count; b++, x += 32, q += 32)
+        {
+            if (!QuantizeBlockAvx2(x, out ushort half, out var values, out int sum)) return false;
+            Avx.Store(q, values);
+            d[b] = QuantTypes.HalfToSingle(half);
+            bias[b] = -8 * sum;
+        }
+        return true;
+    }
+
+    // One block of 32 values (see QuantizeRowQ8_0Avx2): its binary16 scale, its values in order and their sum.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool QuantizeBlockAvx2(float* x, out ushort d, out Vector256<sbyte> q, out int sum)
+    {
         var signMask = Vector256.Create(-0.0f);
         var half = Vector256.Create(0.5f);
         var one = Vector256.Create(1.0f);
         var exponent = Vector256.Create(0x7F800000);
-        var order = Vector256.Create(0, 4, 1, 5, 2, 6, 3, 7);
-        for (int b = 0; b < count; b++, x += 32, blocks += Q8Bytes)
+        var v0 = Avx.LoadVector256(x); var v1 = Avx.LoadVector256(x + 8);
+        var v2 = Avx.LoadVector256(x + 16); var v3 = Avx.LoadVector256(x + 24);
+        // Not finite = all exponent bits set.
+        var e = Avx2.Or(Avx2.Or(Avx2.CompareEqual(Avx2.And(v0.AsInt32(), exponent), exponent), Avx2.CompareEqual(Avx2.And(v1.AsInt32(), exponent), exponent)),
+                        Avx2.Or(Avx2.CompareEqual(Avx2.And(v2.AsInt32(), exponent), exponent), Avx2.CompareEqual(Avx2.And(v3.AsInt32(), exponent), exponent)));
+        if (!Avx.TestZ(e, e))
         {
-            var v0 = Avx.LoadVector256(x); var v1 = Avx.LoadVector256(x + 8);
-            var v2 = Avx.LoadVector256(x + 16); var v3 = Avx.LoadVector256(x + 24);
-            // Not finite = all exponent bits set.
-            var e = Avx2.Or(Avx2.Or(Avx2.CompareEqual(Avx2.And(v0.AsInt32(), exponent), exponent), Avx2.CompareEqual(Avx2.And(v1.AsInt32(), exponent), exponent)),
-                            Avx2.Or(Avx2.CompareEqual(Avx2.And(v2.AsInt32(), exponent), exponent), Avx2.CompareEqual(Avx2.And(v3.AsInt32(), exponent), exponent)));
-            if (!Avx.TestZ(e, e)) return false;
-            var m = Avx.Max(Avx.Max(Avx.AndNot(signMask, v0), Avx.AndNot(signMask, v1)), Avx.Max(Avx.AndNot(signMask, v2), Avx.AndNot(signMask, v3)));
-            float amax = m.GetElement(0);
-            for (int i = 1; i < 8; i++) amax = Math.Max(amax, m.GetElement(i));
-            float d = amax / 127f;
-            float id = d != 0 ? 1f / d : 0f;
-            *(ushort*)blocks = BitConverter.HalfToUInt16Bits((Half)d);        // unaligned: blocks are 34 bytes
-            var vid = Vector256.Create(id);
-            var i0 = RoundAway(Avx.Multiply(v0, vid), signMask, half, one);
-            var i1 = RoundAway(Avx.Multiply(v1, vid), signMask, half, one);
-            var i2 = RoundAway(Avx.Multiply(v2, vid), signMask, half, one);
-            var i3 = RoundAway(Avx.Multiply(v3, vid), signMask, half, one);
-            // packssdw / packsswb work within 128-bit lanes: the dwords come out as (i0 0..3, i1 0..3, i2 0..3,
-            // i3 0..3, i0 4..7, ...); the permute puts them back in order. |q| <= 127 so nothing saturates.
-            var q = Avx2.PackSignedSaturate(Avx2.PackSignedSaturate(i0, i1), Avx2.PackSignedSaturate(i2, i3));
-            Avx.Store(blocks + 2, Avx2.PermuteVar8x32(q.AsInt32(), order).AsByte());
+            d = 0; q = default; sum = 0;
+            return false;
         }
+        // amax: lanes are finite and non-negative, so the max is exact in any order (the reference's loop order).
+        var m = Avx.Max(Avx.Max(Avx.AndNot(signMask, v0), Avx.AndNot(signMask, v1)), Avx.Max(Avx.AndNot(signMask, v2), Avx.AndNot(signMask, v3)));
+        var m4 = Sse.Max(m.GetLower(), m.GetUpper());
+        m4 = Sse.Max(m4, Sse.Shuffle(m4, m4, 0x4E));
+        float amax = Sse.Max(m4, Sse.Shuffle(m4, m4, 0xB1)).ToScalar();
+        float scale = amax / 127f;
+        float id = scale != 0 ? 1f / scale : 0f;
+        d = BitConverter.HalfToUInt16Bits((Half)scale);
+        var vid = Vector256.Create(id);
+        var i0 = RoundAway(Avx.Multiply(v0, vid), signMask, half, one);
+        var i1 = RoundAway(Avx.Multiply(v1, vid), signMask, half, one);
+        var i2 = RoundAway(Avx.Multiply(v2, vid), signMask, half, one);
+        var i3 = RoundAway(Avx.Multiply(v3, vid), signMask, half, one);
+        var s = Avx2.Add(Avx2.Add(i0, i1), Avx2.Add(i2, i3));
+        var s4 = Sse2.Add(s.GetLower(), s.GetUpper());
+        s4 = Sse2.Add(s4, Sse2.Shuffle(s4, 0x4E));
+        sum = Sse2.Add(s4, Sse2.Shuffle(s4, 0xB1)).ToScalar();
+        // packssdw / packsswb work within 128-bit lanes: the dwords come out as (i0 0..3, i1 0..3, i2 0..3,
+        // i3 0..3, i0 4..7, ...); the permute puts them back in order. |q| <= 127 so nothing saturates.
+        var packed = Avx2.PackSignedSaturate(Avx2.PackSignedSaturate(i0, i1), Avx2.PackSignedSaturate(i2, i3));
+        q = Avx2.PermuteVar8x32(packed.AsInt32(), Vector256.Create(0, 4, 1, 5, 2, 6, 3, 7)).AsSByte();
         return true;
     }
 

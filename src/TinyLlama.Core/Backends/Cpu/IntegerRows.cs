@@ -143,14 +143,14 @@ public sealed unsafe class QuantizedActivations
     /// </summary>
     internal static void QuantizeBlocksQ8_0(float* x, int blocks, byte* scratch, sbyte* q, float* d, int* bias)
     {
-        bool done = Avx2.IsSupported && IntegerDot.QuantizeRowQ8_0Avx2(x, scratch, blocks);
+        if (Avx2.IsSupported && IntegerDot.QuantizeSplitQ8_0Avx2(x, blocks, q, d, bias)) return;
         for (int b = 0; b < blocks; b++)
         {
             var values = new ReadOnlySpan<float>(x + b * 32, 32);
             var block = new Span<byte>(scratch + b * 34, 34);
-            if (done || AllFinite(values))
+            if (AllFinite(values))
             {
-                if (!done) QuantTypes.QuantizeRowQ8_0(values, block);
+                QuantTypes.QuantizeRowQ8_0(values, block);
                 d[b] = QuantTypes.HalfToSingle(*(ushort*)(scratch + b * 34));
             }
             else
