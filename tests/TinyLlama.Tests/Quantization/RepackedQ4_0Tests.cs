@@ -7,7 +7,8 @@
 //   - the reference itself within (blocks + 4) 2^-23 sum |w x| of an f64 sum of the dequantized weights times
 //     the dequantized activations (Higham's bound, as IntegerRowsTests), so it defines the right product;
 //   - Q8_0Rows equal QuantizedActivations row by row; a non-finite activation makes the rows NaN;
-//   - RepackedQ4_0.For: cached per tensor, null for a row count that is not a multiple of 8 or an infinite scale.
+//   - RepackedQ4_0.For: cached per tensor, null for a row count that is not a multiple of 8 or an infinite scale;
+//     over a copy-on-write file mapping it releases the plain rows' pages and every byte still reads back.
 using TinyLlama.Backends.Cpu;
 using TinyLlama.Quantization;
 using TinyLlama.Tensors;
@@ -215,6 +216,50 @@ public unsafe class RepackedQ4_0Tests
         var infinite = RandomRows(rng, 8, 64);
         BitConverter.TryWriteBytes(infinite.AsSpan(5 * Q4Bytes, 2), (ushort)0x7C00);  // +inf scale in row 2, block 1
         Assert.Null(RepackedQ4_0.For(Q4(infinite, 8)));
+    }
+
+    [SkippableFact]
+    public void PagesOfAMappedTensorAreReleasedWithoutLosingAByte()
+    {
+        Skip.IfNot(RepackedQ4_0.IsSupported, "repacked Q4_0 needs AVX2 and FMA");
+        // 64 rows x 2048 weights = 73,728 bytes (18 pages) of a copy-on-write file mapping, as a GGUF tensor is
+        // loaded. One page is written first (a private copy, as fine-tuning in place would make): releasing the
+        // mapping's pages after the repack must keep it, and the untouched pages must read back from the file.
+        const int rows = 64, k = 2048;
+        var bytes = RandomRows(new Random(11), rows, k);
+        string path = Path.Combine(Path.GetTempPath(), $"repack-{Guid.NewGuid():N}.bin");
+        File.WriteAllBytes(path, bytes);
+        try
+        {
+            using var map = System.IO.MemoryMappedFiles.MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, System.IO.MemoryMappedFiles.MemoryMappedFileAccess.CopyOnWrite);
+            using var view = map.CreateViewAccessor(0, 0, System.IO.MemoryMappedFiles.MemoryMappedFileAccess.CopyOnWrite);
+            byte* p = null;
+            view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
+            try
+            {
+                p[5000] ^= 0x11;                                   // a private copy of page 1 (row 0's block 277)
+                bytes[5000] ^= 0x11;
+                var w = Tensor.FromStorage(new CpuStorage(DType.Q4, p, bytes.Length, view), [rows, bytes.Length / rows]);
+                var packed = RepackedQ4_0.For(w);
+                Assert.NotNull(packed);
+                Assert.Equal(bytes, new ReadOnlySpan<byte>(p, bytes.Length).ToArray());
+                var a = new QuantizedActivations(k);
+                a.Quantize(IntegerDotTests.RandomFloats(new Random(12), k));
+                var expected = new float[rows];
+                RepackedQ4_0.ReferenceMatVec(bytes, rows, k, a.Values, a.Scales, expected);
+                var y = new float[rows];
+                fixed (float* py = y) packed.MatVec(a, py, 0, packed.Groups, accumulate: false);
+                AssertBits(expected, y);
+            }
+            finally
+            {
+                view.SafeMemoryMappedViewHandle.ReleasePointer();
+            }
+        }
+        finally
+        {
+            File.Delete(path);
+        }
     }
 
     // Random Q4_0 rows: nibbles uniform, every 5th block all zeros (weight -8) or all 15; scales +-[2^-14, 4)

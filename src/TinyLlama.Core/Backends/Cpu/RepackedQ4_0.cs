@@ -127,10 +127,31 @@ public sealed unsafe class RepackedQ4_0
         var perStorage = Cache.GetValue(w.Storage, _ => new());
         return perStorage.GetOrAdd((offset, rows, k), _ =>
         {
-            var bytes = ((CpuStorage)w.Storage).AsSpan<byte>().Slice(checked((int)offset), rows * rowBytes);
-            return AllScalesFinite(bytes, rows, k) ? new RepackedQ4_0(bytes, rows, k) : null;
+            var storage = (CpuStorage)w.Storage;
+            var bytes = storage.AsSpan<byte>().Slice(checked((int)offset), rows * rowBytes);
+            if (!AllScalesFinite(bytes, rows, k)) return null;
+            var packed = new RepackedQ4_0(bytes, rows, k);
+            if (storage.IsExternal) fixed (byte* b = bytes) ReleasePages(b, bytes.Length);
+            return packed;
         });
     }
+
+    // The plain rows of a memory-mapped file are no longer read once repacked (unless the f32-activation path asks
+    // again, and then they fault back in from the file): hand their pages back so the process does not hold both
+    // copies (llama.cpp's loader reads into its repack buffer without keeping the mapping's pages). MADV_PAGEOUT
+    // reclaims clean file pages only; a page someone wrote (a private copy) stays, so no data is ever dropped. Linux
+    // 5.4 and later; elsewhere, or if the kernel refuses, the pages stay resident, which is only memory.
+    private static void ReleasePages(byte* start, long length)
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        const long Page = 4096;
+        const int MadvPageout = 21;
+        long first = ((long)start + Page - 1) & ~(Page - 1), end = ((long)start + length) & ~(Page - 1);
+        if (end > first) _ = Madvise((void*)first, (nuint)(end - first), MadvPageout);
+    }
+
+    [DllImport("libc.so.6", EntryPoint = "madvise")]
+    private static extern int Madvise(void* address, nuint length, int advice);
 
     private static bool AllScalesFinite(ReadOnlySpan<byte> rows, int count, int k)
     {
