@@ -419,7 +419,7 @@ public static unsafe class IntegerRows
         var low4 = Vector256.Create((byte)0x0F);
         var bits45 = Vector256.Create((byte)0x30);
         var masks = ScalePairMasks;
-        float sum = 0;
+        var acc = Vector256<float>.Zero;
         for (int sb = 0; sb < a.K / 256; sb++, w += Q6KBytes)
         {
             byte* ql = w, qh = w + 128;
@@ -445,11 +445,13 @@ public static unsafe class IntegerRows
                 isum = Avx2.Add(isum, Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(q2, Avx.LoadVector256(x + 64)), Avx2.Shuffle(half, masks[2]).AsInt16()));
                 isum = Avx2.Add(isum, Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(q3, Avx.LoadVector256(x + 96)), Avx2.Shuffle(half, masks[3]).AsInt16()));
             }
-            // sum_g sc_g bsums_g: 16 products in 8 int32 lanes.
-            int bias = Vector256.Sum(Avx2.MultiplyAddAdjacent(scales, Avx.LoadVector256(a.BSums + 16 * sb)));
-            sum += HalfTable[*(ushort*)(w + 208)] * a.DK[sb] * (Vector256.Sum(isum) - 32 * bias);
+            // sum_g sc_g bsums_g: 16 products in 8 int32 lanes, taken 32 times from the lanes' sums; the lanes stay
+            // apart until the row's end (one horizontal sum per row, not two per super-block).
+            var bias = Avx2.MultiplyAddAdjacent(scales, Avx.LoadVector256(a.BSums + 16 * sb));
+            var total = Avx2.Subtract(isum, Avx2.ShiftLeftLogical(bias, 5));
+            acc = Fma.MultiplyAdd(Avx.ConvertToVector256Single(total), Vector256.Create(HalfTable[*(ushort*)(w + 208)] * a.DK[sb]), acc);
         }
-        return sum;
+        return Vector256.Sum(acc);
     }
 
     private static float ScalarQ6_K(byte* w, QuantizedActivations a)
