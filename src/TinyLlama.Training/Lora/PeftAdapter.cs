@@ -178,7 +178,7 @@ public static class PeftAdapter
         JsonDocument doc;
         try
         {
-            doc = JsonDocument.Parse(File.ReadAllBytes(path));
+            doc = JsonDocument.Parse(JsonText.ReadBytes(path));
         }
         catch (JsonException e)
         {
