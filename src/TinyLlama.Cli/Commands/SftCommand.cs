@@ -247,10 +247,7 @@ internal static class SftCommand
     {
         long longest = Math.Min(maxLen, examples.Max(e => e.InputIds.Length));
         double bytes = (double)b * longest * vocab * sizeof(float) + (double)k * b * longest * 2 * sizeof(int);
-        long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
-        if (bytes > available)
-            throw new CliException(string.Create(CultureInfo.InvariantCulture,
-                $"--batch-size {b} x --grad-accum {k} with sequences of up to {longest} tokens needs {bytes / 1e9:F1} GB or more (its logits alone), over the {available / 1e9:F1} GB available; lower --batch-size or --max-length"), isUsage: true);
+        OptionRange.CheckMemory($"--batch-size {b} x --grad-accum {k} with sequences of up to {longest} tokens (its logits alone)", bytes, "lower --batch-size or --max-length");
     }
 
     /// <summary>The one-line failure for a run that diverged, naming the last good checkpoint.</summary>
