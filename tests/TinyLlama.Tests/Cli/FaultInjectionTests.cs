@@ -87,10 +87,7 @@ public class FaultInjectionTests(UninterruptedSft straight) : IClassFixture<Unin
             Assert.True(second.Code == Killed, $"exit code {second.Code}, expected death by SIGKILL at {faultOnResume}: {second.Err}");
             Collect(second.Out, seen);
         }
-        var last = Child(null, straight.Args(outDir, resume: true));
-        Assert.True(last.Code == 0, last.Err);
-        Collect(last.Out, seen);
-        AssertSameAsUninterrupted(outDir, seen);
+        ResumeAndCompare(outDir, seen);
     }
 
     [Fact]
@@ -105,10 +102,7 @@ public class FaultInjectionTests(UninterruptedSft straight) : IClassFixture<Unin
             // After the second step's line the first checkpoint exists (it is saved before step 2 runs), so
             // the kill lands in a training step or a save, and resume always has a checkpoint to start from.
             Collect(KillAfter(straight.Args(outDir, resume: false), afterStep: random.Next(2, UninterruptedSft.Steps), delayMs: random.Next(0, 40)), seen);
-            var last = Child(null, straight.Args(outDir, resume: true));
-            Assert.True(last.Code == 0, last.Err);
-            Collect(last.Out, seen);
-            AssertSameAsUninterrupted(outDir, seen);
+            ResumeAndCompare(outDir, seen);
         }
     }
 
@@ -126,10 +120,7 @@ public class FaultInjectionTests(UninterruptedSft straight) : IClassFixture<Unin
         Assert.Contains($"the previous checkpoint is intact (continue with --resume {checkpoint})", line);
         AssertPreviousCheckpointKept(outDir, full.Out, savedStep: 1);
         var seen = StepLosses(full.Out);
-        var last = Child(null, straight.Args(outDir, resume: true));
-        Assert.True(last.Code == 0, last.Err);
-        Collect(last.Out, seen);
-        AssertSameAsUninterrupted(outDir, seen);
+        ResumeAndCompare(outDir, seen);
     }
 
     [SkippableFact]
@@ -160,10 +151,7 @@ public class FaultInjectionTests(UninterruptedSft straight) : IClassFixture<Unin
             Directory.CreateDirectory(moved);
             foreach (var f in Directory.GetFiles(Path.Combine(outDir, "checkpoint"))) File.Copy(f, Path.Combine(moved, Path.GetFileName(f)));
             var seen = StepLosses(full.Out);
-            var last = Child(null, straight.Args(elsewhere, resume: true));
-            Assert.True(last.Code == 0, last.Err);
-            Collect(last.Out, seen);
-            AssertSameAsUninterrupted(elsewhere, seen);
+            ResumeAndCompare(elsewhere, seen);
         }
         finally
         {
@@ -172,6 +160,15 @@ public class FaultInjectionTests(UninterruptedSft straight) : IClassFixture<Unin
     }
 
     // ---------------- helpers ----------------
+
+    // Resumes the run in outDir without a fault, then compares it with the uninterrupted run.
+    private void ResumeAndCompare(string outDir, Dictionary<int, double> seen)
+    {
+        var last = Child(null, straight.Args(outDir, resume: true));
+        Assert.True(last.Code == 0, last.Err);
+        Collect(last.Out, seen);
+        AssertSameAsUninterrupted(outDir, seen);
+    }
 
     // Adds a run's step losses, each equal to the uninterrupted run's and to any earlier run's for that step.
     private void Collect(string output, Dictionary<int, double> seen)
