@@ -1,6 +1,7 @@
 // `--device cpu|cuda[:N]|opencl[:N]|ilgpu-cpu`, accepted by every verb (a recursive root option).
-// A GPU kind that this machine lacks falls back to the CPU backend with a one-line warning naming why; a
-// malformed value is a usage error for every verb, at parse time.
+// A GPU kind that this machine lacks falls back to the CPU backend with a one-line warning naming why
+// (`check`, which has nothing to do without the device, fails instead with that line); a malformed value is
+// a usage error for every verb, at parse time.
 using System.CommandLine;
 using TinyLlama.Backends.Ilgpu;
 using TinyLlama.Tensors;
@@ -27,8 +28,8 @@ internal static class DeviceOption
         return option;
     }
 
-    /// <summary>The device the verb should use.</summary>
-    public static Device Resolve(ParseResult parse)
+    /// <summary>The device the verb should use; without <paramref name="fallBack"/>, a missing GPU is a one-line failure instead of the CPU.</summary>
+    public static Device Resolve(ParseResult parse, bool fallBack = true)
     {
         var name = parse.GetValue<string>("--device") ?? "cpu";
         var requested = Device.Parse(name); // well-formed: the option's validator refused anything else at parse time
@@ -38,6 +39,7 @@ internal static class DeviceOption
         }
         catch (InvalidOperationException e) when (requested.Kind is DeviceKind.Cuda or DeviceKind.OpenCL)
         {
+            if (!fallBack) throw new CliException($"--device {name}: {e.Message}");
             parse.InvocationConfiguration.Error.WriteLine($"tinyllama: warning: {e.Message}; falling back to --device cpu");
             return Device.Cpu;
         }

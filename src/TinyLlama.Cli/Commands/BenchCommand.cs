@@ -24,14 +24,13 @@ internal static class BenchCommand
     {
         var sizes = new Option<string?>("--sizes") { Description = "Comma-separated square sizes n (runs n x n x n); default: 256,1024,2048 plus the LLaMA-shaped products 512x768x2048 and 512x2048x768" };
         var json = new Option<bool>("--json") { Description = "Print one JSON object per size: {\"m\": M, \"n\": N, \"k\": K, \"gflops\": x}" };
-        var repeats = new Option<int>("--repeats") { Description = "Timed runs per size (the median is reported)", DefaultValueFactory = _ => 5 };
+        var repeats = new Option<int>("--repeats") { Description = "Timed runs per size (the median is reported)", DefaultValueFactory = _ => 5 }.Range(1, MaxRepeats);
         var dtype = new Option<string>("--dtype") { Description = "Input dtype: f32, f16 or bf16 (f16/bf16 accumulate in f32)", DefaultValueFactory = _ => "f32" };
         var cmd = new Command("gemm", "GFLOP/s of the CPU matrix multiply (C = A @ B).") { sizes, json, repeats, dtype };
         cmd.SetAction(parse =>
         {
             var shapes = ParseShapes(parse.GetValue(sizes));
             int reps = parse.GetValue(repeats);
-            if (reps < 1) throw new CliException("--repeats must be at least 1", isUsage: true);
             DType dt;
             try { dt = DTypes.Parse(parse.GetValue(dtype)!); }
             catch (ArgumentException e) { throw new CliException("--dtype: " + e.Message, isUsage: true); }
@@ -39,6 +38,8 @@ internal static class BenchCommand
             var output = parse.InvocationConfiguration.Output;
             bool asJson = parse.GetValue(json);
             if (!asJson) output.WriteLine($"{"M",6} {"N",6} {"K",6} {"median ms",10} {"GFLOP/s",9}   ({dt.Name()}, {CpuThreads.Count} threads)");
+            foreach (var (m, n, k) in shapes)
+                OptionRange.CheckMemory($"--sizes {n}", ((double)m * k + (double)k * n) * dt.SizeOf() + (double)m * n * sizeof(float), "give smaller --sizes");
             var device = DeviceOption.Resolve(parse);
             foreach (var (m, n, k) in shapes)
             {
@@ -54,9 +55,12 @@ internal static class BenchCommand
         return cmd;
     }
 
+    /// <summary>The most timed runs a bench verb takes (--repeats, -r): far more than a median needs.</summary>
+    internal const int MaxRepeats = 10_000;
+
     private static List<(int M, int N, int K)> ParseShapes(string? text)
     {
-        if (string.IsNullOrWhiteSpace(text))
+        if (text is null) // an empty --sizes or --shapes is an error below, not the long default sweep
             return [(256, 256, 256), (1024, 1024, 1024), (2048, 2048, 2048), (512, 2048, 768), (512, 768, 2048)];
         var result = new List<(int, int, int)>();
         foreach (var part in text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))

@@ -24,9 +24,9 @@ internal static class BenchGenerateCommand
     {
         var model = ModelCommands.ModelOption(required: false);
         var preset = new Option<string?>("--preset") { Description = "Random weights of a built-in shape: stories15M, stories110M, ..." };
-        var promptTokens = new Option<int>("--prompt-tokens", "-p") { Description = "Prompt length P of the pp test (one forward of P tokens)", DefaultValueFactory = _ => 512 };
-        var tokens = new Option<int>("--tokens", "-n") { Description = "Tokens N of the tg test (N one-token forwards)", DefaultValueFactory = _ => 128 };
-        var repeats = new Option<int>("--repeats", "-r") { Description = "Timed repetitions R after one warm-up (mean and sample standard deviation are reported)", DefaultValueFactory = _ => 5 };
+        var promptTokens = new Option<int>("--prompt-tokens", "-p") { Description = "Prompt length P of the pp test (one forward of P tokens)", DefaultValueFactory = _ => 512 }.Range(1, OptionRange.MaxCount);
+        var tokens = new Option<int>("--tokens", "-n") { Description = "Tokens N of the tg test (N one-token forwards)", DefaultValueFactory = _ => 128 }.Range(1, OptionRange.MaxCount);
+        var repeats = new Option<int>("--repeats", "-r") { Description = "Timed repetitions R after one warm-up (mean and sample standard deviation are reported)", DefaultValueFactory = _ => 5 }.Range(1, BenchCommand.MaxRepeats);
         var json = new Option<bool>("--json")
         {
             Description = "Print one JSON line: prefill_tokens_per_second and decode_tokens_per_second (the MEANS over R), " +
@@ -40,7 +40,6 @@ internal static class BenchGenerateCommand
             string? path = parse.GetValue(model), presetName = parse.GetValue(preset);
             if ((path is null) == (presetName is null)) throw new CliException("give exactly one of --model or --preset", isUsage: true);
             int p = parse.GetValue(promptTokens), n = parse.GetValue(tokens), reps = parse.GetValue(repeats);
-            if (p < 1 || n < 1 || reps < 1) throw new CliException("-p/--prompt-tokens, -n/--tokens and -r/--repeats must be 1 or more", isUsage: true);
             var device = DeviceOption.Resolve(parse);
             LlamaForCausalLM lm;
             string name;

@@ -20,14 +20,16 @@ internal static class BenchQ4Command
     public static Command Create()
     {
         var shapes = new Option<string?>("--shapes") { Description = "Comma-separated MxNxK products; default: 1x768x768,1x2048x768,1x4096x4096,1x11008x4096,64x4096x4096" };
-        var repeats = new Option<int>("--repeats") { Description = "Timed runs per shape and path (medians are reported)", DefaultValueFactory = _ => 9 };
+        var repeats = new Option<int>("--repeats") { Description = "Timed runs per shape and path (medians are reported)", DefaultValueFactory = _ => 9 }.Range(1, BenchCommand.MaxRepeats);
         var json = new Option<bool>("--json") { Description = "Print one JSON object per shape" };
         var cmd = new Command("q4", "Int4 (Q4_0) product against f32 at the same shape.") { shapes, repeats, json };
         cmd.SetAction(parse =>
         {
             var list = ParseShapes(parse.GetValue(shapes));
             int reps = parse.GetValue(repeats);
-            if (reps < 1) throw new CliException("--repeats must be at least 1", isUsage: true);
+            // A, C and B in f32 and in Q4_0 (18 bytes a block of 32) are alive together.
+            foreach (var (m, n, k) in list)
+                OptionRange.CheckMemory($"--shapes {m}x{n}x{k}", 4.0 * ((double)m * k + (double)m * n + (double)k * n) + (double)n * (k / 32) * 18, "give smaller --shapes");
             var device = DeviceOption.Resolve(parse);
             var output = parse.InvocationConfiguration.Output;
             bool asJson = parse.GetValue(json);
@@ -52,7 +54,7 @@ internal static class BenchQ4Command
 
     private static List<(int M, int N, int K)> ParseShapes(string? text)
     {
-        if (string.IsNullOrWhiteSpace(text))
+        if (text is null) // an empty --sizes or --shapes is an error below, not the long default sweep
             return [(1, 768, 768), (1, 2048, 768), (1, 4096, 4096), (1, 11008, 4096), (64, 4096, 4096)];
         var result = new List<(int, int, int)>();
         foreach (var part in text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))

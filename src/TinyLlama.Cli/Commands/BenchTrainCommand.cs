@@ -20,23 +20,25 @@ internal static class BenchTrainCommand
     public static Command Create()
     {
         var preset = new Option<string>("--preset") { Description = "Model shape with random weights (stories15M, stories110M, ...)", DefaultValueFactory = _ => "stories15M" };
-        var batch = new Option<int>("--batch-size") { Description = "Sequences per step", DefaultValueFactory = _ => 4 };
-        var seqLen = new Option<int>("--seq-len") { Description = "Tokens per sequence", DefaultValueFactory = _ => 256 };
-        var loraRank = new Option<int>("--lora-rank") { Description = "Train rank-R LoRA adapters on q,k,v,o instead of all weights" };
-        var steps = new Option<int>("--steps") { Description = "Timed steps (the median is reported)", DefaultValueFactory = _ => 5 };
-        var warmup = new Option<int>("--warmup") { Description = "Untimed warm-up steps", DefaultValueFactory = _ => 1 };
+        var batch = new Option<int>("--batch-size") { Description = "Sequences per step", DefaultValueFactory = _ => 4 }.Range(1, OptionRange.MaxCount);
+        var seqLen = new Option<int>("--seq-len") { Description = "Tokens per sequence", DefaultValueFactory = _ => 256 }.Range(2, OptionRange.MaxCount);
+        var loraRank = new Option<int>("--lora-rank") { Description = "Train rank-R LoRA adapters on q,k,v,o instead of all weights" }.Range(0, 1 << 16);
+        var steps = new Option<int>("--steps") { Description = "Timed steps (the median is reported)", DefaultValueFactory = _ => 5 }.Range(1, BenchCommand.MaxRepeats);
+        var warmup = new Option<int>("--warmup") { Description = "Untimed warm-up steps", DefaultValueFactory = _ => 1 }.Range(0, BenchCommand.MaxRepeats);
         var dtype = new Option<string>("--dtype") { Description = "f32, or bf16/f16 autocast", DefaultValueFactory = _ => "f32" };
         var json = new Option<bool>("--json") { Description = "Print {\"tokens_per_second\": x}" };
         var cmd = new Command("train", "Training tokens/s (forward + backward + AdamW).") { preset, batch, seqLen, loraRank, steps, warmup, dtype, json };
         cmd.SetAction(parse =>
         {
             int b = parse.GetValue(batch), t = parse.GetValue(seqLen), n = parse.GetValue(steps), w = parse.GetValue(warmup), r = parse.GetValue(loraRank);
-            if (b < 1 || t < 2 || n < 1 || w < 0 || r < 0) throw new CliException("--batch-size, --steps must be >= 1, --seq-len >= 2, --warmup and --lora-rank >= 0", isUsage: true);
             DType computeType;
             try { computeType = DTypes.Parse(parse.GetValue(dtype)!); }
             catch (ArgumentException e) { throw new CliException("--dtype: " + e.Message, isUsage: true); }
             var config = ModelCommands.Preset(parse.GetValue(preset)!);
             if (t > config.MaxPositionEmbeddings) throw new CliException($"--seq-len {t} exceeds the preset's context of {config.MaxPositionEmbeddings}", isUsage: true);
+            if (r > config.HiddenSize) throw new CliException($"--lora-rank {r} is larger than the preset's hidden size {config.HiddenSize}", isUsage: true);
+            // The logits and their gradient (B x T x V f32 each), a lower bound on what a step holds.
+            OptionRange.CheckMemory($"--batch-size {b} x --seq-len {t}", 2.0 * b * t * config.VocabSize * sizeof(float), "lower --batch-size or --seq-len");
             var device = DeviceOption.Resolve(parse);
             var model = new LlamaForCausalLM(config, new Generator(0), DType.F32, device);
             if (r > 0) Lora.Apply(model, new LoraConfig(r, 2.0 * r, 0, ["q", "k", "v", "o"]), new Generator(1));

@@ -23,8 +23,8 @@ internal static class ChatCommand
         var template = new Option<string>("--template") { Description = "Chat format: " + string.Join(", ", ChatTemplates.Names), DefaultValueFactory = _ => "alpaca" };
         var system = new Option<string?>("--system") { Description = "System text (default: the template's own; alpaca: its preamble)" };
         var sampling = new SamplingFlags();
-        var maxTokens = new Option<int>("--max-tokens") { Description = "Most tokens per answer", DefaultValueFactory = _ => 256 };
-        var ctxSize = new Option<int>("--ctx-size") { Description = "Context in tokens (default 0: the model's max_position_embeddings, at most 4096)" };
+        var maxTokens = new Option<int>("--max-tokens") { Description = "Most tokens per answer", DefaultValueFactory = _ => 256 }.Range(1, OptionRange.MaxCount);
+        var ctxSize = new Option<int>("--ctx-size") { Description = "Context in tokens (default 0: the model's max_position_embeddings, at most 4096)" }.Range(0, OptionRange.MaxCount);
         var checkTensors = ModelCommands.CheckTensorsOption();
         var cmd = new Command("chat", "Chat with a model: answers stream as they are sampled, the conversation stays in the KV cache.")
             { model, tokenizer, adapter, template, system, maxTokens, ctxSize, checkTensors };
@@ -33,8 +33,6 @@ internal static class ChatCommand
         {
             var options = sampling.Read(parse);
             int max = parse.GetValue(maxTokens), ctx = parse.GetValue(ctxSize);
-            if (max < 1) throw new CliException("--max-tokens must be >= 1", isUsage: true);
-            if (ctx < 0) throw new CliException("--ctx-size must be >= 0 (0 = the model's context)", isUsage: true);
             string path = parse.GetValue(model)!, templateName = parse.GetValue(template)!;
             if (!ChatTemplates.Names.Contains(templateName))
                 throw new CliException($"--template: unknown '{templateName}'; expected one of {string.Join(", ", ChatTemplates.Names)}", isUsage: true);
@@ -43,6 +41,7 @@ internal static class ChatCommand
             var lm = ModelCommands.LoadModel(path, files, DeviceOption.Resolve(parse), adapterDir);
             if (ctx > lm.Config.MaxPositionEmbeddings)
                 throw new CliException($"--ctx-size: {ctx} exceeds the model's max_position_embeddings {lm.Config.MaxPositionEmbeddings}", isUsage: true);
+            if (ctx > 0) ModelCommands.CheckCacheMemory(lm.Config, ctx, $"--ctx-size {ctx}", "lower --ctx-size");
             // The tokenizer: --tokenizer, else the model directory's, else the one sft wrote beside the adapter.
             var tok = adapterDir is not null && !ModelCommands.HasTokenizer(path, tokPath, files) && ModelCommands.HasTokenizer(adapterDir, null, files)
                 ? ModelCommands.LoadTokenizer(adapterDir, null, files)

@@ -39,7 +39,7 @@ internal static class DemoCommand
         var outDir = new Option<string>("--out") { Description = $"Where to write the tokenizer, base model, adapter and loss curves (default ./{DefaultOut})", DefaultValueFactory = _ => DefaultOut };
         var quick = new Option<bool>("--quick") { Description = "A much smaller run (under a minute on two cores; it learns count and sort only), for tests and CI" };
         var seed = new Option<ulong>("--seed") { Description = "Seed for the data, the weights and the training order (default 0)" };
-        var evalEvery = new Option<int>("--eval-every") { Description = "Also score the held-out items every N steps of pre-training and of tuning, to watch each skill appear (default 0: only at the end)" };
+        var evalEvery = new Option<int>("--eval-every") { Description = "Also score the held-out items every N steps of pre-training and of tuning, to watch each skill appear (default 0: only at the end)" }.Range(0, OptionRange.MaxCount);
         var quantizeBase = new Option<string?>("--quantize-base") { Description = "Quantize the pre-trained base to q4_0 or q8_0 before LoRA tuning (QLoRA-style: the adapters train over the frozen blocks)" };
         var quantizeMethod = new Option<string>("--quantize-method") { Description = "With --quantize-base: gptq (calibrated on pre-training documents) or rtn", DefaultValueFactory = _ => "gptq" };
         var cmd = new Command("demo", "Pre-train a small LLaMA from scratch, fine-tune it with LoRA to follow instructions, and compare before/after on held-out tasks.")
@@ -50,7 +50,6 @@ internal static class DemoCommand
         {
             var settings = parse.GetValue(quick) ? DemoSettings.Quick : DemoSettings.Full;
             int every = parse.GetValue(evalEvery);
-            if (every < 0) throw new CliException($"--eval-every must be 0 or a number of steps, got {every}", isUsage: true);
             QuantType? baseType = parse.GetValue(quantizeBase)?.ToLowerInvariant() switch
             {
                 null => null,

@@ -127,7 +127,7 @@ internal static class ModelCommands
         var tokenizer = TokenizerOption();
         var prompt = new Option<string?>("--prompt") { Description = "Prompt text (the model sees BOS + encode(prompt))" };
         var promptIds = new Option<string?>("--prompt-ids") { Description = "Prompt as comma-separated token ids, e.g. 1,450,11148" };
-        var maxTokens = new Option<int>("--max-tokens") { Description = "Number of tokens to generate at most", Required = true };
+        var maxTokens = new Option<int>("--max-tokens") { Description = "Number of tokens to generate at most", Required = true }.Range(0, OptionRange.MaxCount);
         var sampling = new SamplingFlags();
         var json = new Option<bool>("--json") { Description = "Print {\"ids\": [...], \"text\": \"...\", \"tokens_per_second\": x} instead of streaming text" };
         var checkTensors = CheckTensorsOption();
@@ -142,11 +142,11 @@ internal static class ModelCommands
             if ((p is null) == (pIds is null)) throw new CliException("give exactly one of --prompt or --prompt-ids", isUsage: true);
             var options = sampling.Read(parse);
             int max = parse.GetValue(maxTokens);
-            if (max < 0) throw new CliException("--max-tokens must be >= 0", isUsage: true);
             var parsedIds = pIds is not null ? ParseIds(pIds) : null; // usage errors before any file is read
             var path = parse.GetValue(model)!;
             var files = new ModelFiles { CheckTensors = parse.GetValue(checkTensors) };
             var lm = LoadModel(path, files, DeviceOption.Resolve(parse));
+            CheckCacheMemory(lm.Config, Math.Min(lm.Config.MaxPositionEmbeddings, (long)(parsedIds?.Length ?? 0) + max), $"--max-tokens {max}", "lower --max-tokens");
             bool asJson = parse.GetValue(json);
             var tokPath = parse.GetValue(tokenizer);
             LlamaTokenizer? tok = p is not null || !asJson || HasTokenizer(path, tokPath, files) ? LoadTokenizer(path, tokPath, files) : null;
@@ -182,6 +182,13 @@ internal static class ModelCommands
         });
         return cmd;
     }
+
+    /// <summary>
+    /// A usage error naming <paramref name="what"/> when a KV cache of <paramref name="tokens"/> positions
+    /// (keys and values, f32, every layer) needs more memory than this process can have.
+    /// </summary>
+    internal static void CheckCacheMemory(LlamaConfig config, long tokens, string what, string hint) =>
+        OptionRange.CheckMemory($"{what} (a KV cache of {tokens:N0} tokens)", 2.0 * config.NumHiddenLayers * tokens * config.NumKeyValueHeads * config.HeadDim * sizeof(float), hint);
 
     internal static int[] ParseIds(string text)
     {
@@ -318,10 +325,11 @@ internal sealed class ModelFiles
 /// <summary>The sampling flags shared by generate and chat, and their check (bad values are usage errors).</summary>
 internal sealed class SamplingFlags
 {
-    private readonly Option<double> temperature = new("--temperature") { Description = "0 for greedy (default)", DefaultValueFactory = _ => 0 };
-    private readonly Option<int> topK = new("--top-k") { Description = "Sample from the k most likely tokens (0 = all)" };
-    private readonly Option<double> topP = new("--top-p") { Description = "Nucleus sampling threshold (1 = off)", DefaultValueFactory = _ => 1.0 };
-    private readonly Option<double> penalty = new("--repetition-penalty") { Description = "Penalty for tokens already present (1 = off)", DefaultValueFactory = _ => 1.0 };
+    // Ranges wide enough for any use (a temperature of 1000 is already uniform sampling), checked at parse time.
+    private readonly Option<double> temperature = new Option<double>("--temperature") { Description = "0 for greedy (default)", DefaultValueFactory = _ => 0 }.Range(0, 1000);
+    private readonly Option<int> topK = new Option<int>("--top-k") { Description = "Sample from the k most likely tokens (0 = all)" }.Range(0, OptionRange.MaxCount);
+    private readonly Option<double> topP = new Option<double>("--top-p") { Description = "Nucleus sampling threshold (1 = off)", DefaultValueFactory = _ => 1.0 }.Range(0, 1, minOpen: true);
+    private readonly Option<double> penalty = new Option<double>("--repetition-penalty") { Description = "Penalty for tokens already present (1 = off)", DefaultValueFactory = _ => 1.0 }.Range(0, 1000, minOpen: true);
     private readonly Option<ulong> seed = new("--seed") { Description = "Sampling seed (same seed, same text)" };
 
     public void AddTo(Command cmd)

@@ -40,8 +40,8 @@ internal static class QuantizeCommand
         var type = new Option<string>("--type") { Description = "f32, f16, bf16, q8_0 or q4_0", Required = true };
         var method = new Option<string>("--method") { Description = "rtn (round to nearest, llama.cpp's quantizers) or gptq (needs --calib)", DefaultValueFactory = _ => "rtn" };
         var calib = new Option<string?>("--calib") { Description = "Calibration text for GPTQ (UTF-8), or token ids (a .ids file: one sequence per line)" };
-        var samples = new Option<int>("--calib-samples") { Description = "Calibration sequences to use", DefaultValueFactory = _ => 128 };
-        var length = new Option<int>("--calib-length") { Description = "Tokens per calibration sequence (default: 256, at most the model's context)" };
+        var samples = new Option<int>("--calib-samples") { Description = "Calibration sequences to use", DefaultValueFactory = _ => 128 }.Range(1, OptionRange.MaxCount);
+        var length = new Option<int>("--calib-length") { Description = "Tokens per calibration sequence (default: 256, at most the model's context)" }.Range(0, OptionRange.MaxCount);
         var actOrder = new Option<bool>("--act-order") { Description = "GPTQ: quantize columns by decreasing Hessian diagonal" };
         var scaleSearch = new Option<string?>("--scale-search") { Description = "GPTQ: each block's scale by the format's rule (none) or searched for the least weighted rounding error (mse, the default)" };
         var keep = new Option<string?>("--keep") { Description = "Format of the embedding and the LM head: f32, f16 or q8_0 (default: q8_0 for q4_0/q8_0, else --type)" };
@@ -67,9 +67,8 @@ internal static class QuantizeCommand
             if (searchName is not null && !gptq) throw new CliException("--scale-search is only used by --method gptq", isUsage: true);
             var search = searchName == "none" ? GptqScaleSearch.None : GptqScaleSearch.Mse;
             int nSamples = parse.GetValue(samples);
-            if (nSamples < 1) throw new CliException("--calib-samples must be >= 1", isUsage: true);
             int calibLength = parse.GetValue(length);
-            if (calibLength < 0 || calibLength == 1) throw new CliException("--calib-length must be >= 2", isUsage: true);
+            if (calibLength == 1) throw new CliException("--calib-length must be 0 (the default) or >= 2, got 1", isUsage: true);
             string keepName = (parse.GetValue(keep) ?? (blocks ? "q8_0" : typeName)).ToLowerInvariant();
             if (keepName is not ("f32" or "f16" or "bf16" or "q8_0") || (keepName == "bf16" && blocks))
                 throw new CliException($"--keep: expected f32, f16 or q8_0, got '{parse.GetValue(keep)}'", isUsage: true);

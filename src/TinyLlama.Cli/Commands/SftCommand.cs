@@ -56,11 +56,12 @@ internal static class SftCommand
         var saveEvery = new Option<int>("--save-every") { Description = "Write a resumable checkpoint every N steps (always at the end)" };
         var checkpointing = new Option<bool>("--activation-checkpointing") { Description = "Recompute layer activations in the backward pass (less memory)" };
         var json = new Option<bool>("--json") { Description = "One JSON line per step: {\"step\": n, \"loss\": x, \"lr\": y, \"tokens_per_second\": z}" };
+        var checkTensors = ModelCommands.CheckTensorsOption();
         var cmd = new Command("sft", "Supervised fine-tuning on instruction or conversation data.")
         {
             model, tokenizer, data, format, outDir, steps, epochs, batchSize, lr, warmup, schedule, weightDecay, gradClip, gradAccum,
             noShuffle, seed, dtype, maxLength, loraRank, loraAlpha, loraDropout, loraTargets, teacher, distillT, distillW, resume,
-            valFraction, evalEvery, saveEvery, checkpointing, json,
+            valFraction, evalEvery, saveEvery, checkpointing, json, checkTensors,
         };
         cmd.SetAction(parse =>
         {
@@ -104,7 +105,7 @@ internal static class SftCommand
 
             // ---- model, tokenizer, data ----
             var device = DeviceOption.Resolve(parse);
-            var files = new ModelFiles();
+            var files = new ModelFiles { CheckTensors = parse.GetValue(checkTensors) }; // the teacher's weights too
             var lm = ModelCommands.LoadModel(modelPath, files, device);
             var blockTypes = lm.Parameters().Where(p => p.DType.IsQuantized()).Select(p => p.DType.Name()).Distinct().ToList();
             if (parse.GetValue(loraRank) <= 0 && blockTypes.Count > 0)
@@ -170,6 +171,17 @@ internal static class SftCommand
             Directory.CreateDirectory(outPath);
             var checkpointDir = Path.Combine(outPath, "checkpoint");
             string? lastCheckpoint = null; // the newest good checkpoint of this run, named when it diverges
+            // A failed save (a full disk) leaves the previous checkpoint in place (CheckpointDirectory.Commit).
+            void Save()
+            {
+                try { trainer.SaveCheckpoint(checkpointDir); }
+                catch (IOException e)
+                {
+                    throw new CliException($"{checkpointDir}: the checkpoint of step {trainer.Step} could not be written ({e.Message}); "
+                        + (lastCheckpoint is null ? "no earlier checkpoint was written" : $"the previous checkpoint is intact (continue with --resume {lastCheckpoint})"));
+                }
+                lastCheckpoint = checkpointDir;
+            }
             if (parse.GetValue(resume) is string resumeDir)
             {
                 // An interrupted save may have left the checkpoint between its two renames: recover it first.
@@ -200,10 +212,7 @@ internal static class SftCommand
                     if (!asJson) output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"step {log.Step}: validation loss {vl:F4}, perplexity {ppl:F2}"));
                 }
                 if (saveInterval > 0 && log.Step % saveInterval == 0 && log.Step < totalSteps)
-                {
-                    trainer.SaveCheckpoint(checkpointDir);
-                    lastCheckpoint = checkpointDir;
-                }
+                    Save();
             }
             progress?.Done();
             if (valSet.Count > 0 && (evalInterval <= 0 || trainer.Step % evalInterval != 0))
@@ -215,7 +224,7 @@ internal static class SftCommand
             }
 
             // ---- outputs ----
-            trainer.SaveCheckpoint(checkpointDir);
+            Save();
             SaveResult(outPath, modelPath, lm, lora, parse.GetValue(tokenizer));
             LossCurve.Save(Path.Combine(outPath, "loss.png"), trainer.History.Select(h => (h.Step, h.Loss)).ToList(), trainer.ValidationHistory, $"sft {Path.GetFileName(Path.GetFullPath(dataPath))}");
             if (!asJson) output.WriteLine($"wrote {(lora is null ? "model" : "LoRA adapter")} to {outPath} (resumable checkpoint in {checkpointDir}, loss curve in loss.png)");
@@ -238,10 +247,7 @@ internal static class SftCommand
     {
         long longest = Math.Min(maxLen, examples.Max(e => e.InputIds.Length));
         double bytes = (double)b * longest * vocab * sizeof(float) + (double)k * b * longest * 2 * sizeof(int);
-        long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
-        if (bytes > available)
-            throw new CliException(string.Create(CultureInfo.InvariantCulture,
-                $"--batch-size {b} x --grad-accum {k} with sequences of up to {longest} tokens needs {bytes / 1e9:F1} GB or more (its logits alone), over the {available / 1e9:F1} GB available; lower --batch-size or --max-length"), isUsage: true);
+        OptionRange.CheckMemory($"--batch-size {b} x --grad-accum {k} with sequences of up to {longest} tokens (its logits alone)", bytes, "lower --batch-size or --max-length");
     }
 
     /// <summary>The one-line failure for a run that diverged, naming the last good checkpoint.</summary>

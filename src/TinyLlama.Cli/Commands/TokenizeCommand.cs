@@ -66,6 +66,10 @@ internal static class TokenizeCommand
                 return text.GetString()!;
             throw new CliException($"{path}:{lineNumber}: expected a JSON object with a string field \"text\"");
         }
+        catch (InvalidOperationException) // GetString of a lone surrogate escape such as "\ud800"
+        {
+            throw new CliException($"{path}:{lineNumber}: the \"text\" string holds a lone surrogate escape (\\uD800-\\uDFFF without its pair), which is not text");
+        }
         catch (JsonException e)
         {
             // System.Text.Json appends " LineNumber: 0 | BytePositionInLine: n." (positions within

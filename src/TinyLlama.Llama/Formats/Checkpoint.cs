@@ -12,7 +12,6 @@
 // weights may be block-quantized (GGUF's Q4_0, Q8_0, Q4_K, Q6_K): byte tensors [N, rowBytes] whose
 // logical shape [N, rowBytes / blockBytes * blockSize] is what is checked.
 using System.Text.Json;
-using System.Text.Unicode;
 using TinyLlama.Model;
 using TinyLlama.Tensors;
 
@@ -190,9 +189,7 @@ public static class Checkpoint
 
     private static Dictionary<string, string> ReadWeightMap(string indexPath)
     {
-        byte[] bytes = File.ReadAllBytes(indexPath);
-        if (!Utf8.IsValid(bytes))
-            throw new InvalidDataException($"{indexPath}: not valid JSON (it is not valid UTF-8)");
+        byte[] bytes = JsonText.ReadBytes(indexPath);
         JsonDocument doc;
         try
         {

@@ -1,18 +1,60 @@
-// JSON string escapes that decode to no character: RFC 8259 (section 7) lets a string spell any UTF-16
-// code unit as \uXXXX, so "\ud800" (a high surrogate with no low one after it) or "\udc00" (a low one
-// with no high one before it) is well-formed JSON but not Unicode text (RFC 8259 section 8.2 calls such
-// strings unpredictable). System.Text.Json parses them and then throws InvalidOperationException from
-// JsonElement.GetString, a stack trace for the user. Every reader of a JSON file runs this scan once after
-// parsing, so a file with such an escape is one InvalidDataException naming the file and the byte offset.
-// Strict UTF-8 of the raw bytes is Utf8Text's check; this one covers what escapes can still smuggle in.
+// The text of a JSON file checked before (or right after) it is parsed: strict UTF-8 (Utf8Text.cs) and no lone
+// surrogate escape. RFC 8259 section 7 lets a string spell any UTF-16 code unit as \uXXXX, so "\ud800" (a high
+// surrogate with no low one after it) or "\udc00" (a low one with no high one before it) is grammatical JSON but
+// not Unicode text (section 8.2 calls such strings unpredictable). System.Text.Json parses them and only fails
+// when the string is read, with an InvalidOperationException from deep inside whichever reader touches it.
+// Checking the bytes first makes every such file one error naming the file and the line, the same for
+// config.json, tokenizer.json, adapter_config.json, index files, safetensors headers and training data.
+// Also here: parser errors as one bounded line (System.Text.Json quotes the rest of a string literal, newlines
+// included).
 namespace TinyLlama.Formats;
 
-/// <summary>Checks on JSON text beyond what the parser checks.</summary>
+/// <summary>Checks on the bytes of a JSON document beyond what the parser checks.</summary>
 public static class JsonText
 {
     /// <summary>
-    /// The byte offset of the first \u escape inside a string of <paramref name="json"/> (well-formed JSON)
-    /// that is a surrogate not paired as UTF-16 requires (high then low), or -1 when there is none.
+    /// Throws an <see cref="InvalidDataException"/> "SOURCE: line N: ..." when <paramref name="bytes"/> are not
+    /// valid UTF-8 or hold a lone surrogate escape; <paramref name="source"/> names the file.
+    /// </summary>
+    public static void Check(ReadOnlySpan<byte> bytes, string source)
+    {
+        int bad = Utf8Text.FindInvalid(bytes);
+        if (bad >= 0) throw new InvalidDataException($"{source}: line {LineAt(bytes, bad)}: not valid UTF-8 (byte offset {bad})");
+        CheckEscapes(bytes, source);
+    }
+
+    /// <summary>The text of the file at <paramref name="path"/>, checked (see <see cref="Check"/>; a leading byte order mark is dropped).</summary>
+    public static string ReadFile(string path)
+    {
+        byte[] bytes = File.ReadAllBytes(path);
+        Check(bytes, path);
+        return Utf8Text.Decode(bytes, path);
+    }
+
+    /// <summary>The bytes of the file at <paramref name="path"/>, checked (see <see cref="Check"/>).</summary>
+    public static byte[] ReadBytes(string path)
+    {
+        byte[] bytes = File.ReadAllBytes(path);
+        Check(bytes, path);
+        return bytes;
+    }
+
+    /// <summary>
+    /// Throws a one-line <see cref="InvalidDataException"/> "SOURCE: line N: ..." when <paramref name="json"/>
+    /// holds a lone surrogate escape (see <see cref="FindLoneSurrogateEscape"/>).
+    /// </summary>
+    public static void CheckEscapes(ReadOnlySpan<byte> json, string source)
+    {
+        int at = FindLoneSurrogateEscape(json);
+        if (at < 0) return;
+        string escape = System.Text.Encoding.ASCII.GetString(json.Slice(at, Math.Min(6, json.Length - at)));
+        throw new InvalidDataException($"{source}: line {LineAt(json, at)}: a string holds the escape {escape} (byte offset {at}), a lone UTF-16 surrogate (half of a pair without the other), which is not text");
+    }
+
+    /// <summary>
+    /// The byte offset of the first \u escape inside a string of <paramref name="json"/> that is a surrogate not
+    /// paired as UTF-16 requires (high then low), or -1 when there is none. Backslashes outside strings are the
+    /// parser's error to report.
     /// </summary>
     public static int FindLoneSurrogateEscape(ReadOnlySpan<byte> json)
     {
@@ -38,17 +80,6 @@ public static class JsonText
             i += 5;
         }
         return -1;
-    }
-
-    /// <summary>
-    /// Throws a one-line <see cref="InvalidDataException"/> "<paramref name="source"/>: ..." when
-    /// <paramref name="json"/> holds a lone surrogate escape (see <see cref="FindLoneSurrogateEscape"/>).
-    /// </summary>
-    public static void CheckEscapes(ReadOnlySpan<byte> json, string source)
-    {
-        int at = FindLoneSurrogateEscape(json);
-        if (at >= 0)
-            throw new InvalidDataException($"{source}: a string holds the escape {System.Text.Encoding.ASCII.GetString(json.Slice(at, Math.Min(6, json.Length - at)))} at byte offset {at}, a lone UTF-16 surrogate that is not a character");
     }
 
     /// <summary>
@@ -82,4 +113,6 @@ public static class JsonText
         >= (byte)'A' and <= (byte)'F' => c - 'A' + 10,
         _ => -1,
     };
+
+    private static int LineAt(ReadOnlySpan<byte> bytes, int offset) => bytes[..offset].Count((byte)'\n') + 1;
 }

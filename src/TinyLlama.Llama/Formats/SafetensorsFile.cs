@@ -23,7 +23,6 @@
 // correctly, so this is a performance question, not a correctness one; we do not copy to realign.
 using System.Buffers.Binary;
 using System.Text.Json;
-using System.Text.Unicode;
 using TinyLlama.Tensors;
 
 namespace TinyLlama.Formats;
@@ -128,8 +127,7 @@ public sealed unsafe class SafetensorsFile
     {
         // JsonDocument accepts invalid UTF-8 inside strings and only fails when a string is decoded, with an
         // InvalidOperationException; validating first keeps every failure an InvalidDataException.
-        if (!Utf8.IsValid(header))
-            throw new InvalidDataException($"{path}: header is not valid JSON (it is not valid UTF-8)");
+        JsonText.Check(header, path + ": JSON header");
         // The JSON object, then padding: spaces only (what the reference writer pads with). JSON itself
         // allows other white space around the object; checked below, once the object is known to parse.
         int jsonEnd = header.Length;

@@ -25,6 +25,7 @@ internal static class TensorFileIO
             using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
             {
                 write(stream);
+                FaultInjection.Reach(FaultInjection.AtomicWrite, temp);
                 stream.Flush(flushToDisk: true);
             }
             File.Move(temp, full, overwrite: true);

@@ -260,7 +260,7 @@ public sealed record LlamaConfig
     // ---------------- config.json ----------------
 
     /// <summary>Reads a Hugging Face config.json; errors are one-line <see cref="InvalidDataException"/>s naming the file and field.</summary>
-    public static LlamaConfig FromJson(string path) => FromJsonText(Utf8Text.ReadFile(path), path);
+    public static LlamaConfig FromJson(string path) => FromJsonText(TinyLlama.Formats.JsonText.ReadFile(path), path);
 
     /// <summary>Parses config.json text; <paramref name="sourceName"/> names it in error messages.</summary>
     public static LlamaConfig FromJsonText(string json, string sourceName)

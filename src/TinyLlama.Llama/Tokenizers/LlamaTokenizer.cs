@@ -254,7 +254,7 @@ public sealed class LlamaTokenizer
     public static LlamaTokenizer FromHuggingFaceJson(string path)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"tokenizer.json not found: {path}", path);
-        return HuggingFaceTokenizerJson.Parse(Utf8Text.ReadFile(path), path);
+        return HuggingFaceTokenizerJson.Parse(TinyLlama.Formats.JsonText.ReadFile(path), path);
     }
 
     /// <summary>

@@ -176,12 +176,10 @@ public static class PeftAdapter
         string path = Path.Combine(dir, ConfigFileName);
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: adapter config not found", path);
         JsonDocument doc;
-        byte[] bytes = File.ReadAllBytes(path);
-        if (Utf8Text.FindInvalid(bytes) is int bad and >= 0) throw new InvalidDataException($"{path}: not valid UTF-8 (byte offset {bad})");
+        byte[] bytes = JsonText.ReadBytes(path);   // strict UTF-8, no lone surrogate escape
         try
         {
             doc = JsonDocument.Parse(bytes);
-            JsonText.CheckEscapes(bytes, path);
         }
         catch (JsonException e)
         {

@@ -11,7 +11,10 @@
 // half-deleted copy lacks some. Recover runs before every save and every load: when NAME is missing it
 // promotes the newest complete copy (a finished .tmp, which is newer than any .old, else an .old), and
 // then deletes every other .NAME.tmp-* and .NAME.old-*, so interrupted saves leave nothing behind.
-// One writer per checkpoint directory is assumed (as for the output directory of a run).
+// One writer per checkpoint directory is assumed (as for the output directory of a run). Each step above
+// is a named point of Formats/FaultInjection.cs, where tests kill the process to check all of this.
+using TinyLlama.Formats;
+
 namespace TinyLlama.Training.Trainer;
 
 /// <summary>Atomic replacement and crash recovery of a directory of checkpoint files.</summary>
@@ -36,6 +39,7 @@ public static class CheckpointDirectory
             write(tmp);
             if (!IsComplete(tmp, requiredFiles))
                 throw new InvalidOperationException($"{tmp}: the checkpoint writer did not write every required file");
+            FaultInjection.Reach(FaultInjection.CheckpointTempWritten, tmp);
         }
         catch
         {
@@ -45,12 +49,17 @@ public static class CheckpointDirectory
         if (!Directory.Exists(full))
         {
             Directory.Move(tmp, full);
-            return;
         }
-        var backup = Sibling(full, BackupTag);
-        Directory.Move(full, backup);
-        Directory.Move(tmp, full);
-        TryDelete(backup);
+        else
+        {
+            var backup = Sibling(full, BackupTag);
+            Directory.Move(full, backup);
+            FaultInjection.Reach(FaultInjection.CheckpointOldMoved, full);
+            Directory.Move(tmp, full);
+            FaultInjection.Reach(FaultInjection.CheckpointSwitched, full);
+            TryDelete(backup);
+        }
+        FaultInjection.Reach(FaultInjection.CheckpointSaved, full);
     }
 
     /// <summary>

@@ -68,6 +68,7 @@ public sealed partial class SftTrainer
             // Renamed into place whole, so a copy that holds the file holds all of it.
             string statePath = Path.Combine(tmp, StateFile), partial = statePath + ".partial";
             File.WriteAllText(partial, state.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            FaultInjection.Reach(FaultInjection.AtomicWrite, partial);
             File.Move(partial, statePath);
         });
     }

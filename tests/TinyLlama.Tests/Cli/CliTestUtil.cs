@@ -39,15 +39,7 @@ internal static class CliRunner
     /// </summary>
     public static (int Code, string Out, string Err) RunProcess(IReadOnlyDictionary<string, string> environment, TimeSpan timeout, params string[] args)
     {
-        string cli = typeof(TinyLlama.Cli.Program).Assembly.Location;
-        // `dotnet test` names its host in DOTNET_HOST_PATH; the test host itself may be that executable.
-        string host = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } h ? h
-            : Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet" ? Environment.ProcessPath! : "dotnet";
-        var start = new ProcessStartInfo(host) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        start.ArgumentList.Add(cli);
-        foreach (var a in args) start.ArgumentList.Add(a);
-        foreach (var (key, value) in environment) start.Environment[key] = value;
-        using var process = Process.Start(start) ?? throw new InvalidOperationException($"could not start {host}");
+        using var process = Process.Start(ProcessStart(environment, args)) ?? throw new InvalidOperationException("could not start tinyllama");
         var stdout = process.StandardOutput.ReadToEndAsync();
         var stderr = process.StandardError.ReadToEndAsync();
         if (!process.WaitForExit(timeout))
@@ -57,5 +49,19 @@ internal static class CliRunner
         }
         process.WaitForExit();
         return (process.ExitCode, stdout.Result, stderr.Result);
+    }
+
+    /// <summary>How to start tinyllama.dll as a child process with redirected output (see <see cref="RunProcess"/>).</summary>
+    public static ProcessStartInfo ProcessStart(IReadOnlyDictionary<string, string> environment, params string[] args)
+    {
+        string cli = typeof(TinyLlama.Cli.Program).Assembly.Location;
+        // `dotnet test` names its host in DOTNET_HOST_PATH; the test host itself may be that executable.
+        string host = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } h ? h
+            : Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet" ? Environment.ProcessPath! : "dotnet";
+        var start = new ProcessStartInfo(host) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        start.ArgumentList.Add(cli);
+        foreach (var a in args) start.ArgumentList.Add(a);
+        foreach (var (key, value) in environment) start.Environment[key] = value;
+        return start;
     }
 }

@@ -265,4 +265,37 @@ public class SftReliabilityTests
         var (code, _, err) = CliRunner.Run("generate", "--model", second, "--prompt-ids", "1,5", "--max-tokens", "2", "--json");
         Assert.True(code == 0, err);
     }
+
+    [Fact]
+    public void CheckTensorsNamesANaNWeightOfTheModelOrTheTeacher()
+    {
+        using var dir = new TempDir();
+        var (model, data) = WriteModelAndData(dir);
+        string poisoned = dir.File("poisoned");
+        Directory.CreateDirectory(poisoned);
+        foreach (var f in Directory.GetFiles(model)) File.Copy(f, Path.Combine(poisoned, Path.GetFileName(f)));
+        string weightsFile = Path.Combine(poisoned, Checkpoint.SafetensorsName);
+        var weights = SafetensorsFile.Open(weightsFile).Names.ToDictionary(n => n, n => SafetensorsFile.Open(weightsFile).Get(n).Clone());
+        string bad = LlamaWeightNames.VProj(1);
+        var values = weights[bad].ToArray<float>();
+        values[3] = float.NaN;
+        weights[bad] = Tensor.FromArray(values, weights[bad].Shape);
+        Safetensors.Save(weightsFile, weights);
+
+        foreach (var (args, flag) in new[]
+        {
+            (Sft(poisoned, data, dir.File("o1"), "--lr", "1e-3", "--steps", "1", "--batch-size", "2"), "--model"),
+            (Sft(model, data, dir.File("o2"), "--lr", "1e-3", "--steps", "1", "--batch-size", "2", "--teacher", poisoned), "--teacher"),
+        })
+        {
+            var (code, _, err) = CliRunner.Run([.. args, "--check-tensors"]);
+            string line = CliRunner.AssertOneLineError(1, code, err);
+            Assert.Contains($"'{bad}'", line);
+            Assert.Contains("NaN or infinite", line);
+            Assert.False(Directory.Exists(Path.Combine(dir.File(flag == "--model" ? "o1" : "o2"), "checkpoint")));
+        }
+        // Not vacuous: the clean model passes the same scan and trains.
+        var clean = CliRunner.Run(Sft(model, data, dir.File("o3"), "--lr", "1e-3", "--steps", "1", "--batch-size", "2", "--check-tensors"));
+        Assert.True(clean.Code == 0, clean.Err);
+    }
 }
