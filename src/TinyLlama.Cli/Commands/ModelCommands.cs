@@ -98,7 +98,7 @@ internal static class ModelCommands
             else
             {
                 var tok = LoadTokenizer(path, parse.GetValue(tokenizer), files);
-                sequences = [[tok.BosId, .. tok.Encode(t!)]];
+                sequences = [tok.Encode(t!, addBos: true)];
             }
             // Token-weighted over the sequences: the mean NLL of every predicted token.
             double sum = 0;
@@ -153,8 +153,7 @@ internal static class ModelCommands
             var ids = new List<int>();
             if (p is not null)
             {
-                ids.Add(tok!.BosId);
-                ids.AddRange(tok.Encode(p));
+                ids.AddRange(tok!.Encode(p, addBos: true));
             }
             else ids.AddRange(parsedIds!);
             var output = parse.InvocationConfiguration.Output;
@@ -244,9 +243,14 @@ internal static class ModelCommands
             // adapter (a chain, checked for loops and length), each lower adapter is merged into the weights
             // before the next goes on: W + s1 B1 A1 + s2 B2 A2, as PEFT computes stacked adapters.
             var (chain, basePath) = TinyLlama.Training.Lora.PeftAdapter.ResolveChain(path);
+            string pointer = Path.Combine(chain[^1], TinyLlama.Training.Lora.PeftAdapter.ConfigFileName);
             if (basePath is null || (!Directory.Exists(basePath) && !File.Exists(basePath)))
-                throw new CliException($"{Path.Combine(chain[^1], "adapter_config.json")}: base_model_name_or_path '{basePath}' is not a model on this machine");
-            var baseModel = LoadModel(basePath, files, device, dequantize: dequantize || chain.Count > 1);
+                throw new CliException($"{pointer}: base_model_name_or_path {MessageText.Quote(basePath)} is not a model on this machine");
+            // A path that exists but holds no model: the error names the adapter_config.json that pointed there,
+            // not only the directory (which may be anywhere: "/", "/dev").
+            if (Directory.Exists(basePath) && !File.Exists(Path.Combine(basePath, Checkpoint.ConfigName)))
+                throw new CliException($"{pointer}: base_model_name_or_path {MessageText.Quote(basePath)} is a directory with no {Checkpoint.ConfigName} (not a model directory)");
+            var baseModel = LoadModel(basePath, files, device, dequantize: dequantize || chain.Count > 1, flag: $"{pointer}: base_model_name_or_path");
             for (int i = chain.Count - 1; i >= 0; i--)
             {
                 TinyLlama.Training.Lora.PeftAdapter.Load(chain[i], baseModel);
@@ -259,7 +263,7 @@ internal static class ModelCommands
         var ckpt = LoadCheckpoint(path, files, flag);
         var weights = !dequantize ? ckpt.Weights
             : ckpt.Weights.ToDictionary(kv => kv.Key, kv => kv.Value.DType.IsQuantized() ? Quantize.Dequantize(kv.Value) : kv.Value);
-        var model = LlamaForCausalLM.FromWeights(ckpt.Config, weights, DType.F32, device ?? Device.Cpu);
+        var model = LlamaForCausalLM.FromWeights(ckpt.Config, weights, DType.F32, device ?? Device.Cpu, source: path);
         model.Eval();
         return model;
     }

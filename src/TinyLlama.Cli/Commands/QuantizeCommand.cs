@@ -151,10 +151,11 @@ internal static class QuantizeCommand
         {
             if (tok is null) throw new CliException($"--calib: {path} is text, but the model has no tokenizer; give --tokenizer or a .ids file");
             string text = TextFileOption.Read(path, "--calib");
+            int bos = tok.RequireBosId();
             var ids = tok.Encode(text);
             for (int at = 0; at + max - 1 <= ids.Length && sequences.Count < samples; at += max - 1)
-                sequences.Add([tok.BosId, .. ids.AsSpan(at, max - 1)]);
-            if (sequences.Count == 0 && ids.Length > 0) sequences.Add([tok.BosId, .. ids]);
+                sequences.Add([bos, .. ids.AsSpan(at, max - 1)]);
+            if (sequences.Count == 0 && ids.Length > 0) sequences.Add([bos, .. ids]);
         }
         if (sequences.Count == 0) throw new CliException($"--calib: {path} holds no tokens");
         return sequences;

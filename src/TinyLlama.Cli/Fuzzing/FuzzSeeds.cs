@@ -34,6 +34,18 @@ internal static class FuzzSeeds
     /// <summary>config.json of <see cref="Config"/>.</summary>
     public static byte[] ConfigJson() => Encoding.UTF8.GetBytes(Config.ToJson());
 
+    /// <summary>
+    /// An HF directory's two files for <see cref="Config"/> with tied embeddings (no lm_head.weight) in f16:
+    /// the other layout a real checkpoint has (a half-precision file converted at load).
+    /// </summary>
+    public static (byte[] Config, byte[] Weights) TiedHalf(string scratch)
+    {
+        var weights = Weights();
+        weights.Remove(LlamaWeightNames.LmHead);
+        var half = weights.ToDictionary(kv => kv.Key, kv => kv.Value.To(DType.F16));
+        return (Encoding.UTF8.GetBytes((Config with { TieWordEmbeddings = true }).ToJson()), SafetensorsBytes(half, scratch));
+    }
+
     /// <summary>A safetensors file of <paramref name="tensors"/> (written with Safetensors.Save, metadata included).</summary>
     public static byte[] SafetensorsBytes(IReadOnlyDictionary<string, Tensor> tensors, string scratch)
     {
@@ -73,14 +85,17 @@ internal static class FuzzSeeds
         return File.ReadAllBytes(path);
     }
 
-    /// <summary>A llama2.c v0 checkpoint of <see cref="Config"/> with a separate classifier (vocab_size negative).</summary>
-    public static byte[] Llama2C()
+    /// <summary>
+    /// A llama2.c v0 checkpoint of <see cref="Config"/>: with a separate classifier (vocab_size negative), or
+    /// with the classifier shared with the embedding (vocab_size positive, as stories260K.bin is).
+    /// </summary>
+    public static byte[] Llama2C(bool shared = false)
     {
         var c = Config;
         int hs = c.HeadDim, kv = c.KvDim, l = c.NumHiddenLayers, d = c.HiddenSize, f = c.IntermediateSize, v = c.VocabSize, t = c.MaxPositionEmbeddings;
-        long floats = (long)v * d + 2L * l * d + 2L * l * d * d + 2L * l * kv * d + 3L * l * f * d + d + (long)t * hs + (long)v * d;
+        long floats = (long)v * d + 2L * l * d + 2L * l * d * d + 2L * l * kv * d + 3L * l * f * d + d + (long)t * hs + (shared ? 0 : (long)v * d);
         var bytes = new byte[28 + floats * 4];
-        int[] header = [d, f, l, c.NumAttentionHeads, c.NumKeyValueHeads, -v, t];
+        int[] header = [d, f, l, c.NumAttentionHeads, c.NumKeyValueHeads, shared ? v : -v, t];
         for (int i = 0; i < 7; i++) BinaryPrimitives.WriteInt32LittleEndian(bytes.AsSpan(4 * i), header[i]);
         var gen = new Generator(2);
         for (long i = 0; i < floats; i++) BinaryPrimitives.WriteSingleLittleEndian(bytes.AsSpan((int)(28 + 4 * i)), (float)(gen.NextDouble() - 0.5) * 0.2f);

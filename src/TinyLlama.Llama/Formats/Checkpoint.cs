@@ -106,11 +106,11 @@ public static class Checkpoint
             {
                 string shardPath = Path.Combine(dir, shardName);
                 if (!File.Exists(shardPath))
-                    throw new InvalidDataException($"{indexPath}: shard file '{shardName}' (holding '{name}') is missing from {dir}");
+                    throw new InvalidDataException($"{indexPath}: shard file {MessageText.Quote(shardName)} (holding {MessageText.Quote(name)}) is missing from {dir}");
                 shards[shardName] = shard = SafetensorsFile.Open(shardPath);
             }
             if (!shard.Contains(name))
-                throw new InvalidDataException($"{indexPath}: tensor '{name}' is mapped to shard '{shardName}', which does not contain it");
+                throw new InvalidDataException($"{indexPath}: tensor {MessageText.Quote(name)} is mapped to shard {MessageText.Quote(shardName)}, which does not contain it");
             weights[name] = shard.Get(name);
         }
         return weights;
@@ -209,13 +209,13 @@ public static class Checkpoint
             foreach (var p in map.EnumerateObject())
             {
                 if (p.Value.ValueKind != JsonValueKind.String)
-                    throw new InvalidDataException($"{indexPath}: weight_map entry '{p.Name}' must be a shard file name, found {p.Value.ValueKind}");
+                    throw new InvalidDataException($"{indexPath}: weight_map entry {MessageText.Quote(p.Name)} must be a shard file name, found {p.Value.ValueKind}");
                 string shard = p.Value.GetString()!;
                 // Shards live beside the index; a name with a directory part could reach anywhere on disk.
                 if (shard.Length == 0 || shard.IndexOfAny(['/', '\\']) >= 0 || shard != Path.GetFileName(shard) || shard is "." or "..")
-                    throw new InvalidDataException($"{indexPath}: weight_map entry '{p.Name}' names shard '{shard}', which is not a plain file name");
+                    throw new InvalidDataException($"{indexPath}: weight_map entry {MessageText.Quote(p.Name)} names shard {MessageText.Quote(shard)}, which is not a plain file name");
                 if (!result.TryAdd(p.Name, shard))
-                    throw new InvalidDataException($"{indexPath}: weight_map lists tensor '{p.Name}' twice");
+                    throw new InvalidDataException($"{indexPath}: weight_map lists tensor {MessageText.Quote(p.Name)} twice");
             }
             return result;
         }

@@ -136,7 +136,7 @@ public sealed unsafe class GgufFile
 
     /// <summary>Type, shape and byte range of a tensor; <see cref="InvalidDataException"/> naming it when absent.</summary>
     public GgufTensorInfo GetInfo(string name) =>
-        byName.TryGetValue(name, out var t) ? t : throw new InvalidDataException($"{Path}: tensor '{name}' is not in the file ({byName.Count} tensors)");
+        byName.TryGetValue(name, out var t) ? t : throw new InvalidDataException($"{Path}: tensor {MessageText.Quote(name)} is not in the file ({byName.Count} tensors)");
 
     /// <summary>
     /// The tensor in its stored type, viewing the mapped file (no copy): f32/f16/bf16 as such, block types
@@ -206,10 +206,11 @@ public sealed unsafe class GgufFile
         for (ulong i = 0; i < kvCount; i++)
         {
             string key = c.String($"metadata key {i}");
-            if (metadata.ContainsKey(key)) throw c.Bad($"metadata key '{key}' appears twice");
-            uint type = c.U32($"metadata '{key}' type");
-            if (type > (uint)GgufValueType.Float64) throw c.Bad($"metadata '{key}' has unknown value type {type}");
-            metadata.Add(key, c.Value((GgufValueType)type, key, 0));
+            string what = $"metadata {MessageText.Quote(key)}";
+            if (metadata.ContainsKey(key)) throw c.Bad($"{what} appears twice");
+            uint type = c.U32($"{what} type");
+            if (type > (uint)GgufValueType.Float64) throw c.Bad($"{what} has unknown value type {type}");
+            metadata.Add(key, c.Value((GgufValueType)type, what, 0));
         }
 
         int alignment = DefaultAlignment;
@@ -225,7 +226,7 @@ public sealed unsafe class GgufFile
         for (ulong i = 0; i < tensorCount; i++)
         {
             var t = c.TensorInfo(i, alignment);
-            if (!names.Add(t.Name)) throw c.Bad($"tensor '{t.Name}' appears twice");
+            if (!names.Add(t.Name)) throw c.Bad($"tensor {MessageText.Quote(t.Name)} appears twice");
             tensors.Add(t);
         }
 
@@ -236,10 +237,10 @@ public sealed unsafe class GgufFile
         foreach (var t in ordered)
         {
             if (t.Offset > dataLength || t.ByteCount > dataLength - t.Offset)
-                throw c.Bad($"tensor '{t.Name}' [{t.Offset}, {t.Offset + t.ByteCount}) runs past the end of the file (the data section holds {Math.Max(dataLength, 0)} bytes)");
+                throw c.Bad($"tensor {MessageText.Quote(t.Name)} [{t.Offset}, {t.Offset + t.ByteCount}) runs past the end of the file (the data section holds {Math.Max(dataLength, 0)} bytes)");
             if (t.ByteCount == 0) continue;
             if (previous is not null && t.Offset < previous.Offset + previous.ByteCount)
-                throw c.Bad($"tensors '{previous.Name}' and '{t.Name}' overlap");
+                throw c.Bad($"tensors {MessageText.Quote(previous.Name)} and {MessageText.Quote(t.Name)} overlap");
             previous = t;
         }
         return new GgufFile(path, file, dataStart, alignment, metadata, tensors);
@@ -296,36 +297,37 @@ public sealed unsafe class GgufFile
             return s;
         }
 
-        public GgufValue Value(GgufValueType type, string key, int depth) => type switch
+        // what: "metadata 'key'", the key already made printable (MessageText.Quote).
+        public GgufValue Value(GgufValueType type, string what, int depth) => type switch
         {
-            GgufValueType.UInt8 => GgufValue.UInt8(Read<byte>(key)),
-            GgufValueType.Int8 => GgufValue.Int8(Read<sbyte>(key)),
-            GgufValueType.UInt16 => GgufValue.UInt16(Read<ushort>(key)),
-            GgufValueType.Int16 => GgufValue.Int16(Read<short>(key)),
-            GgufValueType.UInt32 => GgufValue.UInt32(Read<uint>(key)),
-            GgufValueType.Int32 => GgufValue.Int32(Read<int>(key)),
-            GgufValueType.Float32 => GgufValue.Float32(Read<float>(key)),
-            GgufValueType.Bool => GgufValue.Bool(Bool(key)),
-            GgufValueType.String => GgufValue.String(String($"metadata '{key}'")),
-            GgufValueType.UInt64 => GgufValue.UInt64(Read<ulong>(key)),
-            GgufValueType.Int64 => GgufValue.Int64(Read<long>(key)),
-            GgufValueType.Float64 => GgufValue.Float64(Read<double>(key)),
-            _ => GgufValue.Array(Array(key, depth)),
+            GgufValueType.UInt8 => GgufValue.UInt8(Read<byte>(what)),
+            GgufValueType.Int8 => GgufValue.Int8(Read<sbyte>(what)),
+            GgufValueType.UInt16 => GgufValue.UInt16(Read<ushort>(what)),
+            GgufValueType.Int16 => GgufValue.Int16(Read<short>(what)),
+            GgufValueType.UInt32 => GgufValue.UInt32(Read<uint>(what)),
+            GgufValueType.Int32 => GgufValue.Int32(Read<int>(what)),
+            GgufValueType.Float32 => GgufValue.Float32(Read<float>(what)),
+            GgufValueType.Bool => GgufValue.Bool(Bool(what)),
+            GgufValueType.String => GgufValue.String(String(what)),
+            GgufValueType.UInt64 => GgufValue.UInt64(Read<ulong>(what)),
+            GgufValueType.Int64 => GgufValue.Int64(Read<long>(what)),
+            GgufValueType.Float64 => GgufValue.Float64(Read<double>(what)),
+            _ => GgufValue.Array(Array(what, depth)),
         };
 
         private bool Bool(string what)
         {
             byte b = Read<byte>(what);
-            return b <= 1 ? b == 1 : throw Bad($"metadata '{what}' has bool byte {b} at byte {Position - 1} (expected 0 or 1)");
+            return b <= 1 ? b == 1 : throw Bad($"{what} has bool byte {b} at byte {Position - 1} (expected 0 or 1)");
         }
 
-        private GgufArray Array(string key, int depth)
+        private GgufArray Array(string what, int depth)
         {
-            if (depth >= MaxArrayDepth) throw Bad($"metadata '{key}' nests arrays more than {MaxArrayDepth} deep");
-            uint type = U32($"metadata '{key}' array type");
-            if (type > (uint)GgufValueType.Float64) throw Bad($"metadata '{key}' is an array of unknown value type {type}");
+            if (depth >= MaxArrayDepth) throw Bad($"{what} nests arrays more than {MaxArrayDepth} deep");
+            uint type = U32($"{what} array type");
+            if (type > (uint)GgufValueType.Float64) throw Bad($"{what} is an array of unknown value type {type}");
             var elementType = (GgufValueType)type;
-            ulong count = U64($"metadata '{key}' array length");
+            ulong count = U64($"{what} array length");
             // Smallest encoding of one element: strings 8 bytes (the length), arrays 12 (type and count).
             int min = elementType switch
             {
@@ -336,9 +338,9 @@ public sealed unsafe class GgufFile
                 _ => 8,
             };
             if (count > (ulong)(Remaining / min))
-                throw Bad($"metadata '{key}' is an array of {count} {elementType} at byte {Position - 12}, more than the remaining {Remaining} bytes can hold");
+                throw Bad($"{what} is an array of {count} {elementType} at byte {Position - 12}, more than the remaining {Remaining} bytes can hold");
             if (count > (ulong)System.Array.MaxLength)
-                throw Bad($"metadata '{key}' is an array of {count} elements, more than this engine supports");
+                throw Bad($"{what} is an array of {count} elements, more than this engine supports");
             int n = (int)count;
             switch (elementType)
             {
@@ -354,15 +356,15 @@ public sealed unsafe class GgufFile
                 case GgufValueType.Float64: return new(Block<double>(n));
                 case GgufValueType.Bool:
                     var bools = new bool[n];
-                    for (int i = 0; i < n; i++) bools[i] = Bool(key);
+                    for (int i = 0; i < n; i++) bools[i] = Bool(what);
                     return new(bools);
                 case GgufValueType.String:
                     var strings = new string[n];
-                    for (int i = 0; i < n; i++) strings[i] = String($"metadata '{key}' element {i}");
+                    for (int i = 0; i < n; i++) strings[i] = String($"{what} element {i}");
                     return new(strings);
                 default:
                     var arrays = new GgufArray[n];
-                    for (int i = 0; i < n; i++) arrays[i] = Array(key, depth + 1);
+                    for (int i = 0; i < n; i++) arrays[i] = Array(what, depth + 1);
                     return new(arrays);
             }
         }
@@ -379,7 +381,7 @@ public sealed unsafe class GgufFile
         public GgufTensorInfo TensorInfo(ulong index, int alignment)
         {
             string name = String($"tensor {index} name");
-            string where = $"tensor '{name}'";
+            string where = $"tensor {MessageText.Quote(name)}";
             uint nDims = U32($"{where} dimension count");
             if (nDims is < 1 or > 4) throw Bad($"{where} has {nDims} dimensions (GGML allows 1 to 4)");
             var ne = new long[nDims];

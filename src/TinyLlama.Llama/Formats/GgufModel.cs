@@ -154,7 +154,7 @@ public static class GgufModel
     {
         var m = new MetadataReader(file);
         string arch = m.String(Keys.Architecture) ?? throw m.Missing(Keys.Architecture);
-        if (arch != "llama") throw new InvalidDataException($"{file.Path}: {Keys.Architecture} is '{arch}'; only 'llama' models are supported");
+        if (arch != "llama") throw new InvalidDataException($"{file.Path}: {Keys.Architecture} is {MessageText.Quote(arch)}; only 'llama' models are supported");
         int hidden = m.RequiredInt(Keys.EmbeddingLength), heads = m.RequiredInt(Keys.HeadCount);
         int vocab = m.Int(Keys.VocabSize)
             ?? (m.Array(Keys.Tokens)?.Count is int n and > 0 ? n : (int?)null)
@@ -194,7 +194,7 @@ public static class GgufModel
             case "linear":
                 return new RopeScaling("linear", m.Float(Keys.RopeScalingFactor) ?? throw m.Missing(Keys.RopeScalingFactor));
             default:
-                throw new InvalidDataException($"{m.Path}: {Keys.RopeScalingType} '{type}' is not supported (expected none or linear)");
+                throw new InvalidDataException($"{m.Path}: {Keys.RopeScalingType} {MessageText.Quote(type)} is not supported (expected none or linear)");
         }
     }
 
@@ -205,7 +205,7 @@ public static class GgufModel
         string? model = m.String(Keys.TokenizerModel);
         if (model is null) return null;
         if (model is not ("llama" or "gpt2"))
-            throw new InvalidDataException($"{file.Path}: {Keys.TokenizerModel} '{model}' is not supported (expected llama or gpt2)");
+            throw new InvalidDataException($"{file.Path}: {Keys.TokenizerModel} {MessageText.Quote(model)} is not supported (expected llama or gpt2)");
         string[] pieces = m.Items<string>(Keys.Tokens) ?? throw m.Missing(Keys.Tokens);
         int v = pieces.Length;
         int[] rawTypes = m.Items<int>(Keys.TokenTypes) ?? new int[v].Select(_ => (int)TokenType.Normal).ToArray();
@@ -238,7 +238,7 @@ public static class GgufModel
             {
                 // llama.cpp splits at the first space after the first character.
                 int space = lines[i].Length > 1 ? lines[i].IndexOf(' ', 1) : -1;
-                if (space < 0) throw new InvalidDataException($"{file.Path}: {Keys.Merges}[{i}] '{lines[i]}' is not of the form 'left right'");
+                if (space < 0) throw new InvalidDataException($"{file.Path}: {Keys.Merges}[{i}] {MessageText.Quote(lines[i])} is not of the form 'left right'");
                 merges.Add((lines[i][..space], lines[i][(space + 1)..]));
             }
         }
@@ -452,7 +452,7 @@ public static class GgufModel
         public InvalidDataException Missing(string key) => new($"{file.Path}: required metadata '{key}' is missing");
 
         private InvalidDataException Wrong(string key, string expected, GgufValue v) =>
-            new($"{file.Path}: metadata '{key}' must be {expected}, got {v.Type}{(v.Type == GgufValueType.Array ? "" : " " + v.ToString().ReplaceLineEndings(" "))}");
+            new($"{file.Path}: metadata '{key}' must be {expected}, got {v.Type}{(v.Type == GgufValueType.Array ? "" : " " + MessageText.Escape(v.ToString()))}");
 
         private GgufValue? Get(string key) => file.Metadata.TryGetValue(key, out var v) ? v : null;
 

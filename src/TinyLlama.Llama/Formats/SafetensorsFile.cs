@@ -76,7 +76,7 @@ public sealed unsafe class SafetensorsFile
 
     /// <summary>Dtype, shape and byte range of a tensor; <see cref="InvalidDataException"/> naming it when absent.</summary>
     public SafetensorsEntry GetInfo(string name) =>
-        entries.TryGetValue(name, out var e) ? e : throw new InvalidDataException($"{Path}: tensor '{name}' is not in the file ({entries.Count} tensors)");
+        entries.TryGetValue(name, out var e) ? e : throw new InvalidDataException($"{Path}: tensor {MessageText.Quote(name)} is not in the file ({entries.Count} tensors)");
 
     /// <summary>
     /// The tensor in its stored dtype, viewing the mapped file (no copy). Writes to it are allowed and
@@ -166,7 +166,7 @@ public sealed unsafe class SafetensorsFile
                     continue;
                 }
                 if (entries.ContainsKey(name))
-                    throw new InvalidDataException($"{path}: tensor '{name}' appears twice in the header");
+                    throw new InvalidDataException($"{path}: tensor {MessageText.Quote(name)} appears twice in the header");
                 entries[name] = ReadEntry(path, name, prop.Value, dataLength);
             }
 
@@ -178,9 +178,9 @@ public sealed unsafe class SafetensorsFile
             foreach (var e in ordered)
             {
                 if (e.Begin < covered)
-                    throw new InvalidDataException($"{path}: tensors '{previous!.Name}' [{previous.Begin}, {previous.End}) and '{e.Name}' [{e.Begin}, {e.End}) overlap");
+                    throw new InvalidDataException($"{path}: tensors {MessageText.Quote(previous!.Name)} [{previous.Begin}, {previous.End}) and {MessageText.Quote(e.Name)} [{e.Begin}, {e.End}) overlap");
                 if (e.Begin > covered)
-                    throw new InvalidDataException($"{path}: bytes [{covered}, {e.Begin}) of the data buffer belong to no tensor (the next, '{e.Name}', begins at {e.Begin}); the tensors must cover the buffer exactly");
+                    throw new InvalidDataException($"{path}: bytes [{covered}, {e.Begin}) of the data buffer belong to no tensor (the next, {MessageText.Quote(e.Name)}, begins at {e.Begin}); the tensors must cover the buffer exactly");
                 covered = e.End;
                 previous = e;
             }
@@ -198,14 +198,14 @@ public sealed unsafe class SafetensorsFile
         foreach (var m in value.EnumerateObject())
         {
             if (m.Value.ValueKind != JsonValueKind.String)
-                throw new InvalidDataException($"{path}: '__metadata__' entry '{m.Name}' must be a string, found {m.Value.ValueKind}");
+                throw new InvalidDataException($"{path}: '__metadata__' entry {MessageText.Quote(m.Name)} must be a string, found {m.Value.ValueKind}");
             metadata[m.Name] = m.Value.GetString()!;
         }
     }
 
     private static SafetensorsEntry ReadEntry(string path, string name, JsonElement value, long dataLength)
     {
-        string where = $"{path}: tensor '{name}'";
+        string where = $"{path}: tensor {MessageText.Quote(name)}";
         if (value.ValueKind != JsonValueKind.Object)
             throw new InvalidDataException($"{where} must be an object with dtype, shape and data_offsets, found {value.ValueKind}");
 
@@ -215,7 +215,7 @@ public sealed unsafe class SafetensorsFile
         if (Safetensors.ParseDType(dtypeName) is not DType dtype)
             throw new InvalidDataException(Safetensors.IsKnownDType(dtypeName)
                 ? $"{where} has dtype {dtypeName}, which is not supported (supported: {Safetensors.SupportedDTypeNames})"
-                : $"{where} has unknown dtype '{dtypeName}' (supported: {Safetensors.SupportedDTypeNames})");
+                : $"{where} has unknown dtype {MessageText.Quote(dtypeName)} (supported: {Safetensors.SupportedDTypeNames})");
 
         if (!value.TryGetProperty("shape", out var shapeElement) || shapeElement.ValueKind != JsonValueKind.Array)
             throw new InvalidDataException($"{where} has no 'shape' array");
@@ -225,15 +225,15 @@ public sealed unsafe class SafetensorsFile
         foreach (var s in shapeElement.EnumerateArray())
         {
             if (s.ValueKind != JsonValueKind.Number || !s.TryGetInt64(out long size))
-                throw new InvalidDataException($"{where} has a shape entry that is not an integer: {s.GetRawText()}");
+                throw new InvalidDataException($"{where} has a shape entry that is not an integer: {MessageText.Escape(s.GetRawText())}");
             if (size < 0)
-                throw new InvalidDataException($"{where} has negative shape entry {size} in {shapeElement.GetRawText()}");
+                throw new InvalidDataException($"{where} has negative shape entry {size} in {MessageText.Escape(shapeElement.GetRawText())}");
             if (size > int.MaxValue)
                 throw new InvalidDataException($"{where} has shape entry {size}, more than the {int.MaxValue} elements a tensor may hold");
             shape[k++] = (int)size;
             numel = numel * size;
             if (numel > int.MaxValue)
-                throw new InvalidDataException($"{where} has shape {shapeElement.GetRawText()}, more than the {int.MaxValue} elements a tensor may hold");
+                throw new InvalidDataException($"{where} has shape {MessageText.Escape(shapeElement.GetRawText())}, more than the {int.MaxValue} elements a tensor may hold");
         }
 
         if (!value.TryGetProperty("data_offsets", out var offsets) || offsets.ValueKind != JsonValueKind.Array || offsets.GetArrayLength() != 2)
@@ -243,7 +243,7 @@ public sealed unsafe class SafetensorsFile
         foreach (var o in offsets.EnumerateArray())
         {
             if (o.ValueKind != JsonValueKind.Number || !o.TryGetInt64(out be[j]) || be[j] < 0)
-                throw new InvalidDataException($"{where} has data_offsets {offsets.GetRawText()}: entries must be non-negative integers");
+                throw new InvalidDataException($"{where} has data_offsets {MessageText.Escape(offsets.GetRawText())}: entries must be non-negative integers");
             j++;
         }
         long begin = be[0], end = be[1];
@@ -253,7 +253,7 @@ public sealed unsafe class SafetensorsFile
             throw new InvalidDataException($"{where} has data_offsets [{begin}, {end}] out of range: the data buffer holds {dataLength} bytes");
         long expected = numel * dtype.SizeOf();
         if (end - begin != expected)
-            throw new InvalidDataException($"{where} spans {end - begin} bytes but shape {shapeElement.GetRawText()} of {dtypeName} needs {expected} (numel {numel} x {dtype.SizeOf()})");
+            throw new InvalidDataException($"{where} spans {end - begin} bytes but shape {Shapes.Format(shape)} of {dtypeName} needs {expected} (numel {numel} x {dtype.SizeOf()})");
         return new SafetensorsEntry(name, dtype, shape, begin, end);
     }
 }

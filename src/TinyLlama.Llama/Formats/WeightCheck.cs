@@ -28,7 +28,7 @@ public static class WeightCheck
             string where = t.DType.IsQuantized()
                 ? $"in a scale of block {at / QuantTypes.FromDType(t.DType).Traits().BlockBytes}"
                 : $"as element {at} of {t.Numel}";
-            throw new InvalidDataException($"{source}: tensor '{name}' ({t.DType.Name()} {Shapes.Format(t.Shape)}) holds a NaN or infinite value {where} (--check-tensors)");
+            throw new InvalidDataException($"{source}: tensor {MessageText.Quote(name)} ({t.DType.Name()} {Shapes.Format(t.Shape)}) holds a NaN or infinite value {where} (--check-tensors)");
         }
     }
 

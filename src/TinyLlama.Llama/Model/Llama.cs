@@ -236,13 +236,15 @@ public sealed class LlamaForCausalLM : Module
 
     /// <summary>
     /// Builds a model and takes its weights from a checkpoint's tensors (HF names). f32 tensors are used
-    /// in place (no copy); 16-bit ones are converted to <paramref name="dtype"/>.
+    /// in place (no copy); 16-bit ones are converted to <paramref name="dtype"/>. <paramref name="source"/>
+    /// (the checkpoint's path) begins every error: a tensor missing, of the wrong shape or not the model's.
     /// </summary>
-    public static LlamaForCausalLM FromWeights(LlamaConfig config, IReadOnlyDictionary<string, Tensor> weights, DType dtype = DType.F32, Device? device = null)
+    public static LlamaForCausalLM FromWeights(LlamaConfig config, IReadOnlyDictionary<string, Tensor> weights, DType dtype = DType.F32, Device? device = null,
+        string source = "weights")
     {
         var dev = device ?? Device.Cpu;
         // Before anything is sized by the config: every tensor it implies present with the implied shape.
-        Checkpoint.CheckWeights(config, weights, "weights");
+        Checkpoint.CheckWeights(config, weights, source);
         var model = new LlamaForCausalLM(config, null, dtype, device, initialize: false);
         // A block-quantized weight (a GGUF q4_0/q8_0 file) stays in its blocks: its Linear or Embedding gives
         // way to a QuantizedLinear or QuantizedEmbedding over the tensor, which keeps the parameter's name.
@@ -255,13 +257,13 @@ public sealed class LlamaForCausalLM : Module
         var state = new Dictionary<string, Tensor>();
         foreach (var (name, p) in model.NamedParameters())
         {
-            if (!weights.TryGetValue(name, out var w)) throw new InvalidDataException($"checkpoint is missing tensor '{name}'");
+            if (!weights.TryGetValue(name, out var w)) throw new InvalidDataException($"{source}: tensor {MessageText.Quote(name)} is missing");
             state[name] = w.DType.IsQuantized() ? p
                 : w.DType == dtype && w.Device == dev ? w.Detach() : w.Detach().To(dtype).To(dev);
         }
         foreach (var name in weights.Keys)
             if (!state.ContainsKey(name) && !(config.TieWordEmbeddings && name == "lm_head.weight") && !name.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal))
-                throw new InvalidDataException($"checkpoint has unexpected tensor '{name}'");
+                throw new InvalidDataException($"{source}: unexpected tensor {MessageText.Quote(name)} (not a weight of this model)");
         model.LoadStateDict(state, strict: true, copy: false);
         return model;
     }

@@ -245,7 +245,7 @@ public sealed record LlamaConfig
         if (RopeScaling is { } s)
         {
             if (s.Type is not ("linear" or "llama3"))
-                throw new InvalidDataException($"{source}: rope_scaling type '{s.Type}' is not supported (expected linear or llama3)");
+                throw new InvalidDataException($"{source}: rope_scaling type {MessageText.Quote(s.Type)} is not supported (expected linear or llama3)");
             if (!(s.Factor > 0) || double.IsInfinity(s.Factor))
                 throw new InvalidDataException($"{source}: rope_scaling.factor must be positive, got {s.Factor.ToString(CultureInfo.InvariantCulture)}");
             if (s.Type == "llama3")
@@ -286,7 +286,7 @@ public sealed record LlamaConfig
             // Features the model does not implement: refuse rather than load a model that would compute something else.
             string? act = r.OptionalString("hidden_act");
             if (act is not null && act != "silu")
-                throw new InvalidDataException($"{sourceName}: hidden_act '{act}' is not supported (LLaMA uses silu)");
+                throw new InvalidDataException($"{sourceName}: hidden_act {MessageText.Quote(act)} is not supported (LLaMA uses silu)");
             if (r.OptionalBool("attention_bias") == true)
                 throw new InvalidDataException($"{sourceName}: attention_bias = true is not supported (LLaMA projections have no bias)");
             if (r.OptionalBool("mlp_bias") == true)
@@ -402,8 +402,8 @@ public sealed record LlamaConfig
         var architectures = r.OptionalStringList("architectures");
         bool llama = modelType == "llama" || (architectures?.Contains("LlamaForCausalLM") ?? false);
         if (llama) return;
-        string found = modelType is not null ? $"model_type '{modelType}'"
-            : architectures is not null ? $"architectures [{string.Join(", ", architectures)}]"
+        string found = modelType is not null ? $"model_type {MessageText.Quote(modelType)}"
+            : architectures is not null ? $"architectures [{MessageText.Escape(string.Join(", ", architectures))}]"
             : "neither model_type nor architectures";
         throw new InvalidDataException($"{source}: not a LLaMA config ({found}; expected model_type 'llama' or architectures containing LlamaForCausalLM)");
     }
@@ -427,7 +427,7 @@ public sealed record LlamaConfig
                 return new RopeScaling("llama3", r.RequiredDouble("factor"), r.RequiredDouble("low_freq_factor"),
                     r.RequiredDouble("high_freq_factor"), r.RequiredInt("original_max_position_embeddings"));
             default:
-                throw new InvalidDataException($"{source}: rope_scaling type '{type}' is not supported (expected linear or llama3)");
+                throw new InvalidDataException($"{source}: rope_scaling type {MessageText.Quote(type)} is not supported (expected linear or llama3)");
         }
     }
 
@@ -442,8 +442,6 @@ public sealed record LlamaConfig
         _ => e.ValueKind.ToString(),
     };
 
-    private static string OneLine(string s) => s.ReplaceLineEndings(" ");
-
     /// <summary>Typed field access over one JSON object, with errors naming the source and field. Null counts as absent.</summary>
     private readonly struct FieldReader(JsonElement obj, string source, string prefix = "")
     {
@@ -453,7 +451,7 @@ public sealed record LlamaConfig
         private InvalidDataException Missing(string name) => new($"{source}: required field '{prefix}{name}' is missing");
 
         private InvalidDataException Wrong(string name, string expected, JsonElement e) =>
-            new($"{source}: field '{prefix}{name}' must be {expected}, got {Kind(e)}{(e.ValueKind is JsonValueKind.Number or JsonValueKind.String ? " " + OneLine(e.GetRawText()) : "")}");
+            new($"{source}: field '{prefix}{name}' must be {expected}, got {Kind(e)}{(e.ValueKind is JsonValueKind.Number or JsonValueKind.String ? " " + MessageText.Escape(e.GetRawText()) : "")}");
 
         public int RequiredInt(string name) => OptionalInt(name) ?? throw Missing(name);
 

@@ -15,6 +15,7 @@
 // Anything else (another model type, Unicode normalizers, byte-level pre-tokenizers, dropout)
 // is rejected with an InvalidDataException naming the file.
 using System.Text.Json;
+using TinyLlama.Formats;
 
 namespace TinyLlama.Tokenizers;
 
@@ -53,7 +54,7 @@ internal static class HuggingFaceTokenizerJson
         if (!root.TryGetProperty("model", out var model) || model.ValueKind != JsonValueKind.Object)
             throw Bad(source, "no \"model\" object");
         string type = model.TryGetProperty("type", out var t) ? t.GetString() ?? "" : "BPE";
-        if (type != "BPE") throw Bad(source, $"model type is '{type}'; only BPE is supported");
+        if (type != "BPE") throw Bad(source, $"model type is {MessageText.Quote(type)}; only BPE is supported");
         if (model.TryGetProperty("dropout", out var dropout) && dropout.ValueKind == JsonValueKind.Number && dropout.GetDouble() > 0)
             throw Bad(source, "BPE dropout is not supported");
         foreach (var name in (string[])["continuing_subword_prefix", "end_of_word_suffix"])
@@ -69,8 +70,8 @@ internal static class HuggingFaceTokenizerJson
         foreach (var entry in vocab.EnumerateObject())
         {
             int id = entry.Value.GetInt32();
-            if (id < 0) throw Bad(source, $"vocab entry '{entry.Name}' has negative id {id}");
-            if (!byId.TryAdd(id, entry.Name)) throw Bad(source, $"id {id} is given to both '{byId[id]}' and '{entry.Name}'");
+            if (id < 0) throw Bad(source, $"vocab entry {MessageText.Quote(entry.Name)} has negative id {id}");
+            if (!byId.TryAdd(id, entry.Name)) throw Bad(source, $"id {id} is given to both {MessageText.Quote(byId[id])} and {MessageText.Quote(entry.Name)}");
         }
         var special = new HashSet<int>();
         var userDefined = new HashSet<int>();
@@ -80,9 +81,9 @@ internal static class HuggingFaceTokenizerJson
             {
                 int id = token.GetProperty("id").GetInt32();
                 string content = token.GetProperty("content").GetString() ?? "";
-                if (id < 0) throw Bad(source, $"added token '{content}' has negative id {id}");
+                if (id < 0) throw Bad(source, $"added token {MessageText.Quote(content)} has negative id {id}");
                 if (byId.TryGetValue(id, out var existing) && existing != content)
-                    throw Bad(source, $"added token {id} '{content}' differs from vocab entry '{existing}'");
+                    throw Bad(source, $"added token {id} {MessageText.Quote(content)} differs from vocab entry {MessageText.Quote(existing)}");
                 byId[id] = content;
                 (GetBool(token, "special", false) ? special : userDefined).Add(id);
             }
@@ -95,7 +96,7 @@ internal static class HuggingFaceTokenizerJson
 
         string? unkToken = model.TryGetProperty("unk_token", out var u) && u.ValueKind == JsonValueKind.String ? u.GetString() : null;
         int unkId = unkToken is not null ? Array.IndexOf(pieces, unkToken) : -1;
-        if (unkId < 0) throw Bad(source, unkToken is null ? "model.unk_token is missing" : $"unk_token '{unkToken}' is not in the vocabulary");
+        if (unkId < 0) throw Bad(source, unkToken is null ? "model.unk_token is missing" : $"unk_token {MessageText.Quote(unkToken)} is not in the vocabulary");
         var types = new TokenType[size];
         for (int id = 0; id < size; id++)
         {
@@ -141,7 +142,7 @@ internal static class HuggingFaceTokenizerJson
                 string s = m.GetString()!;
                 int space = s.IndexOf(' ');
                 if (space <= 0 || space == s.Length - 1 || s.IndexOf(' ', space + 1) >= 0)
-                    throw Bad(source, $"merge {rank} \"{s}\" is not of the form \"a b\"");
+                    throw Bad(source, $"merge {rank} {MessageText.Quote(s)} is not of the form \"a b\"");
                 merges.Add((s[..space], s[(space + 1)..]));
             }
             else if (m.ValueKind == JsonValueKind.Array && m.GetArrayLength() == 2)
@@ -174,14 +175,14 @@ internal static class HuggingFaceTokenizerJson
                         replace = true;
                         break;
                     default:
-                        throw Bad(source, $"normalizer '{Type(step)}' is not supported (expected Prepend(\"▁\") and Replace(\" \", \"▁\"))");
+                        throw Bad(source, $"normalizer {MessageText.Quote(Type(step))} is not supported (expected Prepend(\"▁\") and Replace(\" \", \"▁\"))");
                 }
             }
         }
         bool metaspace = false, onlyIfAbsent = false, split = false, metaPrefix = false;
         if (root.TryGetProperty("pre_tokenizer", out var pre) && pre.ValueKind == JsonValueKind.Object)
         {
-            if (Type(pre) != "Metaspace") throw Bad(source, $"pre_tokenizer '{Type(pre)}' is not supported (only Metaspace)");
+            if (Type(pre) != "Metaspace") throw Bad(source, $"pre_tokenizer {MessageText.Quote(Type(pre))} is not supported (only Metaspace)");
             if (pre.TryGetProperty("replacement", out var rep) && rep.GetString() != "\u2581")
                 throw Bad(source, "Metaspace replacement other than '▁' is not supported");
             metaspace = true;

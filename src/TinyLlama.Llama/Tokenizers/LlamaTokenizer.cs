@@ -92,6 +92,20 @@ public sealed class LlamaTokenizer
     public int PadId => _options.PadId;
     /// <summary>Id of the unknown piece &lt;unk&gt;.</summary>
     public int UnkId { get; }
+    /// <summary>Where the vocabulary came from (the file's path, or "vocabulary"): errors in using it name it.</summary>
+    public string Source { get; }
+
+    /// <summary>
+    /// <see cref="BosId"/>; an <see cref="InvalidDataException"/> naming <see cref="Source"/> when the
+    /// tokenizer has none (a file whose BOS id is absent or -1), for callers that must start with BOS.
+    /// </summary>
+    public int RequireBosId() => BosId >= 0 ? BosId : throw NoSpecial("BOS");
+
+    /// <summary><see cref="EosId"/>; an <see cref="InvalidDataException"/> naming <see cref="Source"/> when the tokenizer has none.</summary>
+    public int RequireEosId() => EosId >= 0 ? EosId : throw NoSpecial("EOS");
+
+    private InvalidDataException NoSpecial(string name) =>
+        new($"{Source}: the tokenizer has no {name} piece (its {name} id is absent or -1), but {name} is needed here");
     /// <summary>The normalisation and special-token settings.</summary>
     public TokenizerOptions Options => _options;
     /// <summary>True when merges are ranked by a Hugging Face merge list rather than by piece scores.</summary>
@@ -104,6 +118,7 @@ public sealed class LlamaTokenizer
         if (scores.Length != v || types.Length != v)
             throw new ArgumentException($"{source}: {v} pieces but {scores.Length} scores and {types.Length} types");
         if (v == 0) throw new ArgumentException($"{source}: the vocabulary is empty");
+        Source = source;
         _pieces = pieces;
         _scores = scores;
         _types = types;
@@ -118,7 +133,7 @@ public sealed class LlamaTokenizer
         {
             string p = pieces[id] ?? throw new ArgumentException($"{source}: piece {id} is null");
             if (p.Length == 0) throw new ArgumentException($"{source}: piece {id} is empty");
-            if (!_ids.TryAdd(p, id)) throw new ArgumentException($"{source}: piece {id} '{p}' is defined twice");
+            if (!_ids.TryAdd(p, id)) throw new ArgumentException($"{source}: piece {id} {MessageText.Quote(p)} is defined twice");
             _byteValue[id] = -1;
             switch (types[id])
             {
@@ -128,7 +143,7 @@ public sealed class LlamaTokenizer
                     break;
                 case TokenType.Byte:
                     int b = ParseBytePiece(p);
-                    if (b < 0) throw new ArgumentException($"{source}: byte piece {id} '{p}' is not of the form <0xXX>");
+                    if (b < 0) throw new ArgumentException($"{source}: byte piece {id} {MessageText.Quote(p)} is not of the form <0xXX>");
                     _byteValue[id] = b;
                     _byteToId[b] = id;
                     break;
@@ -163,7 +178,7 @@ public sealed class LlamaTokenizer
             {
                 var (left, right) = merges[rank];
                 if (!_ids.TryGetValue(left, out int l) || !_ids.TryGetValue(right, out int r) || !_ids.TryGetValue(left + right, out int m))
-                    throw new ArgumentException($"{source}: merge {rank} '{left} {right}' uses a piece that is not in the vocabulary");
+                    throw new ArgumentException($"{source}: merge {rank} {MessageText.Quote(left + " " + right)} uses a piece that is not in the vocabulary");
                 _merges[PairKey(l, r)] = (rank, m);
             }
         }
@@ -337,15 +352,15 @@ public sealed class LlamaTokenizer
     /// Encodes text to token ids, optionally with &lt;s&gt; first and &lt;/s&gt; last. Text that spells
     /// a control piece ("&lt;s&gt;") is encoded as ordinary characters, as SentencePiece does.
     /// </summary>
+    /// <exception cref="InvalidDataException">BOS or EOS asked for, and the tokenizer has none (see <see cref="RequireBosId"/>).</exception>
     public int[] Encode(string text, bool addBos = false, bool addEos = false)
     {
         ArgumentNullException.ThrowIfNull(text);
-        if (addBos && BosId < 0) throw new InvalidOperationException("this tokenizer has no BOS piece");
-        if (addEos && EosId < 0) throw new InvalidOperationException("this tokenizer has no EOS piece");
+        int bos = addBos ? RequireBosId() : -1, eos = addEos ? RequireEosId() : -1;
         var ids = new List<int>(text.Length / 3 + 2);
-        if (addBos) ids.Add(BosId);
+        if (addBos) ids.Add(bos);
         EncodeNormalized(Normalize(text), ids);
-        if (addEos) ids.Add(EosId);
+        if (addEos) ids.Add(eos);
         return [.. ids];
     }
 

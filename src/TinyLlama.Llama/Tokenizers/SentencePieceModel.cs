@@ -17,6 +17,8 @@
 // training options: input files, vocab_size, character_coverage, ...) is skipped. The checks after
 // parsing follow SentencePiece's ModelInterface::InitializePieces: non-empty unique pieces, exactly
 // one UNKNOWN piece, BYTE pieces only with byte_fallback and only of the form <0xXX>.
+using TinyLlama.Formats;
+
 namespace TinyLlama.Tokenizers;
 
 /// <summary>The kind of a vocabulary entry; the numbers are SentencePiece's (and GGUF's token_type).</summary>
@@ -220,19 +222,19 @@ public sealed class SentencePieceModel
         if (m.TreatWhitespaceAsSuffix)
             throw new InvalidDataException($"{source}: treat_whitespace_as_suffix is not supported");
         if (m.PrecompiledCharsmapLength > 0)
-            throw new InvalidDataException($"{source}: normalizer '{m.NormalizerName}' uses a precompiled character map, which is not supported (Llama uses 'identity')");
+            throw new InvalidDataException($"{source}: normalizer {MessageText.Quote(m.NormalizerName)} uses a precompiled character map, which is not supported (Llama uses 'identity')");
         var seen = new HashSet<string>(pieces.Count, StringComparer.Ordinal);
         int unkCount = 0;
         for (int i = 0; i < pieces.Count; i++)
         {
             var p = pieces[i];
             if (p.Piece.Length == 0) throw new InvalidDataException($"{source}: piece {i} is empty");
-            if (!seen.Add(p.Piece)) throw new InvalidDataException($"{source}: piece {i} '{p.Piece}' is defined twice");
+            if (!seen.Add(p.Piece)) throw new InvalidDataException($"{source}: piece {i} {MessageText.Quote(p.Piece)} is defined twice");
             if (p.Type == TokenType.Unknown) unkCount++;
             if (p.Type == TokenType.Byte)
             {
-                if (!m.ByteFallback) throw new InvalidDataException($"{source}: byte piece {i} '{p.Piece}' but byte_fallback is off");
-                if (LlamaTokenizer.ParseBytePiece(p.Piece) < 0) throw new InvalidDataException($"{source}: byte piece {i} '{p.Piece}' is not of the form <0xXX>");
+                if (!m.ByteFallback) throw new InvalidDataException($"{source}: byte piece {i} {MessageText.Quote(p.Piece)} but byte_fallback is off");
+                if (LlamaTokenizer.ParseBytePiece(p.Piece) < 0) throw new InvalidDataException($"{source}: byte piece {i} {MessageText.Quote(p.Piece)} is not of the form <0xXX>");
             }
         }
         if (unkCount != 1) throw new InvalidDataException($"{source}: expected exactly one unknown piece, found {unkCount}");

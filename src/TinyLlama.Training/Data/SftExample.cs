@@ -64,8 +64,7 @@ internal sealed record TextEncoder(Func<string, int[]> Encode, int BosId, int Eo
     public static TextEncoder From(LlamaTokenizer tokenizer)
     {
         ArgumentNullException.ThrowIfNull(tokenizer);
-        if (tokenizer.BosId < 0 || tokenizer.EosId < 0)
-            throw new ArgumentException("SFT data needs a tokenizer with BOS and EOS pieces", nameof(tokenizer));
-        return new TextEncoder(text => tokenizer.Encode(text), tokenizer.BosId, tokenizer.EosId);
+        // SFT data needs BOS and EOS pieces: a tokenizer without one is an error naming its file.
+        return new TextEncoder(text => tokenizer.Encode(text), tokenizer.RequireBosId(), tokenizer.RequireEosId());
     }
 }

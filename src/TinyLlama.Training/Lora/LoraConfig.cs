@@ -53,6 +53,6 @@ public sealed record LoraConfig(int Rank, double Alpha, double Dropout, IReadOnl
         if (TargetModules is null || TargetModules.Count == 0) throw new ArgumentException("LoRA target_modules is empty");
         foreach (var t in TargetModules)
             if (t is null || CanonicalTarget(t) is null)
-                throw new ArgumentException($"unknown LoRA target module '{t}' (expected one of {string.Join(", ", AllTargets)}, or q, k, v, o, gate, up, down)");
+                throw new ArgumentException($"unknown LoRA target module {TinyLlama.Formats.MessageText.Quote(t)} (expected one of {string.Join(", ", AllTargets)}, or q, k, v, o, gate, up, down)");
     }
 }

@@ -139,15 +139,15 @@ public static class PeftAdapter
         }
         foreach (var (key, shape) in expected)
         {
-            if (!file.Contains(key)) throw new InvalidDataException($"{weightsPath}: tensor '{key}' is missing (target_modules in {configPath} asks for it)");
+            if (!file.Contains(key)) throw new InvalidDataException($"{weightsPath}: tensor {MessageText.Quote(key)} is missing (target_modules in {configPath} asks for it)");
             var info = file.GetInfo(key);
-            if (!info.DType.IsFloat()) throw new InvalidDataException($"{weightsPath}: tensor '{key}' has dtype {info.DType.Name()}, expected a floating-point type");
+            if (!info.DType.IsFloat()) throw new InvalidDataException($"{weightsPath}: tensor {MessageText.Quote(key)} has dtype {info.DType.Name()}, expected a floating-point type");
             if (!info.Shape.AsSpan().SequenceEqual(shape))
-                throw new InvalidDataException($"{weightsPath}: tensor '{key}' has shape {Shapes.Format(info.Shape)}, expected {Shapes.Format(shape)} (r={config.Rank} from {configPath})");
+                throw new InvalidDataException($"{weightsPath}: tensor {MessageText.Quote(key)} has shape {Shapes.Format(info.Shape)}, expected {Shapes.Format(shape)} (r={config.Rank} from {configPath})");
         }
         foreach (var key in file.Names)
             if (!expected.ContainsKey(key))
-                throw new InvalidDataException($"{weightsPath}: unexpected tensor '{key}' (not a LoRA weight of a layer that target_modules in {configPath} names)");
+                throw new InvalidDataException($"{weightsPath}: unexpected tensor {MessageText.Quote(key)} (not a LoRA weight of a layer that target_modules in {configPath} names)");
         var existing = Lora.AdaptedLayers(model);
         if (existing.Count > 0) throw new InvalidOperationException($"the model already has LoRA adapters (e.g. on {existing[0].Name}); merge or remove them first");
 
@@ -183,7 +183,7 @@ public static class PeftAdapter
         }
         catch (JsonException e)
         {
-            throw new InvalidDataException($"{path}: not valid JSON ({OneLine(e.Message)})");
+            throw new InvalidDataException($"{path}: not valid JSON ({JsonText.Describe(e)})");
         }
         using (doc)
         {
@@ -191,19 +191,19 @@ public static class PeftAdapter
             if (root.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{path}: expected a JSON object, got {root.ValueKind}");
 
             string peftType = RequireString(path, root, "peft_type");
-            if (peftType != "LORA") throw new InvalidDataException($"{path}: peft_type is \"{peftType}\", only \"LORA\" is supported");
+            if (peftType != "LORA") throw new InvalidDataException($"{path}: peft_type is {MessageText.Quote(peftType)}, only \"LORA\" is supported");
             var r = Require(path, root, "r");
             if (r.ValueKind != JsonValueKind.Number || !r.TryGetInt32(out int rank) || rank < 1)
-                throw new InvalidDataException($"{path}: field \"r\" must be a positive integer, got {r.GetRawText()}");
+                throw new InvalidDataException($"{path}: field \"r\" must be a positive integer, got {MessageText.Escape(r.GetRawText())}");
             var a = Require(path, root, "lora_alpha");
             if (a.ValueKind != JsonValueKind.Number || !double.IsFinite(a.GetDouble()))
-                throw new InvalidDataException($"{path}: field \"lora_alpha\" must be a number, got {a.GetRawText()}");
+                throw new InvalidDataException($"{path}: field \"lora_alpha\" must be a number, got {MessageText.Escape(a.GetRawText())}");
             double alpha = a.GetDouble();
             double dropout = 0.0;
             if (root.TryGetProperty("lora_dropout", out var d) && d.ValueKind != JsonValueKind.Null)
             {
                 if (d.ValueKind != JsonValueKind.Number || !(d.GetDouble() >= 0 && d.GetDouble() < 1))
-                    throw new InvalidDataException($"{path}: field \"lora_dropout\" must be a number in [0, 1), got {d.GetRawText()}");
+                    throw new InvalidDataException($"{path}: field \"lora_dropout\" must be a number in [0, 1), got {MessageText.Escape(d.GetRawText())}");
                 dropout = d.GetDouble();
             }
             var targets = ReadTargets(path, Require(path, root, "target_modules"));
@@ -228,17 +228,17 @@ public static class PeftAdapter
         {
             // PEFT's INCLUDE_LINEAR_LAYERS_SHORTHAND: every linear layer except the output head.
             if (t.GetString() == "all-linear") return [.. LoraConfig.AllTargets];
-            throw new InvalidDataException($"{path}: field \"target_modules\" is the regular expression \"{OneLine(t.GetString()!)}\"; only a list of module names (or \"all-linear\") is supported");
+            throw new InvalidDataException($"{path}: field \"target_modules\" is the regular expression \"{MessageText.Escape(t.GetString()!)}\"; only a list of module names (or \"all-linear\") is supported");
         }
         if (t.ValueKind != JsonValueKind.Array || t.GetArrayLength() == 0)
-            throw new InvalidDataException($"{path}: field \"target_modules\" must be a non-empty list of module names, got {OneLine(t.GetRawText())}");
+            throw new InvalidDataException($"{path}: field \"target_modules\" must be a non-empty list of module names, got {MessageText.Escape(t.GetRawText())}");
         var names = new List<string>();
         foreach (var e in t.EnumerateArray())
         {
             string? name = e.ValueKind == JsonValueKind.String ? e.GetString() : null;
             string? canonical = name is null ? null : LoraConfig.CanonicalTarget(name);
             if (canonical is null)
-                throw new InvalidDataException($"{path}: unknown target module {OneLine(e.GetRawText())} (expected {string.Join(", ", LoraConfig.AllTargets)})");
+                throw new InvalidDataException($"{path}: unknown target module {MessageText.Escape(e.GetRawText())} (expected {string.Join(", ", LoraConfig.AllTargets)})");
             names.Add(canonical);
         }
         return names;
@@ -250,17 +250,15 @@ public static class PeftAdapter
     private static string RequireString(string path, JsonElement root, string field)
     {
         var v = Require(path, root, field);
-        return v.ValueKind == JsonValueKind.String ? v.GetString()! : throw new InvalidDataException($"{path}: field \"{field}\" must be a string, got {OneLine(v.GetRawText())}");
+        return v.ValueKind == JsonValueKind.String ? v.GetString()! : throw new InvalidDataException($"{path}: field \"{field}\" must be a string, got {MessageText.Escape(v.GetRawText())}");
     }
 
     /// <summary>An optional field that, when present and not null, must satisfy <paramref name="ok"/>.</summary>
     private static void RejectUnless(string path, JsonElement root, string field, Func<JsonElement, bool> ok, string why)
     {
         if (root.TryGetProperty(field, out var v) && v.ValueKind != JsonValueKind.Null && !ok(v))
-            throw new InvalidDataException($"{path}: field \"{field}\" is {OneLine(v.GetRawText())}: {why}");
+            throw new InvalidDataException($"{path}: field \"{field}\" is {MessageText.Escape(v.GetRawText())}: {why}");
     }
-
-    private static string OneLine(string s) => s.ReplaceLineEndings(" ");
 
     /// <summary>
     /// adapter_config.json as PEFT's save_pretrained writes it for this config: every LoraConfig field

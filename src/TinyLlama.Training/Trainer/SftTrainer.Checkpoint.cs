@@ -149,7 +149,7 @@ public sealed partial class SftTrainer
         {
             DType saved = DType.F32;
             try { saved = DTypes.Parse(s.ComputeDType); }
-            catch (ArgumentException) { Fail($"\"compute_dtype\" is '{s.ComputeDType}', not a dtype"); }
+            catch (ArgumentException) { Fail($"\"compute_dtype\" is {MessageText.Quote(s.ComputeDType)}, not a dtype"); }
             if (saved != options.ComputeDType) Fail($"the checkpoint was trained in {saved.Name()}, this run computes in {options.ComputeDType.Name()}");
         }
         if (scaler is null)
@@ -180,11 +180,11 @@ public sealed partial class SftTrainer
     {
         var names = new HashSet<string>(trainable.Select(p => p.Name), StringComparer.Ordinal);
         foreach (var name in paramsFile.Names)
-            if (!names.Contains(name)) throw new InvalidDataException($"{paramsFile.Path}: unexpected tensor '{name}' (not a trainable parameter of this run; was the checkpoint made with other LoRA targets?)");
+            if (!names.Contains(name)) throw new InvalidDataException($"{paramsFile.Path}: unexpected tensor {MessageText.Quote(name)} (not a trainable parameter of this run; was the checkpoint made with other LoRA targets?)");
         var moments = new HashSet<string>(StringComparer.Ordinal);
         foreach (var (name, p) in trainable)
         {
-            if (!paramsFile.Contains(name)) throw new InvalidDataException($"{paramsFile.Path}: tensor '{name}' is missing (was the checkpoint made with other LoRA targets?)");
+            if (!paramsFile.Contains(name)) throw new InvalidDataException($"{paramsFile.Path}: tensor {MessageText.Quote(name)} is missing (was the checkpoint made with other LoRA targets?)");
             CheckTensor(paramsFile, name, p.DType, p.Shape, nonNegative: false);
             var stateType = p.DType == DType.F64 ? DType.F64 : DType.F32;
             foreach (var key in new[] { "m." + name, "v." + name })
@@ -192,27 +192,27 @@ public sealed partial class SftTrainer
                 moments.Add(key);
                 if (optimizerStep == 0) continue; // none may exist: reported below as unexpected
                 if (!momentsFile.Contains(key))
-                    throw new InvalidDataException($"{momentsFile.Path}: AdamW moment '{key}' is missing, but the optimizer has taken {optimizerStep} steps");
+                    throw new InvalidDataException($"{momentsFile.Path}: AdamW moment {MessageText.Quote(key)} is missing, but the optimizer has taken {optimizerStep} steps");
                 CheckTensor(momentsFile, key, stateType, p.Shape, nonNegative: key[0] == 'v');
             }
         }
         foreach (var key in momentsFile.Names)
             if (!moments.Contains(key) || optimizerStep == 0)
-                throw new InvalidDataException($"{momentsFile.Path}: unexpected tensor '{key}' ({(optimizerStep == 0 ? "the optimizer has not stepped yet" : "not a moment of a trainable parameter")})");
+                throw new InvalidDataException($"{momentsFile.Path}: unexpected tensor {MessageText.Quote(key)} ({(optimizerStep == 0 ? "the optimizer has not stepped yet" : "not a moment of a trainable parameter")})");
     }
 
     private static void CheckTensor(SafetensorsFile file, string name, DType dtype, int[] shape, bool nonNegative)
     {
         var info = file.GetInfo(name);
-        if (info.DType != dtype) throw new InvalidDataException($"{file.Path}: tensor '{name}' has dtype {info.DType.Name()}, expected {dtype.Name()}");
-        if (!info.Shape.AsSpan().SequenceEqual(shape)) throw new InvalidDataException($"{file.Path}: tensor '{name}' has shape {Shapes.Format(info.Shape)}, expected {Shapes.Format(shape)}");
+        if (info.DType != dtype) throw new InvalidDataException($"{file.Path}: tensor {MessageText.Quote(name)} has dtype {info.DType.Name()}, expected {dtype.Name()}");
+        if (!info.Shape.AsSpan().SequenceEqual(shape)) throw new InvalidDataException($"{file.Path}: tensor {MessageText.Quote(name)} has shape {Shapes.Format(info.Shape)}, expected {Shapes.Format(shape)}");
         var t = file.Get(name);
         double[] values = dtype == DType.F64 ? t.ToArray<double>() : Array.ConvertAll(t.ToArray<float>(), x => (double)x);
         for (int i = 0; i < values.Length; i++)
         {
             if (!double.IsFinite(values[i]) || (nonNegative && values[i] < 0))
                 throw new InvalidDataException(string.Create(CultureInfo.InvariantCulture,
-                    $"{file.Path}: tensor '{name}' holds {values[i]} in element {i}{(nonNegative ? " (a second moment must be finite and >= 0)" : " (values must be finite)")}"));
+                    $"{file.Path}: tensor {MessageText.Quote(name)} holds {values[i]} in element {i}{(nonNegative ? " (a second moment must be finite and >= 0)" : " (values must be finite)")}"));
         }
     }
 
@@ -291,7 +291,7 @@ public sealed partial class SftTrainer
     {
         var value = Field(path, obj, name, JsonValueKind.Number, at);
         if (!value.TryGetInt32(out int x) || x < min || x > max)
-            throw Bad(path, at is null ? name : at + "." + name, $"an integer in [{min}, {max}], not {value.GetRawText()}");
+            throw Bad(path, at is null ? name : at + "." + name, $"an integer in [{min}, {max}], not {MessageText.Escape(value.GetRawText())}");
         return x;
     }
 
@@ -301,7 +301,7 @@ public sealed partial class SftTrainer
         if (allowNull && obj.TryGetProperty(name, out var n) && n.ValueKind == JsonValueKind.Null) return double.NaN;
         var value = Field(path, obj, name, JsonValueKind.Number, at);
         if (!value.TryGetDouble(out double x) || !double.IsFinite(x))
-            throw Bad(path, at is null ? name : at + "." + name, $"a finite number, not {value.GetRawText()}");
+            throw Bad(path, at is null ? name : at + "." + name, $"a finite number, not {MessageText.Escape(value.GetRawText())}");
         return x;
     }
 }

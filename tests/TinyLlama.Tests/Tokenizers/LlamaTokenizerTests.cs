@@ -161,7 +161,7 @@ public class LlamaTokenizerTests(ITestOutputHelper output)
         var tok = LlamaTokenizer.FromVocabulary(pieces, scores, types, new TokenizerOptions { BosId = -1, EosId = -1 });
         Assert.Equal([4, 6, 5], tok.Encode("a<sep>ab"));
         Assert.Equal("a<sep>ab", tok.Decode([4, 6, 5]));
-        Assert.Throws<InvalidOperationException>(() => tok.Encode("a", addBos: true));
+        Assert.Contains("vocabulary: the tokenizer has no BOS piece", Assert.Throws<InvalidDataException>(() => tok.Encode("a", addBos: true)).Message);
     }
 
     [Fact]
