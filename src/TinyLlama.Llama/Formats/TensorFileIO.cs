@@ -2,7 +2,9 @@
 //
 // Atomic replacement: write a temporary file in the target's directory, flush it to disk, then rename it
 // over the target. A crash or exception mid-write leaves either the old file or the new one, never a
-// truncated checkpoint (rename within one directory is atomic on POSIX file systems and NTFS).
+// truncated checkpoint (rename within one directory is atomic on POSIX file systems and NTFS). The temporary's
+// name carries the writer's process id, so a later write of the same file removes what a killed writer left
+// (a temporary whose process no longer runs) and never one that a live process is still writing.
 //
 // Raw bytes: the elements in row-major order as they lie in memory, little-endian (every platform .NET
 // runs this engine on; checked). Block-quantized tensors (Q4_0, Q8_0, Q4_K, Q6_K) are byte tensors whose
@@ -19,7 +21,9 @@ internal static class TensorFileIO
     {
         string full = Path.GetFullPath(path);
         string dir = Path.GetDirectoryName(full)!;
-        string temp = Path.Combine(dir, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
+        string name = Path.GetFileName(full);
+        RemoveStaleTemporaries(dir, name);
+        string temp = Path.Combine(dir, $".{name}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
         try
         {
             using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
@@ -35,6 +39,30 @@ internal static class TensorFileIO
             try { File.Delete(temp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
             throw;
         }
+    }
+
+    /// <summary>Deletes the temporaries .NAME.PID.GUID.tmp in <paramref name="dir"/> whose process no longer runs.</summary>
+    internal static void RemoveStaleTemporaries(string dir, string name)
+    {
+        if (!Directory.Exists(dir)) return;
+        foreach (string file in Directory.EnumerateFiles(dir, $".{name}.*.tmp"))
+        {
+            string middle = Path.GetFileName(file)[(name.Length + 2)..^4];     // PID.GUID
+            int dot = middle.IndexOf('.');
+            if (dot <= 0 || !int.TryParse(middle.AsSpan(0, dot), out int pid) || pid <= 0 || IsRunning(pid)) continue;
+            try { File.Delete(file); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        }
+    }
+
+    private static bool IsRunning(int pid)
+    {
+        try
+        {
+            using var process = System.Diagnostics.Process.GetProcessById(pid);
+            return !process.HasExited;
+        }
+        catch (ArgumentException) { return false; }           // no such process
+        catch (InvalidOperationException) { return false; }
     }
 
     /// <summary>Writes the tensor's elements (any device, any strides) in row-major order, in its own dtype.</summary>

@@ -319,24 +319,6 @@ public static class PeftAdapter
             w.WriteNumberValue(value);
     }
 
-    /// <summary>Writes bytes to a temporary file beside <paramref name="path"/>, flushes it to disk, then renames it over the target.</summary>
-    private static void WriteAtomically(string path, byte[] bytes)
-    {
-        string full = Path.GetFullPath(path);
-        string temp = Path.Combine(Path.GetDirectoryName(full)!, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
-        try
-        {
-            using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None))
-            {
-                stream.Write(bytes);
-                stream.Flush(flushToDisk: true);
-            }
-            File.Move(temp, full, overwrite: true);
-        }
-        catch
-        {
-            try { File.Delete(temp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-            throw;
-        }
-    }
+    /// <summary>Writes bytes to a temporary file beside <paramref name="path"/>, flushes it to disk, then renames it over the target (TensorFileIO).</summary>
+    private static void WriteAtomically(string path, byte[] bytes) => TensorFileIO.WriteAtomically(path, stream => stream.Write(bytes));
 }

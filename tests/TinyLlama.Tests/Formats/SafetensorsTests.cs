@@ -156,6 +156,24 @@ public class SafetensorsTests
     }
 
     [Fact]
+    public void SaveRemovesTemporariesOfKilledWritersOnly()
+    {
+        // A writer killed mid-write leaves .NAME.PID.GUID.tmp; the next save of NAME removes it when PID no longer
+        // runs, and keeps one whose process is alive (this one: a concurrent writer) and other files' temporaries.
+        using var dir = new TempDir();
+        string path = dir.File("model.safetensors");
+        string dead = dir.File($".model.safetensors.{int.MaxValue - 7}.0123456789abcdef0123456789abcdef.tmp");
+        string live = dir.File($".model.safetensors.{Environment.ProcessId}.fedcba9876543210fedcba9876543210.tmp");
+        string other = dir.File($".adapter_model.safetensors.{int.MaxValue - 7}.0123456789abcdef0123456789abcdef.tmp");
+        foreach (var f in new[] { dead, live, other }) File.WriteAllText(f, "partial");
+        Safetensors.Save(path, new Dictionary<string, Tensor> { ["a"] = Tensor.Arange(4) });
+        Assert.False(File.Exists(dead));
+        Assert.True(File.Exists(live));
+        Assert.True(File.Exists(other));
+        Assert.Equal([0f, 1, 2, 3], SafetensorsFile.Open(path).Get("a").ToArray<float>());
+    }
+
+    [Fact]
     public void ShardedCheckpointLoadsThroughTheIndex()
     {
         using var dir = new TempDir();
