@@ -16,6 +16,7 @@
 //
 // Every data error is an InvalidDataException whose message is one line naming file, line and field.
 using System.Text.Json;
+using TinyLlama.Formats;
 using TinyLlama.Tensors;
 using TinyLlama.Tokenizers;
 
@@ -184,7 +185,7 @@ public sealed class SftDataset
             string roleName = ctx.RequireString(turn, roleKey, $"{at}.{roleKey}");
             string content = ctx.RequireString(turn, contentKey, $"{at}.{contentKey}");
             var role = ParseRole(roleName) ?? throw ctx.Error($"{at}.{roleKey}",
-                $"has unknown role \"{roleName}\" (expected human, user, gpt, assistant or system)");
+                $"has unknown role \"{MessageText.Escape(roleName)}\" (expected human, user, gpt, assistant or system)");
 
             if (role == ChatRole.System)
             {
@@ -195,7 +196,7 @@ public sealed class SftDataset
             if (turns.Count == 0 && role == ChatRole.Assistant) continue; // FastChat skips a leading model turn
             var expected = turns.Count % 2 == 0 ? ChatRole.User : ChatRole.Assistant;
             if (role != expected)
-                throw ctx.Error($"{at}.{roleKey}", $"is \"{roleName}\" but {(expected == ChatRole.User ? "a user" : "an assistant")} turn was expected (turns must alternate)");
+                throw ctx.Error($"{at}.{roleKey}", $"is \"{MessageText.Escape(roleName)}\" but {(expected == ChatRole.User ? "a user" : "an assistant")} turn was expected (turns must alternate)");
             turns.Add(new ChatMessage(role, content));
         }
         if (turns.Count % 2 == 1) turns.RemoveAt(turns.Count - 1); // an unanswered last question teaches nothing

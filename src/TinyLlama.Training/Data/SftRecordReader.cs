@@ -77,7 +77,7 @@ internal readonly record struct RecordContext(string File, int Line)
     {
         string? text = OptionalString(record, "quality");
         if (text is null) return SftQuality.Unrated;
-        return QualityTags.Parse(text) ?? throw Error("quality", $"must be \"good\" or \"bad\", not \"{text}\"");
+        return QualityTags.Parse(text) ?? throw Error("quality", $"must be \"good\" or \"bad\", not \"{MessageText.Escape(text)}\"");
     }
 
     public static string Describe(JsonValueKind kind) => kind switch

@@ -71,6 +71,12 @@ public class DataErrorTests
         Assert.Equal("data.jsonl:1: field \"conversations[1].from\" has unknown role \"bot\" (expected human, user, gpt, assistant or system)", msg);
         msg = ErrorOf("{\"conversations\": [{\"from\": \"human\", \"value\": \"Hi\"}, {\"from\": \"human\", \"value\": \"Yo\"}]}", SftFormat.ShareGpt);
         Assert.Equal("data.jsonl:1: field \"conversations[1].from\" is \"human\" but an assistant turn was expected (turns must alternate)", msg);
+        // A value from the file is escaped: a role or quality holding a newline stays one line (found by the fuzz
+        // harness at a million ShareGPT inputs).
+        msg = ErrorOf("{\"conversations\": [{\"from\": \"hum\\nan\", \"value\": \"Hi\"}]}", SftFormat.ShareGpt);
+        Assert.Equal("data.jsonl:1: field \"conversations[0].from\" has unknown role \"hum\\nan\" (expected human, user, gpt, assistant or system)", msg);
+        msg = ErrorOf("{\"conversations\": [{\"from\": \"human\", \"value\": \"Hi\"}, {\"from\": \"human\\r\", \"value\": \"Yo\"}]}", SftFormat.ShareGpt);
+        Assert.DoesNotContain('\r', msg);
     }
 
     [Fact]
