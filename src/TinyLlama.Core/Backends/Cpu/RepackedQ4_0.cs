@@ -219,6 +219,37 @@ public sealed unsafe class RepackedQ4_0
             L2 = Avx2.And(v2, low4); H2 = Avx2.And(Avx2.ShiftRightLogical(v2.AsUInt16(), 4).AsByte(), low4);
             L3 = Avx2.And(v3, low4); H3 = Avx2.And(Avx2.ShiftRightLogical(v3.AsUInt16(), 4).AsByte(), low4);
         }
+
+        // From UnpackGroup's buffer: the eight vectors stored in field order.
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Unpacked(byte* u, bool fromBuffer)
+        {
+            L0 = Avx.LoadVector256(u); H0 = Avx.LoadVector256(u + 32);
+            L1 = Avx.LoadVector256(u + 64); H1 = Avx.LoadVector256(u + 96);
+            L2 = Avx.LoadVector256(u + 128); H2 = Avx.LoadVector256(u + 160);
+            L3 = Avx.LoadVector256(u + 192); H3 = Avx.LoadVector256(u + 224);
+        }
+
+        public void Store(byte* u)
+        {
+            Avx.Store(u, L0); Avx.Store(u + 32, H0); Avx.Store(u + 64, L1); Avx.Store(u + 96, H1);
+            Avx.Store(u + 128, L2); Avx.Store(u + 160, H2); Avx.Store(u + 192, L3); Avx.Store(u + 224, H3);
+        }
+    }
+
+    // A group's blocks unpacked once for a GEMM call: per block the eight nibble vectors and the eight f32 scales.
+    private const int UnpackedBlockBytes = 8 * 32 + 32;
+
+    // Largest unpacked group kept on the stack (K up to 7,264: 227 blocks); larger K unpacks per tile.
+    private const int MaxUnpackedBytes = 64 * 1024;
+
+    private static void UnpackGroup(byte* w, int blocks, byte* u)
+    {
+        for (int b = 0; b < blocks; b++, w += GroupBlockBytes, u += UnpackedBlockBytes)
+        {
+            new Unpacked(w).Store(u);
+            Avx.Store((float*)(u + 256), Scales(w));
+        }
     }
 
     // Four activation bytes q[j .. j + 4) in every 32-bit lane.
@@ -303,10 +334,20 @@ public sealed unsafe class RepackedQ4_0
     private void MatMul<T>(Q8_0Rows x, float* y, long ldy, int group0, int group1) where T : struct, IBlockSums
     {
         int blocks = Blocks, m = x.M, k = K;
+        // With more than one tile, each group's nibbles are unpacked once (into L1/L2) instead of once per tile.
+        bool unpackOnce = m >= 8 && blocks * UnpackedBlockBytes <= MaxUnpackedBytes;
+        byte* raw = stackalloc byte[unpackOnce ? blocks * UnpackedBlockBytes + 32 : 32];
+        byte* u = (byte*)(((nint)raw + 31) & ~(nint)31);
         for (int g = group0; g < group1; g++)
         {
             byte* w = p + (long)g * blocks * GroupBlockBytes;
             int t = 0;
+            if (unpackOnce)
+            {
+                UnpackGroup(w, blocks, u);
+                for (; t + 4 <= m; t += 4)
+                    GroupTile4Unpacked<T>(u, x.Q + (long)t * k, k, x.D + (long)t * blocks, x.Bias + (long)t * blocks, blocks, y + t * ldy + GroupRows * g, ldy);
+            }
             for (; t + 4 <= m; t += 4)
                 GroupTile4<T>(w, x.Q + (long)t * k, k, x.D + (long)t * blocks, x.Bias + (long)t * blocks, blocks, y + t * ldy + GroupRows * g, ldy);
             for (; t < m; t++)
@@ -330,6 +371,29 @@ public sealed unsafe class RepackedQ4_0
             acc1 = Accumulate(T.Sums(u, q1 + o), d[blocks + b], bias[blocks + b], scales, acc1);
             acc2 = Accumulate(T.Sums(u, q2 + o), d[2 * blocks + b], bias[2 * blocks + b], scales, acc2);
             acc3 = Accumulate(T.Sums(u, q3 + o), d[3 * blocks + b], bias[3 * blocks + b], scales, acc3);
+        }
+        Avx.Store(y, acc0);
+        Avx.Store(y + ldy, acc1);
+        Avx.Store(y + 2 * ldy, acc2);
+        Avx.Store(y + 3 * ldy, acc3);
+    }
+
+    // GroupTile4 over a group unpacked by UnpackGroup: eight loads a block instead of four loads, twelve
+    // unpacking operations and the scale conversion.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void GroupTile4Unpacked<T>(byte* u, sbyte* q, int k, float* d, int* bias, int blocks, float* y, long ldy) where T : struct, IBlockSums
+    {
+        Vector256<float> acc0 = Vector256<float>.Zero, acc1 = acc0, acc2 = acc0, acc3 = acc0;
+        sbyte* q1 = q + k, q2 = q1 + k, q3 = q2 + k;
+        for (int b = 0; b < blocks; b++, u += UnpackedBlockBytes)
+        {
+            var w = new Unpacked(u, fromBuffer: true);
+            var scales = Avx.LoadVector256((float*)(u + 256));
+            int o = 32 * b;
+            acc0 = Accumulate(T.Sums(w, q + o), d[b], bias[b], scales, acc0);
+            acc1 = Accumulate(T.Sums(w, q1 + o), d[blocks + b], bias[blocks + b], scales, acc1);
+            acc2 = Accumulate(T.Sums(w, q2 + o), d[2 * blocks + b], bias[2 * blocks + b], scales, acc2);
+            acc3 = Accumulate(T.Sums(w, q3 + o), d[3 * blocks + b], bias[3 * blocks + b], scales, acc3);
         }
         Avx.Store(y, acc0);
         Avx.Store(y + ldy, acc1);
