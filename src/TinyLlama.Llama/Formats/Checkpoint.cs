@@ -201,7 +201,6 @@ public static class Checkpoint
         }
         using (doc)
         {
-            JsonText.CheckEscapes(bytes, indexPath);
             if (doc.RootElement.ValueKind != JsonValueKind.Object
                 || !doc.RootElement.TryGetProperty("weight_map", out var map) || map.ValueKind != JsonValueKind.Object)
                 throw new InvalidDataException($"{indexPath}: no 'weight_map' object");

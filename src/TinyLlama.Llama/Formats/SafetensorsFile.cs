@@ -144,7 +144,6 @@ public sealed unsafe class SafetensorsFile
 
         using (doc)
         {
-            JsonText.CheckEscapes(header.AsSpan(0, jsonEnd), $"{path}: header");
             var root = doc.RootElement;
             if (root.ValueKind != JsonValueKind.Object)
                 throw new InvalidDataException($"{path}: header is not a JSON object (found {root.ValueKind})");

@@ -127,7 +127,7 @@ public sealed unsafe class RepackedQ4_0
     {
         if (!IsSupported || w.DType != DType.Q4 || w.Rank != 2 || w.Storage is not CpuStorage || !w.IsContiguous) return null;
         int rows = (int)w.Size(0), rowBytes = (int)w.Size(1), k = QuantType.Q4_0.Traits().RowLength(rowBytes);
-        if (rows % GroupRows != 0 || k % 32 != 0) return null;
+        if (rows % GroupRows != 0) return null;
         long offset = (long)w.Offset * w.DType.SizeOf();
         var perStorage = Cache.GetValue(w.Storage, _ => new());
         return perStorage.GetOrAdd((offset, rows, k), _ =>
@@ -220,15 +220,18 @@ public sealed unsafe class RepackedQ4_0
             L3 = Avx2.And(v3, low4); H3 = Avx2.And(Avx2.ShiftRightLogical(v3.AsUInt16(), 4).AsByte(), low4);
         }
 
-        // From UnpackGroup's buffer: the eight vectors stored in field order.
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public Unpacked(byte* u, bool fromBuffer)
+        private Unpacked(Vector256<byte> l0, Vector256<byte> h0, Vector256<byte> l1, Vector256<byte> h1,
+            Vector256<byte> l2, Vector256<byte> h2, Vector256<byte> l3, Vector256<byte> h3)
         {
-            L0 = Avx.LoadVector256(u); H0 = Avx.LoadVector256(u + 32);
-            L1 = Avx.LoadVector256(u + 64); H1 = Avx.LoadVector256(u + 96);
-            L2 = Avx.LoadVector256(u + 128); H2 = Avx.LoadVector256(u + 160);
-            L3 = Avx.LoadVector256(u + 192); H3 = Avx.LoadVector256(u + 224);
+            L0 = l0; H0 = h0; L1 = l1; H1 = h1; L2 = l2; H2 = h2; L3 = l3; H3 = h3;
         }
+
+        // From UnpackGroup's buffer: the eight vectors as Store left them.
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Unpacked Load(byte* u) => new(
+            Avx.LoadVector256(u), Avx.LoadVector256(u + 32), Avx.LoadVector256(u + 64), Avx.LoadVector256(u + 96),
+            Avx.LoadVector256(u + 128), Avx.LoadVector256(u + 160), Avx.LoadVector256(u + 192), Avx.LoadVector256(u + 224));
 
         public void Store(byte* u)
         {
@@ -242,6 +245,39 @@ public sealed unsafe class RepackedQ4_0
 
     // Largest unpacked group kept on the stack (K up to 7,264: 227 blocks); larger K unpacks per tile.
     private const int MaxUnpackedBytes = 64 * 1024;
+
+    /// <summary>Where a GEMM tile reads a group-block from (its nibbles unpacked, its eight scales as f32).</summary>
+    private interface IGroupBlocks
+    {
+        static abstract int Stride { get; }
+        static abstract Unpacked Nibbles(byte* block);
+        static abstract Vector256<float> BlockScales(byte* block);
+    }
+
+    // The repacked bytes: each tile unpacks every block itself.
+    private readonly struct PackedBlocks : IGroupBlocks
+    {
+        public static int Stride => GroupBlockBytes;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Unpacked Nibbles(byte* block) => new(block);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> BlockScales(byte* block) => Scales(block);
+    }
+
+    // UnpackGroup's buffer: eight loads a block instead of four loads, twelve unpacking operations and the scale
+    // conversion.
+    private readonly struct UnpackedBlocks : IGroupBlocks
+    {
+        public static int Stride => UnpackedBlockBytes;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Unpacked Nibbles(byte* block) => Unpacked.Load(block);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> BlockScales(byte* block) => Avx.LoadVector256((float*)(block + 256));
+    }
 
     private static void UnpackGroup(byte* w, int blocks, byte* u)
     {
@@ -346,54 +382,32 @@ public sealed unsafe class RepackedQ4_0
             {
                 UnpackGroup(w, blocks, u);
                 for (; t + 4 <= m; t += 4)
-                    GroupTile4Unpacked<T>(u, x.Q + (long)t * k, k, x.D + (long)t * blocks, x.Bias + (long)t * blocks, blocks, y + t * ldy + GroupRows * g, ldy);
+                    GroupTile4<T, UnpackedBlocks>(u, x.Q + (long)t * k, k, x.D + (long)t * blocks, x.Bias + (long)t * blocks, blocks, y + t * ldy + GroupRows * g, ldy);
             }
             for (; t + 4 <= m; t += 4)
-                GroupTile4<T>(w, x.Q + (long)t * k, k, x.D + (long)t * blocks, x.Bias + (long)t * blocks, blocks, y + t * ldy + GroupRows * g, ldy);
+                GroupTile4<T, PackedBlocks>(w, x.Q + (long)t * k, k, x.D + (long)t * blocks, x.Bias + (long)t * blocks, blocks, y + t * ldy + GroupRows * g, ldy);
             for (; t < m; t++)
                 Avx.Store(y + t * ldy + GroupRows * g, GroupDot<T>(w, x.Q + (long)t * k, x.D + (long)t * blocks, x.Bias + (long)t * blocks, blocks));
         }
     }
 
-    // Four tokens (rows of q with stride k; d and bias with stride blocks) against one group: the group's nibbles
-    // are unpacked once per block for the four.
+    // Four tokens (rows of q with stride k; d and bias with stride blocks) against one group, read block by block
+    // from TBlocks: each block's nibbles are in registers once for the four tokens.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void GroupTile4<T>(byte* w, sbyte* q, int k, float* d, int* bias, int blocks, float* y, long ldy) where T : struct, IBlockSums
+    private static void GroupTile4<T, TBlocks>(byte* w, sbyte* q, int k, float* d, int* bias, int blocks, float* y, long ldy)
+        where T : struct, IBlockSums where TBlocks : struct, IGroupBlocks
     {
         Vector256<float> acc0 = Vector256<float>.Zero, acc1 = acc0, acc2 = acc0, acc3 = acc0;
         sbyte* q1 = q + k, q2 = q1 + k, q3 = q2 + k;
-        for (int b = 0; b < blocks; b++, w += GroupBlockBytes)
+        for (int b = 0; b < blocks; b++, w += TBlocks.Stride)
         {
-            var u = new Unpacked(w);
-            var scales = Scales(w);
+            var u = TBlocks.Nibbles(w);
+            var scales = TBlocks.BlockScales(w);
             int o = 32 * b;
             acc0 = Accumulate(T.Sums(u, q + o), d[b], bias[b], scales, acc0);
             acc1 = Accumulate(T.Sums(u, q1 + o), d[blocks + b], bias[blocks + b], scales, acc1);
             acc2 = Accumulate(T.Sums(u, q2 + o), d[2 * blocks + b], bias[2 * blocks + b], scales, acc2);
             acc3 = Accumulate(T.Sums(u, q3 + o), d[3 * blocks + b], bias[3 * blocks + b], scales, acc3);
-        }
-        Avx.Store(y, acc0);
-        Avx.Store(y + ldy, acc1);
-        Avx.Store(y + 2 * ldy, acc2);
-        Avx.Store(y + 3 * ldy, acc3);
-    }
-
-    // GroupTile4 over a group unpacked by UnpackGroup: eight loads a block instead of four loads, twelve
-    // unpacking operations and the scale conversion.
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void GroupTile4Unpacked<T>(byte* u, sbyte* q, int k, float* d, int* bias, int blocks, float* y, long ldy) where T : struct, IBlockSums
-    {
-        Vector256<float> acc0 = Vector256<float>.Zero, acc1 = acc0, acc2 = acc0, acc3 = acc0;
-        sbyte* q1 = q + k, q2 = q1 + k, q3 = q2 + k;
-        for (int b = 0; b < blocks; b++, u += UnpackedBlockBytes)
-        {
-            var w = new Unpacked(u, fromBuffer: true);
-            var scales = Avx.LoadVector256((float*)(u + 256));
-            int o = 32 * b;
-            acc0 = Accumulate(T.Sums(w, q + o), d[b], bias[b], scales, acc0);
-            acc1 = Accumulate(T.Sums(w, q1 + o), d[blocks + b], bias[blocks + b], scales, acc1);
-            acc2 = Accumulate(T.Sums(w, q2 + o), d[2 * blocks + b], bias[2 * blocks + b], scales, acc2);
-            acc3 = Accumulate(T.Sums(w, q3 + o), d[3 * blocks + b], bias[3 * blocks + b], scales, acc3);
         }
         Avx.Store(y, acc0);
         Avx.Store(y + ldy, acc1);
