@@ -24,6 +24,9 @@
 // weight W + s B A is never formed in the forward pass: the two thin products cost 2 r (in + out)
 // multiply-adds per row instead of in * out, and the gradient reaches A and B through them. Merge folds
 // s B A into a float W once training is done (a quantized W must be dequantized first).
+//
+// AdapterEnabled false makes the layer compute base(x) alone (PEFT's disable_adapter()): DPO's reference
+// model is the base with every adapter switched off, so no second copy of the weights is needed.
 using TinyLlama.Autograd;
 using TinyLlama.Tensors;
 
@@ -91,6 +94,9 @@ public sealed class LoraLinear : Linear
     /// <summary>s = alpha / r, the factor on the adapter's output.</summary>
     public double Scaling { get; }
 
+    /// <summary>When false the layer computes base(x) alone, as if the adapter were absent (default true).</summary>
+    public bool AdapterEnabled { get; set; } = true;
+
     /// <summary>The base's observer: it sees each input once, whichever path computes the output.</summary>
     public override Action<Tensor>? InputObserver
     {
@@ -102,6 +108,7 @@ public sealed class LoraLinear : Linear
     public override Tensor Forward(Tensor x)
     {
         if (merged) throw new InvalidOperationException("LoraLinear: this adapter was merged into its base; use the layer Merge returned");
+        if (!AdapterEnabled) return Base.Forward(x);
         if (CanFuse(x))
         {
             InputObserver?.Invoke(x);

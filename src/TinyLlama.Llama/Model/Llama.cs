@@ -190,6 +190,17 @@ public sealed class LlamaForCausalLM : Module
     /// </summary>
     public Tensor Forward(Tensor ids, KvCache? cache = null, bool lastOnly = false)
     {
+        var h = HiddenStates(ids, cache, lastOnly);              // (B, T, C)
+        return LmHead is not null ? LmHead.Forward(h) : Model.EmbedTokens.Attend(h); // (B, T, V)
+    }
+
+    /// <summary>
+    /// ids (B, T) int32 -> the final hidden states (B, T, C) after model.norm, before the language-model
+    /// head (what a reward model's score head reads); <paramref name="cache"/> and <paramref name="lastOnly"/>
+    /// as in <see cref="Forward"/>.
+    /// </summary>
+    public Tensor HiddenStates(Tensor ids, KvCache? cache = null, bool lastOnly = false)
+    {
         if (ids.DType != DType.I32 || ids.Rank != 2) throw new ArgumentException($"Forward expects int32 ids of shape (B, T), got {ids.DType.Name()} {Shapes.Format(ids.Shape)}");
         var device = Model.EmbedTokens.Weight.Device;
         if (ids.Device != device)
@@ -212,8 +223,7 @@ public sealed class LlamaForCausalLM : Module
         }
         if (cache is not null) cache.Length = start + t;
         if (lastOnly) h = h.Narrow(1, t - 1, 1);
-        h = Model.Norm.Forward(h);
-        return LmHead is not null ? LmHead.Forward(h) : Model.EmbedTokens.Attend(h); // (B, T, V)
+        return Model.Norm.Forward(h);
     }
 
     /// <summary>

@@ -63,9 +63,19 @@ public static class AlpacaTemplate
         SftQuality quality, string source)
     {
         ArgumentNullException.ThrowIfNull(output);
-        string prompt = Prompt(instruction, input, quality);
+        return TokenizeText(encoder, Prompt(instruction, input, quality), output, source);
+    }
+
+    /// <summary>
+    /// The tokenisation every prompt/response example shares: BOS + encode(prompt + response) + EOS, labels
+    /// -100 on the first 1 + len(encode(prompt)) positions (preference pairs use it on their raw prompt).
+    /// </summary>
+    internal static SftExample TokenizeText(TextEncoder encoder, string prompt, string response, string source)
+    {
+        ArgumentNullException.ThrowIfNull(prompt);
+        ArgumentNullException.ThrowIfNull(response);
         int promptLength = 1 + encoder.Encode(prompt).Length;
-        int[] body = encoder.Encode(prompt + output);
+        int[] body = encoder.Encode(prompt + response);
         var ids = new int[body.Length + 2];
         ids[0] = encoder.BosId;
         body.CopyTo(ids, 1);

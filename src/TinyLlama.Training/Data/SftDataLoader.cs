@@ -120,15 +120,13 @@ public sealed class SftDataLoader
 {
     private readonly IReadOnlyList<SftExample> examples;
     private readonly int batchSize, padId, maxLength;
-    private ulong seed;
-    private bool shuffle;
-    private int[] order;
+    private readonly ExampleOrder order;
 
     /// <summary>Completed passes over the data (the epoch the next example comes from).</summary>
-    public int Epoch { get; private set; }
+    public int Epoch => order.Epoch;
 
     /// <summary>Index, within the current epoch's order, of the next example (0 ≤ Position &lt; Count).</summary>
-    public int Position { get; private set; }
+    public int Position => order.Position;
 
     /// <summary>Number of examples.</summary>
     public int Count => examples.Count;
@@ -159,8 +157,6 @@ public sealed class SftDataLoader
         ArgumentOutOfRangeException.ThrowIfLessThan(maxLength, 2);
         this.examples = examples;
         this.batchSize = batchSize;
-        this.shuffle = shuffle;
-        this.seed = seed;
         this.padId = padId < 0 ? 0 : padId;
         this.maxLength = maxLength;
         int truncated = 0;
@@ -171,7 +167,7 @@ public sealed class SftDataLoader
             if (e.Length > maxLength) truncated++;
         }
         TruncatedCount = truncated;
-        order = OrderFor(0);
+        order = new ExampleOrder(examples.Count, shuffle, seed);
     }
 
     /// <summary>The input padding id for a tokenizer: its pad id, or 0 where it has none (Llama's is -1), as the constructor does.</summary>
@@ -181,40 +177,19 @@ public sealed class SftDataLoader
     public SftBatch Next()
     {
         var rows = new SftExample[batchSize];
-        for (int b = 0; b < batchSize; b++)
-        {
-            rows[b] = examples[order[Position]];
-            if (++Position == examples.Count)
-            {
-                Position = 0;
-                Epoch++;
-                order = OrderFor(Epoch);
-            }
-        }
+        for (int b = 0; b < batchSize; b++) rows[b] = examples[order.Next()];
         return Collate(rows, padId, maxLength);
     }
 
     /// <summary>The position, to save in a checkpoint.</summary>
-    public DataLoaderState GetState() => new(Epoch, Position, seed, shuffle, examples.Count);
+    public DataLoaderState GetState() => order.GetState();
 
     /// <summary>
     /// Continues from a saved position: the following batches are exactly those that followed when the
     /// state was taken. The state's seed and shuffle setting win over the constructor's.
     /// </summary>
     /// <exception cref="InvalidOperationException">The state was taken over a different number of examples.</exception>
-    public void SetState(DataLoaderState state)
-    {
-        ArgumentNullException.ThrowIfNull(state);
-        if (state.ExampleCount != examples.Count)
-            throw new InvalidOperationException($"the data loader state was saved over {state.ExampleCount} examples, but this loader has {examples.Count}: the data changed");
-        if (state.Epoch < 0 || state.Position < 0 || state.Position >= examples.Count)
-            throw new ArgumentOutOfRangeException(nameof(state), $"epoch {state.Epoch}, position {state.Position} is not a position over {examples.Count} examples");
-        seed = state.Seed;
-        shuffle = state.Shuffle;
-        Epoch = state.Epoch;
-        Position = state.Position;
-        order = OrderFor(Epoch);
-    }
+    public void SetState(DataLoaderState state) => order.SetState(state);
 
     /// <summary>
     /// Builds a batch from rows (each cut to <paramref name="maxLength"/>): inputs ids[..^1] and targets
@@ -264,15 +239,72 @@ public sealed class SftDataLoader
         };
     }
 
+}
+
+/// <summary>
+/// The order a loader visits n examples in, and its position: consecutive indices wrapping at the end, or
+/// a fresh permutation per epoch drawn from (seed, epoch). Shared by <see cref="SftDataLoader"/> and the
+/// preference-pair loader, whose whole saved state it is.
+/// </summary>
+internal sealed class ExampleOrder
+{
+    private readonly int count;
+    private ulong seed;
+    private bool shuffle;
+    private int[] order;
+
+    public ExampleOrder(int count, bool shuffle, ulong seed)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(count, 1);
+        this.count = count;
+        this.shuffle = shuffle;
+        this.seed = seed;
+        order = OrderFor(0);
+    }
+
+    public int Epoch { get; private set; }
+
+    public int Position { get; private set; }
+
+    /// <summary>The index of the next example (advancing Position, and Epoch at the wrap).</summary>
+    public int Next()
+    {
+        int index = order[Position];
+        if (++Position == count)
+        {
+            Position = 0;
+            Epoch++;
+            order = OrderFor(Epoch);
+        }
+        return index;
+    }
+
+    public DataLoaderState GetState() => new(Epoch, Position, seed, shuffle, count);
+
+    /// <summary>Validates <paramref name="state"/> against this order's example count, then continues from it.</summary>
+    public void SetState(DataLoaderState state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        if (state.ExampleCount != count)
+            throw new InvalidOperationException($"the data loader state was saved over {state.ExampleCount} examples, but this loader has {count}: the data changed");
+        if (state.Epoch < 0 || state.Position < 0 || state.Position >= count)
+            throw new ArgumentOutOfRangeException(nameof(state), $"epoch {state.Epoch}, position {state.Position} is not a position over {count} examples");
+        seed = state.Seed;
+        shuffle = state.Shuffle;
+        Epoch = state.Epoch;
+        Position = state.Position;
+        order = OrderFor(Epoch);
+    }
+
     private int[] OrderFor(int epoch)
     {
         if (!shuffle)
         {
-            var identity = new int[examples.Count];
+            var identity = new int[count];
             for (int i = 0; i < identity.Length; i++) identity[i] = i;
             return identity;
         }
-        return Shuffling.Permutation(examples.Count, Shuffling.ForEpoch(seed, epoch));
+        return Shuffling.Permutation(count, Shuffling.ForEpoch(seed, epoch));
     }
 }
 

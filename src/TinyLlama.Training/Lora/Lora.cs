@@ -109,6 +109,37 @@ public static class Lora
         return layers.Count;
     }
 
+    /// <summary>
+    /// Switches every adapter of <paramref name="model"/> off (PEFT's disable_adapter()) until the returned
+    /// scope is disposed, which restores each adapter's previous setting: inside it the model computes with
+    /// its base weights alone. DPO computes its reference log-probabilities this way.
+    /// </summary>
+    public static IDisposable Disabled(Module model)
+    {
+        var layers = AdaptedLayers(model);
+        var was = new bool[layers.Count];
+        for (int i = 0; i < layers.Count; i++)
+        {
+            was[i] = layers[i].Layer.AdapterEnabled;
+            layers[i].Layer.AdapterEnabled = false;
+        }
+        return new Restore(() =>
+        {
+            for (int i = 0; i < layers.Count; i++) layers[i].Layer.AdapterEnabled = was[i];
+        });
+    }
+
+    private sealed class Restore(Action undo) : IDisposable
+    {
+        private Action? undo = undo;
+
+        public void Dispose()
+        {
+            undo?.Invoke();
+            undo = null;
+        }
+    }
+
     /// <summary>Removes every adapter without merging (PEFT's unload): the base layers go back. Returns how many layers had one.</summary>
     public static int Remove(Module model)
     {

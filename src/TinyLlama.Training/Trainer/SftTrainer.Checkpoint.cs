@@ -56,13 +56,9 @@ public sealed partial class SftTrainer
                 ["compute_dtype"] = options.ComputeDType.Name(),
                 ["loss_scale"] = scaler?.Scale ?? 1.0,
                 ["scaler_good_steps"] = scaler?.GoodSteps ?? 0,
-                ["data"] = JsonNode.Parse(train.GetState().ToJson()),
+                ["data"] = JsonNode.Parse(objective.GetState().ToJson()),
                 ["rng"] = rng is null ? null : new JsonArray(rng.GetState().Select(u => (JsonNode)u.ToString(CultureInfo.InvariantCulture)).ToArray()),
-                ["history"] = new JsonArray(History.Select(h => (JsonNode)new JsonObject
-                {
-                    ["step"] = h.Step, ["loss"] = Finite(h.Loss), ["lr"] = Finite(h.Lr), ["tokens_per_second"] = Finite(h.TokensPerSecond),
-                    ["grad_norm"] = Finite(h.GradNorm), ["skipped"] = h.Skipped,
-                }).ToArray()),
+                ["history"] = new JsonArray(History.Select(h => (JsonNode)HistoryEntry(h)).ToArray()),
                 ["validation"] = new JsonArray(ValidationHistory.Select(v => (JsonNode)new JsonObject { ["step"] = v.Step, ["loss"] = Finite(v.Loss) }).ToArray()),
             };
             // Renamed into place whole, so a copy that holds the file holds all of it.
@@ -71,6 +67,18 @@ public sealed partial class SftTrainer
             FaultInjection.Reach(FaultInjection.AtomicWrite, partial);
             File.Move(partial, statePath);
         });
+    }
+
+    // One step's log; an objective's metrics (DPO, reward model) go in a "metrics" object, absent for SFT.
+    private static JsonObject HistoryEntry(StepLog h)
+    {
+        var entry = new JsonObject
+        {
+            ["step"] = h.Step, ["loss"] = Finite(h.Loss), ["lr"] = Finite(h.Lr), ["tokens_per_second"] = Finite(h.TokensPerSecond),
+            ["grad_norm"] = Finite(h.GradNorm), ["skipped"] = h.Skipped,
+        };
+        if (h.Metrics.Count > 0) entry["metrics"] = new JsonObject(h.Metrics.Select(m => KeyValuePair.Create(m.Key, Finite(m.Value))));
+        return entry;
     }
 
     // JSON has no NaN or infinity: such a value is written as null and read back as NaN.
@@ -99,7 +107,7 @@ public sealed partial class SftTrainer
         CheckTensors(paramsFile, momentsFile, state.OptimizerStep);
 
         // The data position is the last check and the first change: SetState validates before it assigns.
-        try { train.SetState(state.Data); }
+        try { objective.SetState(state.Data); }
         catch (Exception e) when (e is ArgumentException or InvalidOperationException)
         {
             throw new InvalidDataException($"{statePath}: field \"data\": {e.Message}");
@@ -257,7 +265,15 @@ public sealed partial class SftTrainer
                     double tps = Number(path, h, "tokens_per_second", allowNull: false, at), norm = Number(path, h, "grad_norm", allowNull: true, at);
                     if (lr < 0 || tps < 0 || norm < 0) throw Bad(path, at, "lr, tokens_per_second and grad_norm >= 0");
                     var skipped = Field(path, h, "skipped", JsonValueKind.True, at);
-                    history.Add(new StepLog(Int(path, h, "step", 1, int.MaxValue, at), loss, lr, tps, norm, skipped.GetBoolean()));
+                    var log = new StepLog(Int(path, h, "step", 1, int.MaxValue, at), loss, lr, tps, norm, skipped.GetBoolean());
+                    if (h.TryGetProperty("metrics", out var m))
+                    {
+                        if (m.ValueKind != JsonValueKind.Object) throw Bad(path, at + ".metrics", "an object of numbers");
+                        var metrics = new Dictionary<string, double>(StringComparer.Ordinal);
+                        foreach (var item in m.EnumerateObject()) metrics[item.Name] = Number(path, m, item.Name, allowNull: true, at + ".metrics");
+                        log = log with { Metrics = metrics };
+                    }
+                    history.Add(log);
                 }
                 var validation = new List<(int, double)>();
                 foreach (var v in Field(path, root, "validation", JsonValueKind.Array).EnumerateArray())

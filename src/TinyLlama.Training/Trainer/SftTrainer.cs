@@ -1,6 +1,7 @@
-// The supervised fine-tuning loop, one optimizer step at a time:
+// The fine-tuning loop, one optimizer step at a time, for any ITrainingObjective (SFT, reward model, DPO):
 //   lr <- schedule(step)
-//   for each of K micro-batches:  (sum of token losses * scale / N).Backward()   (N = targets in the step)
+//   for each of K micro-batches:  (sum of item losses * scale / N).Backward()   (N = items in the step:
+//                                                                              target tokens, or pairs)
 //   all-reduce gradients (data-parallel seam) -> unscale (f16) -> skip on overflow -> clip -> AdamW
 // A step whose loss or (outside f16 loss scaling) gradient norm is NaN or infinite throws
 // TrainingDivergedException: such a step has already poisoned the weights, so the run must stop before
@@ -14,6 +15,7 @@ using System.Text.Json.Nodes;
 using TinyLlama.Autograd;
 using TinyLlama.Formats;
 using TinyLlama.Model;
+using TinyLlama.NN;
 using TinyLlama.Optim;
 using TinyLlama.Tensors;
 using TinyLlama.Training.Data;
@@ -93,15 +95,23 @@ public sealed class TrainingDivergedException(int step, string quantity, double 
 /// <param name="TokensPerSecond">Input tokens processed per second in this step.</param>
 /// <param name="GradNorm">Global gradient norm before clipping (NaN when not computed).</param>
 /// <param name="Skipped">True when an f16 overflow skipped the update.</param>
-public sealed record StepLog(int Step, double Loss, double Lr, double TokensPerSecond, double GradNorm, bool Skipped);
+public sealed record StepLog(int Step, double Loss, double Lr, double TokensPerSecond, double GradNorm, bool Skipped)
+{
+    /// <summary>The objective's per-step metrics (means over the step's items), by name; empty for SFT.</summary>
+    public IReadOnlyDictionary<string, double> Metrics { get; init; } = NoMetrics;
 
-/// <summary>Fine-tunes the parameters of a model that require grad.</summary>
+    private static readonly IReadOnlyDictionary<string, double> NoMetrics = new Dictionary<string, double>();
+}
+
+/// <summary>
+/// Fine-tunes the parameters of a model that require grad, for supervised fine-tuning or any other
+/// <see cref="ITrainingObjective"/> (the reward model and DPO use it too).
+/// </summary>
 public sealed partial class SftTrainer
 {
-    private readonly LlamaForCausalLM model;
-    private readonly SftDataLoader train;
+    private readonly Module model;
+    private readonly ITrainingObjective objective;
     private readonly SftOptions options;
-    private readonly ITrainingLoss loss;
     private readonly ICollective collective;
     private readonly Generator? rng;
     private readonly List<(string Name, Tensor Param)> trainable;
@@ -114,12 +124,22 @@ public sealed partial class SftTrainer
     /// is the generator dropout draws from (saved in checkpoints), if any.
     /// </summary>
     public SftTrainer(LlamaForCausalLM model, SftDataLoader train, SftOptions options, ITrainingLoss? loss = null, ICollective? collective = null, Generator? rng = null)
+        : this(model, new SftObjective(model, train, loss ?? new CrossEntropyLoss()), options, collective, rng)
     {
+    }
+
+    /// <summary>
+    /// A trainer of <paramref name="objective"/> for the parameters of <paramref name="model"/> that require
+    /// grad; <paramref name="rng"/> is the generator dropout draws from (saved in checkpoints), if any.
+    /// </summary>
+    public SftTrainer(Module model, ITrainingObjective objective, SftOptions options, ICollective? collective = null, Generator? rng = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(objective);
         options.Validate();
         this.model = model;
-        this.train = train;
+        this.objective = objective;
         this.options = options;
-        this.loss = loss ?? new CrossEntropyLoss();
         this.collective = collective ?? SingleProcess.Instance;
         this.rng = rng;
         trainable = model.NamedParameters().Where(p => p.Value.RequiresGrad).ToList();
@@ -155,22 +175,30 @@ public sealed partial class SftTrainer
         double lr = schedule.At(Step);
         optimizer.Lr = lr;
         optimizer.ZeroGrad();
-        var batches = new List<SftBatch>(options.GradAccum);
-        for (int i = 0; i < options.GradAccum; i++) batches.Add(train.Next());
-        Span<double> counts = [batches.Sum(b => (double)b.TargetCount), batches.Sum(b => (double)b.InputIds.Numel)];
+        var batches = new List<IMicroBatch>(options.GradAccum);
+        for (int i = 0; i < options.GradAccum; i++) batches.Add(objective.Next());
+        Span<double> counts = [batches.Sum(b => (double)b.Normalizer), batches.Sum(b => (double)b.Tokens)];
         collective.AllReduceSum(counts);
         double targets = counts[0], tokens = counts[1];
-        if (targets == 0) throw new InvalidOperationException($"step {Step + 1}: the batch has no target tokens (every label is masked)");
+        if (targets == 0)
+            throw new InvalidOperationException(objective is SftObjective
+                ? $"step {Step + 1}: the batch has no target tokens (every label is masked)"
+                : $"step {Step + 1}: the {objective.Name} batch has nothing to train on");
         double scale = scaler?.Scale ?? 1.0;
         // The summed loss stays where it was computed until the end of the step: reading it here would make
         // the host wait for the device between the forward and the backward pass.
-        Tensor? lossSum = null;
+        Tensor? lossSum = null, metricSums = null;
         foreach (var batch in batches)
         {
-            Tensor s;
+            ObjectiveOutput output;
             using (Autocast.Enable(options.ComputeDType))
-                s = loss.SumLoss(model, batch);
-            using (GradMode.NoGrad()) lossSum = lossSum is null ? s.Detach() : lossSum + s.Detach();
+                output = batch.Compute();
+            var s = output.SumLoss;
+            using (GradMode.NoGrad())
+            {
+                lossSum = lossSum is null ? s.Detach() : lossSum + s.Detach();
+                if (output.MetricSums is Tensor m) metricSums = metricSums is null ? m.Detach() : metricSums + m.Detach();
+            }
             (s * (scale / targets)).Backward();
         }
         var parameters = trainable.Select(p => p.Param).ToList();
@@ -199,6 +227,7 @@ public sealed partial class SftTrainer
         // Everything of the step is enqueued; the host now reads what it reports.
         Span<double> lossTotal = [lossSum!.Item()];
         collective.AllReduceSum(lossTotal);
+        var metrics = ReadMetrics(metricSums, targets);
         if (normOnDevice is not null) gradNorm = normOnDevice.Item();
         double meanLoss = lossTotal[0] / targets;
         if (!double.IsFinite(meanLoss)) throw new TrainingDivergedException(Step + 1, "loss", meanLoss);
@@ -207,14 +236,30 @@ public sealed partial class SftTrainer
         Step++;
         double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
         var log = new StepLog(Step, meanLoss, lr, tokens / Math.Max(seconds, 1e-9), gradNorm, skipped);
+        if (metrics is not null) log = log with { Metrics = metrics };
         History.Add(log);
         return log;
+    }
+
+    // The objective's metric sums, all-reduced and divided by the step's item count (null when it has none).
+    private Dictionary<string, double>? ReadMetrics(Tensor? sums, double items)
+    {
+        var names = objective.MetricNames;
+        if (names.Count == 0) return null;
+        double[] values = sums is null ? new double[names.Count] : sums.To(DType.F64).ToArray<double>();
+        if (values.Length != names.Count)
+            throw new InvalidOperationException($"the {objective.Name} objective returned {values.Length} metric sums for {names.Count} metrics");
+        collective.AllReduceSum(values);
+        var metrics = new Dictionary<string, double>(names.Count, StringComparer.Ordinal);
+        for (int i = 0; i < names.Count; i++) metrics[names[i]] = values[i] / items;
+        return metrics;
     }
 
     /// <summary>Mean loss and perplexity over every example of a dataset (no gradients, batches of batchSize).</summary>
     public (double Loss, double Perplexity) Evaluate(IReadOnlyList<SftExample> examples, int batchSize, int padId, int maxLength)
     {
         if (examples.Count == 0) throw new ArgumentException("evaluation set is empty");
+        if (model is not LlamaForCausalLM lm) throw new InvalidOperationException("Evaluate computes a language-model loss; this trainer's model is not a LlamaForCausalLM");
         double sum = 0, count = 0;
         bool wasTraining = model.Training;
         model.Eval();
@@ -226,7 +271,7 @@ public sealed partial class SftTrainer
                 var batch = SftDataLoader.Collate(rows, padId, maxLength);
                 if (batch.TargetCount == 0) continue;
                 using (Autocast.Enable(options.ComputeDType))
-                    sum += new CrossEntropyLoss().SumLoss(model, batch).Item();
+                    sum += new CrossEntropyLoss().SumLoss(lm, batch).Item();
                 count += batch.TargetCount;
             }
         }
