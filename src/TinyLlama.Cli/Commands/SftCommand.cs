@@ -251,7 +251,7 @@ internal static class SftCommand
     }
 
     /// <summary>The one-line failure for a run that diverged, naming the last good checkpoint.</summary>
-    private static CliException Diverged(string what, string? lastCheckpoint) =>
+    internal static CliException Diverged(string what, string? lastCheckpoint) =>
         new(lastCheckpoint is null
             ? $"{what}; no checkpoint was written before it (--save-every N keeps one); try a smaller --lr or --grad-clip"
             : $"{what}; the last good checkpoint is {lastCheckpoint} (continue with --resume {lastCheckpoint} and a smaller --lr)");
@@ -290,6 +290,12 @@ internal static class SftCommand
             Safetensors.Save(Path.Combine(outPath, Checkpoint.SafetensorsName), lm.StateDict().ToDictionary(p => p.Key, p => p.Value.Detach()), new Dictionary<string, string> { ["format"] = "pt" });
             AtomicFile.WriteAllText(Path.Combine(outPath, Checkpoint.ConfigName), lm.Config.ToJson());
         }
+        CopyTokenizer(outPath, baseModelPath, tokenizerPath);
+    }
+
+    /// <summary>Copies tokenizer.model / tokenizer.json from --tokenizer, or from the base model's directory, into <paramref name="outPath"/>.</summary>
+    internal static void CopyTokenizer(string outPath, string baseModelPath, string? tokenizerPath)
+    {
         var tokSource = tokenizerPath ?? (Directory.Exists(baseModelPath) ? baseModelPath : null);
         if (tokSource is not null)
         {

@@ -75,6 +75,18 @@ public static class PreferenceData
         }
         return new TokenizedPreferences(kept, pairs.Count, truncated, dropped);
     }
+
+    /// <summary>
+    /// Splits pairs into (train, held-out) deterministically for a seed, as <see cref="SftDataset.SplitValidation(IReadOnlyList{SftExample}, double, ulong)"/>
+    /// splits records: a random <paramref name="fraction"/> (in [0, 1)) of the records is held out, at least one when it is positive.
+    /// </summary>
+    public static (IReadOnlyList<TokenizedPair> Train, IReadOnlyList<TokenizedPair> HeldOut) SplitValidation(IReadOnlyList<TokenizedPair> pairs, double fraction, ulong seed)
+    {
+        ArgumentNullException.ThrowIfNull(pairs);
+        var (_, heldOut) = SftDataset.SplitValidation(pairs.Select(p => p.Chosen).ToList(), fraction, seed);
+        var held = new HashSet<string>(heldOut.Select(e => e.Source), StringComparer.Ordinal);
+        return (pairs.Where(p => !held.Contains(p.Source)).ToList(), pairs.Where(p => held.Contains(p.Source)).ToList());
+    }
 }
 
 /// <summary>The tokenised pairs of a file and what tokenising did to them.</summary>
