@@ -15,7 +15,7 @@ internal static class DpoCommand
 {
     public static Command Create()
     {
-        var flags = new PreferenceTraining("Output directory (model, or adapter with LoRA; checkpoint/ inside)", 5e-6,
+        var flags = new PreferenceTraining("Output directory (model, or adapter with LoRA; checkpoint/ inside)",
             "One JSON line per step: step, loss, rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies, lr, tokens_per_second");
         var beta = new Option<double>("--beta") { Description = "DPO beta: strength of the pull toward the reference", DefaultValueFactory = _ => 0.1 };
         var loss = new Option<string>("--loss") { Description = "sigmoid (DPO), ipo (on per-token mean log-probs, as TRL) or hinge", DefaultValueFactory = _ => "sigmoid" };
@@ -42,7 +42,7 @@ internal static class DpoCommand
             var trainer = new SftTrainer(run.Model, objective, run.Options, rng: run.Rng);
             if (!run.AsJson)
                 output.WriteLine($"{trainer.Trainable.Sum(p => (long)p.Param.Numel):N0} trainable parameters; {run.Options.Steps} steps of {dpo.Loss.ToString().ToLowerInvariant()} DPO, beta {dpo.Beta}");
-            flags.Loop(parse, run, trainer, log => output.WriteLine(run.AsJson ? PreferenceTraining.JsonStep(log) : PreferenceTraining.TextStep(log, run.Options.Steps)));
+            PreferenceTraining.Loop(run, trainer, log => output.WriteLine(run.AsJson ? PreferenceTraining.JsonStep(log) : PreferenceTraining.TextStep(log, run.Options.Steps)));
             SftCommand.SaveResult(run.OutPath, parse.GetValue(flags.Model)!, run.Model, run.Lora, parse.GetValue(flags.Tokenizer));
             if (!run.AsJson) output.WriteLine($"wrote {(run.Lora is null ? "model" : "LoRA adapter")} to {run.OutPath} (resumable checkpoint in {Path.Combine(run.OutPath, "checkpoint")})");
             return ExitCodes.Success;

@@ -27,7 +27,7 @@ internal static class RewardCommand
 
     private static Command Train()
     {
-        var flags = new PreferenceTraining("Output directory (reward model: config.json, model.safetensors, score.safetensors, reward_model.json; checkpoint/ inside)", 1e-5,
+        var flags = new PreferenceTraining("Output directory (reward model: config.json, model.safetensors, score.safetensors, reward_model.json; checkpoint/ inside)",
             "One JSON line per step: step, loss, rewards/chosen, rewards/rejected, rewards/margins, accuracy, lr, tokens_per_second");
         var cmd = new Command("train", "Train a reward model (LLaMA + a scalar head) on preference pairs.");
         flags.AddTo(cmd);
@@ -40,7 +40,7 @@ internal static class RewardCommand
             var trainer = new SftTrainer(model, objective, run.Options, rng: run.Rng);
             if (!run.AsJson)
                 output.WriteLine($"{run.Data.Summary()}; {run.Train.Count} train / {run.HeldOut.Count} held out; {trainer.Trainable.Sum(p => (long)p.Param.Numel):N0} trainable parameters; {run.Options.Steps} steps");
-            flags.Loop(parse, run, trainer, log => output.WriteLine(run.AsJson ? PreferenceTraining.JsonStep(log) : PreferenceTraining.TextStep(log, run.Options.Steps)));
+            PreferenceTraining.Loop(run, trainer, log => output.WriteLine(run.AsJson ? PreferenceTraining.JsonStep(log) : PreferenceTraining.TextStep(log, run.Options.Steps)));
             if (run.HeldOut.Count > 0)
             {
                 var (loss, accuracy) = RewardObjective.Evaluate(model, run.HeldOut, run.BatchSize, run.PadId, run.MaxLength);

@@ -33,36 +33,19 @@ internal static class SftCommand
         var steps = new Option<int?>("--steps") { Description = "Optimizer steps" };
         var epochs = new Option<double?>("--epochs") { Description = "Passes over the data (instead of --steps)" };
         var batchSize = new Option<int>("--batch-size") { Description = "Sequences per micro-batch", Required = true };
-        var lr = new Option<double>("--lr") { Description = "Peak learning rate", Required = true };
-        var warmup = new Option<int>("--warmup") { Description = "Linear warmup steps" };
-        var schedule = new Option<string>("--schedule") { Description = "constant or cosine", DefaultValueFactory = _ => "constant" };
-        var weightDecay = new Option<double>("--weight-decay") { Description = "AdamW decoupled weight decay (default 0)" };
-        var gradClip = new Option<double>("--grad-clip") { Description = "Clip the global gradient norm (0 or absent = off)" };
-        var gradAccum = new Option<int>("--grad-accum") { Description = "Micro-batches per optimizer step", DefaultValueFactory = _ => 1 };
-        var noShuffle = new Option<bool>("--no-shuffle") { Description = "Consecutive records in file order" };
-        var seed = new Option<ulong>("--seed") { Description = "Seed for shuffling, LoRA init and dropout" };
-        var dtype = new Option<string>("--dtype") { Description = "f32, or bf16/f16 mixed precision (f32 master weights)", DefaultValueFactory = _ => "f32" };
-        var maxLength = new Option<int?>("--max-length") { Description = "Truncate sequences to this many tokens (default: the model's context)" };
-        var loraRank = new Option<int>("--lora-rank") { Description = "Train LoRA adapters of this rank instead of all weights" };
-        var loraAlpha = new Option<double?>("--lora-alpha") { Description = "LoRA alpha (default 2 x rank)" };
-        var loraDropout = new Option<double>("--lora-dropout") { Description = "Dropout on the LoRA input" };
-        var loraTargets = new Option<string>("--lora-targets") { Description = "Comma-separated: q,k,v,o,gate,up,down", DefaultValueFactory = _ => "q,v" };
+        var common = new TrainerFlags();
         var teacher = new Option<string?>("--teacher") { Description = "A teacher model for knowledge distillation" };
         var distillT = new Option<double>("--distill-temperature") { Description = "Softmax temperature of the distillation term", DefaultValueFactory = _ => 2.0 };
         var distillW = new Option<double>("--distill-weight") { Description = "Weight of the distillation term (the rest is cross-entropy)", DefaultValueFactory = _ => 0.5 };
-        var resume = new Option<string?>("--resume") { Description = "Continue a run from its output directory (or its checkpoint/)" };
-        var valFraction = new Option<double>("--val-fraction") { Description = "Hold out this fraction of the data for validation" };
         var evalEvery = new Option<int>("--eval-every") { Description = "Validation loss every N steps (needs --val-fraction)" };
-        var saveEvery = new Option<int>("--save-every") { Description = "Write a resumable checkpoint every N steps (always at the end)" };
         var checkpointing = new Option<bool>("--activation-checkpointing") { Description = "Recompute layer activations in the backward pass (less memory)" };
         var json = new Option<bool>("--json") { Description = "One JSON line per step: {\"step\": n, \"loss\": x, \"lr\": y, \"tokens_per_second\": z}" };
         var checkTensors = ModelCommands.CheckTensorsOption();
         var cmd = new Command("sft", "Supervised fine-tuning on instruction or conversation data.")
         {
-            model, tokenizer, data, format, outDir, steps, epochs, batchSize, lr, warmup, schedule, weightDecay, gradClip, gradAccum,
-            noShuffle, seed, dtype, maxLength, loraRank, loraAlpha, loraDropout, loraTargets, teacher, distillT, distillW, resume,
-            valFraction, evalEvery, saveEvery, checkpointing, json, checkTensors,
+            model, tokenizer, data, format, outDir, steps, epochs, batchSize, teacher, distillT, distillW, evalEvery, checkpointing, json, checkTensors,
         };
+        common.AddTo(cmd);
         cmd.SetAction(parse =>
         {
             // ---- validate flags before touching any file ----
@@ -73,29 +56,15 @@ internal static class SftCommand
             if (nSteps is int n) OptionRange.Check("--steps", n, 0);
             if (nEpochs is double ep) OptionRange.Check("--epochs", ep, 0, MaxEpochs, minOpen: true);
             int b = OptionRange.Check("--batch-size", parse.GetValue(batchSize), 1, MaxBatch);
-            int k = OptionRange.Check("--grad-accum", parse.GetValue(gradAccum), 1, MaxBatch);
-            double peakLr = OptionRange.Check("--lr", parse.GetValue(lr), 0, double.PositiveInfinity, minOpen: true);
-            int warmupSteps = OptionRange.Check("--warmup", parse.GetValue(warmup), 0);
-            double decay = OptionRange.Check("--weight-decay", parse.GetValue(weightDecay), 0, double.PositiveInfinity);
-            double clip = OptionRange.Check("--grad-clip", parse.GetValue(gradClip), 0, double.PositiveInfinity);
-            if (parse.GetValue(maxLength) is int ml) OptionRange.Check("--max-length", ml, 2);
-            if (parse.GetValue(loraAlpha) is double alpha) OptionRange.Check("--lora-alpha", alpha, 0, double.PositiveInfinity, minOpen: true);
-            double dropout = OptionRange.Check("--lora-dropout", parse.GetValue(loraDropout), 0, 1, maxOpen: true);
+            var settings = common.Parse(parse);
+            int k = settings.GradAccum;
             double temperature = OptionRange.Check("--distill-temperature", parse.GetValue(distillT), 0, double.PositiveInfinity, minOpen: true);
             double distillWeight = OptionRange.Check("--distill-weight", parse.GetValue(distillW), 0, 1);
             int evalInterval = OptionRange.Check("--eval-every", parse.GetValue(evalEvery), 0);
-            int saveInterval = OptionRange.Check("--save-every", parse.GetValue(saveEvery), 0);
+            int saveInterval = settings.SaveEvery;
             if (!SftDataset.TryParseFormat(parse.GetValue(format)!, out _)) throw new CliException($"--format: expected alpaca or sharegpt, got '{parse.GetValue(format)}'", isUsage: true);
-            LrScheduleKind scheduleKind;
-            try { scheduleKind = LrSchedule.ParseKind(parse.GetValue(schedule)!); }
-            catch (ArgumentException e) { throw new CliException("--schedule: " + e.Message, isUsage: true); }
-            DType computeType;
-            try { computeType = DTypes.Parse(parse.GetValue(dtype)!); }
-            catch (ArgumentException e) { throw new CliException("--dtype: " + e.Message, isUsage: true); }
-            if (computeType is not (DType.F32 or DType.BF16 or DType.F16)) throw new CliException("--dtype must be f32, bf16 or f16", isUsage: true);
-            double valFrac = OptionRange.Check("--val-fraction", parse.GetValue(valFraction), 0, 1, maxOpen: true);
-            int rank = OptionRange.Check("--lora-rank", parse.GetValue(loraRank), 0, MaxLoraRank);
-            var loraTargetList = parse.GetValue(loraTargets)!.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+            double valFrac = settings.ValFraction;
+            int rank = settings.LoraRank;
 
             var output = parse.InvocationConfiguration.Output;
             bool asJson = parse.GetValue(json);
@@ -108,15 +77,15 @@ internal static class SftCommand
             var files = new ModelFiles { CheckTensors = parse.GetValue(checkTensors) }; // the teacher's weights too
             var lm = ModelCommands.LoadModel(modelPath, files, device);
             var blockTypes = lm.Parameters().Where(p => p.DType.IsQuantized()).Select(p => p.DType.Name()).Distinct().ToList();
-            if (parse.GetValue(loraRank) <= 0 && blockTypes.Count > 0)
+            if (rank <= 0 && blockTypes.Count > 0)
                 throw new CliException($"--model: {modelPath} holds {string.Join(" and ", blockTypes)} weights, which full fine-tuning cannot update; train LoRA adapters over them with --lora-rank R, or start from a float model");
             if (rank > 0 && lm.NamedModules().Any(e => e.Value is TinyLlama.NN.LoraLinear))
                 throw new CliException($"--model: {modelPath} is a LoRA adapter, and --lora-rank {rank} would put a second adapter on its layers; train over its base model, or merge it first (tinyllama quantize --model {modelPath} --out merged.gguf --type f32) and train over the merged file", isUsage: true);
             var tok = ModelCommands.LoadTokenizer(modelPath, parse.GetValue(tokenizer), files);
             if (rank > lm.Config.HiddenSize)
                 throw new CliException($"--lora-rank {rank} is larger than the model's hidden size {lm.Config.HiddenSize} (a rank above a layer's width adds no capacity)", isUsage: true);
-            int maxLen = parse.GetValue(maxLength) is int m ? Math.Min(m, lm.Config.MaxPositionEmbeddings) : lm.Config.MaxPositionEmbeddings;
-            ulong s = parse.GetValue(seed);
+            int maxLen = settings.MaxLengthFor(lm.Config.MaxPositionEmbeddings);
+            ulong s = settings.Seed;
             var datasets = sources.Select(src => SftDataset.Load(src.Path, parse.GetValue(format)!, tok, maxLen)).ToList();
             // Validation is held out from each source before mixing, so no record is in both sets.
             var trainParts = new List<IReadOnlyList<SftExample>>();
@@ -146,51 +115,24 @@ internal static class SftCommand
             int totalSteps = (int)stepCount;
             CheckStepMemory(trainSet, b, k, maxLen, lm.Config.VocabSize);
             int padId = SftDataLoader.InputPadId(tok);
-            var loader = new SftDataLoader(trainSet, b, !parse.GetValue(noShuffle), s, padId, maxLen);
+            var loader = new SftDataLoader(trainSet, b, settings.Shuffle, s, padId, maxLen);
 
             // ---- LoRA, loss, trainer ----
             var rng = new Generator(s ^ 0x10CA);
-            LoraConfig? lora = null;
-            if (rank > 0)
-            {
-                lora = new LoraConfig(rank, parse.GetValue(loraAlpha) ?? 2.0 * rank, dropout, loraTargetList);
-                TinyLlama.Training.Lora.Lora.Apply(lm, lora, rng);
-            }
+            var lora = settings.Lora();
+            if (lora is not null) TinyLlama.Training.Lora.Lora.Apply(lm, lora, rng);
             lm.GradientCheckpointing = parse.GetValue(checkpointing);
             lm.CheckpointRng = rng;
             ITrainingLoss loss = new CrossEntropyLoss();
             if (parse.GetValue(teacher) is string teacherPath)
                 loss = new DistillationLoss(ModelCommands.LoadModel(teacherPath, files, device, flag: "--teacher"), temperature, distillWeight);
-            var options = new SftOptions
-            {
-                Steps = totalSteps, Lr = peakLr, Warmup = warmupSteps, Schedule = scheduleKind,
-                WeightDecay = decay, GradClip = clip, GradAccum = k, ComputeDType = computeType,
-            };
-            var trainer = new SftTrainer(lm, loader, options, loss, rng: rng);
+            var trainer = new SftTrainer(lm, loader, settings.Options(totalSteps), loss, rng: rng);
             var outPath = parse.GetValue(outDir)!;
             Directory.CreateDirectory(outPath);
-            var checkpointDir = Path.Combine(outPath, "checkpoint");
-            string? lastCheckpoint = null; // the newest good checkpoint of this run, named when it diverges
-            // A failed save (a full disk) leaves the previous checkpoint in place (CheckpointDirectory.Commit).
-            void Save()
-            {
-                try { trainer.SaveCheckpoint(checkpointDir); }
-                catch (IOException e)
-                {
-                    throw new CliException($"{checkpointDir}: the checkpoint of step {trainer.Step} could not be written ({e.Message}); "
-                        + (lastCheckpoint is null ? "no earlier checkpoint was written" : $"the previous checkpoint is intact (continue with --resume {lastCheckpoint})"));
-                }
-                lastCheckpoint = checkpointDir;
-            }
-            if (parse.GetValue(resume) is string resumeDir)
-            {
-                // An interrupted save may have left the checkpoint between its two renames: recover it first.
-                var nested = Path.Combine(resumeDir, "checkpoint");
-                var dir = CheckpointDirectory.Recover(nested, SftTrainer.CheckpointFiles) ? nested : resumeDir;
-                if (!Directory.Exists(dir)) throw new CliException($"--resume: {resumeDir} does not exist");
-                trainer.LoadCheckpoint(dir);
-                lastCheckpoint = dir;
-            }
+            var checkpoints = new RunCheckpoints(trainer, outPath);
+            var checkpointDir = checkpoints.Dir;
+            void Save() => checkpoints.Save();
+            if (settings.Resume is string resumeDir) checkpoints.Resume(resumeDir);
             if (!asJson)
                 output.WriteLine($"{string.Join("; ", datasets.Select(d => d.Summary()))}; {trainSet.Count} train / {valSet.Count} validation examples; {trainer.Trainable.Sum(p => (long)p.Param.Numel):N0} trainable parameters; {totalSteps} steps");
 
@@ -200,14 +142,14 @@ internal static class SftCommand
             {
                 StepLog log;
                 try { log = trainer.TrainStep(); }
-                catch (TrainingDivergedException diverged) { throw Diverged(diverged.Message, lastCheckpoint); }
+                catch (TrainingDivergedException diverged) { throw Diverged(diverged.Message, checkpoints.Last); }
                 if (asJson)
                     output.WriteLine(JsonLine.Format(("step", log.Step), ("loss", log.Loss), ("lr", log.Lr), ("tokens_per_second", Math.Round(log.TokensPerSecond, 2))));
                 else progress!.Report(log);
                 if (valSet.Count > 0 && evalInterval > 0 && log.Step % evalInterval == 0)
                 {
                     var (vl, ppl) = trainer.Evaluate(valSet, b, padId, maxLen);
-                    if (!double.IsFinite(vl)) throw Diverged(new TrainingDivergedException(log.Step, "validation loss", vl).Message, lastCheckpoint);
+                    if (!double.IsFinite(vl)) throw Diverged(new TrainingDivergedException(log.Step, "validation loss", vl).Message, checkpoints.Last);
                     trainer.ValidationHistory.Add((log.Step, vl));
                     if (!asJson) output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"step {log.Step}: validation loss {vl:F4}, perplexity {ppl:F2}"));
                 }
@@ -218,7 +160,7 @@ internal static class SftCommand
             if (valSet.Count > 0 && (evalInterval <= 0 || trainer.Step % evalInterval != 0))
             {
                 var (vl, ppl) = trainer.Evaluate(valSet, b, padId, maxLen);
-                if (!double.IsFinite(vl)) throw Diverged(new TrainingDivergedException(trainer.Step, "validation loss", vl).Message, lastCheckpoint);
+                if (!double.IsFinite(vl)) throw Diverged(new TrainingDivergedException(trainer.Step, "validation loss", vl).Message, checkpoints.Last);
                 trainer.ValidationHistory.Add((trainer.Step, vl));
                 if (!asJson) output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"final validation loss {vl:F4}, perplexity {ppl:F2}"));
             }
@@ -233,9 +175,7 @@ internal static class SftCommand
         return cmd;
     }
 
-    // Upper ends of the flags' ranges: far beyond any run that fits in memory, small enough to multiply safely.
-    private const int MaxBatch = 1 << 20;
-    private const int MaxLoraRank = 1 << 16;
+    private const int MaxBatch = TrainerFlags.MaxBatch;
     private const double MaxEpochs = 1e6;
 
     /// <summary>
@@ -305,6 +245,42 @@ internal static class SftCommand
                 if (src is not null && File.Exists(src)) AtomicFile.Copy(src, Path.Combine(outPath, name));
             }
         }
+    }
+}
+
+/// <summary>
+/// The checkpoints of a training run in OUT/checkpoint: saving (a failed save, e.g. a full disk, leaves the
+/// previous one in place: CheckpointDirectory.Commit) and resuming, and the newest good one, which the
+/// message of a diverged run names.
+/// </summary>
+internal sealed class RunCheckpoints(SftTrainer trainer, string outPath)
+{
+    /// <summary>OUT/checkpoint.</summary>
+    public string Dir { get; } = Path.Combine(outPath, "checkpoint");
+
+    /// <summary>The newest good checkpoint of this run (saved or resumed from), or null.</summary>
+    public string? Last { get; private set; }
+
+    public void Save()
+    {
+        try { trainer.SaveCheckpoint(Dir); }
+        catch (IOException e)
+        {
+            throw new CliException($"{Dir}: the checkpoint of step {trainer.Step} could not be written ({e.Message}); "
+                + (Last is null ? "no earlier checkpoint was written" : $"the previous checkpoint is intact (continue with --resume {Last})"));
+        }
+        Last = Dir;
+    }
+
+    /// <summary>Loads the checkpoint of --resume DIR (DIR/checkpoint, or DIR itself).</summary>
+    public void Resume(string resumeDir)
+    {
+        // An interrupted save may have left the checkpoint between its two renames: recover it first.
+        var nested = Path.Combine(resumeDir, "checkpoint");
+        var dir = CheckpointDirectory.Recover(nested, SftTrainer.CheckpointFiles) ? nested : resumeDir;
+        if (!Directory.Exists(dir)) throw new CliException($"--resume: {resumeDir} does not exist");
+        trainer.LoadCheckpoint(dir);
+        Last = dir;
     }
 }
 

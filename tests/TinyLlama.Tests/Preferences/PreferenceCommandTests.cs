@@ -95,11 +95,13 @@ public class PreferenceCommandTests
     [InlineData("--label-smoothing", "0.7", "--label-smoothing")]
     [InlineData("--batch-size", "0", "--batch-size")]
     [InlineData("--lr", "NaN", "--lr")]
+    [InlineData("--dtype", "int8", "--dtype")]
     public void DpoBadFlagsAreUsageErrors(string flag, string value, string named)
     {
         using var dir = new TempDir();
         var (model, pairs) = Setup(dir);
-        var r = CliRunner.Run("dpo", "--model", model, "--data", pairs, "--out", dir.File("o"), "--steps", "1", flag, value);
+        string[] args = ["dpo", "--model", model, "--data", pairs, "--out", dir.File("o"), "--steps", "1", .. flag == "--lr" ? Array.Empty<string>() : ["--lr", "1e-3"], flag, value];
+        var r = CliRunner.Run(args);
         Assert.Contains(named, CliRunner.AssertOneLineError(2, r.Code, r.Err));
     }
 
@@ -109,7 +111,7 @@ public class PreferenceCommandTests
         using var dir = new TempDir();
         var (model, pairs) = Setup(dir);
         File.AppendAllText(pairs, "{\"prompt\": \"Q\", \"chosen\": \"c\"}\n");
-        var r = CliRunner.Run("dpo", "--model", model, "--data", pairs, "--out", dir.File("o"), "--steps", "1");
+        var r = CliRunner.Run("dpo", "--model", model, "--data", pairs, "--out", dir.File("o"), "--steps", "1", "--lr", "1e-3");
         Assert.Contains("pairs.jsonl:5: field \"rejected\" is missing", CliRunner.AssertOneLineError(1, r.Code, r.Err));
     }
 }
