@@ -171,8 +171,7 @@ public sealed class ChatSession : IDisposable
     public void Dispose() => decoder?.Dispose();
 
     // Next-token logits [V] after ids continue the cached sequence.
-    private ReadOnlySpan<float> Forward(scoped ReadOnlySpan<int> ids) =>
-        ids.Length == 1 && decoder is not null ? decoder.Step(ids[0]) : TextGenerator.ModuleForward(model, ids.ToArray(), cache);
+    private ReadOnlySpan<float> Forward(scoped ReadOnlySpan<int> ids) => TextGenerator.Forward(model, decoder, ids, cache);
 
     /// <summary>Streams decoded text, holding back a tail that may be the start of the stop text.</summary>
     internal sealed class StopTextFilter(string? stopText, Action<string>? onText)
