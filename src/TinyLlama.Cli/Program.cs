@@ -27,6 +27,8 @@ public static class Program
         root.Subcommands.Add(ChatCommand.Create(stdin));
         root.Subcommands.Add(QuantizeCommand.Create());
         root.Subcommands.Add(SftCommand.Create());
+        root.Subcommands.Add(SelfInstructCommand.Create());
+        root.Subcommands.Add(JudgeCommand.Create());
         root.Subcommands.Add(DemoCommand.Create());
         root.Subcommands.Add(CheckCommand.Create());
         root.Subcommands.Add(FuzzCommand.Create());
