@@ -311,6 +311,7 @@ public sealed class RotaryEmbedding
     private void Grow(int needed)
     {
         int n = (int)Math.Min(maxPositions, Math.Max(needed, Math.Max(MinRows, 2L * rows)));
+        using var _ = DisposeScope.Untracked();   // the tables outlive the (possibly scoped) forward that grows them
         (cos, sin) = Functional.RopeTables(invFreq, 0, n, dtype, device);
         rows = n;
     }
