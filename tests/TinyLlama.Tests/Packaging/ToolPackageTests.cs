@@ -22,7 +22,7 @@ public class ToolPackageTests
         string root = SharedData.RepositoryRoot ?? throw new SkipException("the tests do not run from a checkout (no TinyLlama.sln above them); skipping the packaging test");
         Skip.IfNot(DotnetCliWorks(), $"the dotnet CLI ({CliRunner.DotnetHost}) does not run here; skipping the packaging test");
         // The configuration the tests were built in (bin/Release/net10.0/...) was built for every project they reference.
-        string configuration = new DirectoryInfo(AppContext.BaseDirectory).Parent!.Parent!.Name;
+        string configuration = new DirectoryInfo(Path.TrimEndingDirectorySeparator(AppContext.BaseDirectory)).Parent!.Name;
         string temp = Directory.CreateTempSubdirectory("tinyllama-pack-").FullName;
         try
         {
