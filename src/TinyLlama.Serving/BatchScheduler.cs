@@ -94,6 +94,7 @@ public sealed class BatchScheduler : IDisposable
     private readonly object gate = new(); // a Monitor: the loop waits on it for work
     private readonly Thread loop;
     private int holds;
+    private long cancelled;
     private bool disposed;
 
     /// <param name="model">The model (in eval mode, on the CPU); from now on only this scheduler's loop may run it.</param>
@@ -126,6 +127,9 @@ public sealed class BatchScheduler : IDisposable
 
     /// <summary>Requests holding a slot now.</summary>
     public int ActiveRequests { get { lock (gate) return slots.Count(s => s is not null); } }
+
+    /// <summary>Requests that left because they were cancelled (their client went away), since the start.</summary>
+    public long CancelledRequests => Interlocked.Read(ref cancelled);
 
     /// <summary>Requests waiting for a slot now.</summary>
     public int QueuedRequests { get { lock (gate) return queue.Count; } }
@@ -321,8 +325,9 @@ public sealed class BatchScheduler : IDisposable
         Fail(job, error);
     }
 
-    private static void Fail(Job job, Exception? error)
+    private void Fail(Job job, Exception? error)
     {
+        if (error is OperationCanceledException) Interlocked.Increment(ref cancelled);
         job.Registration.Unregister(); // not Dispose: that waits for a running callback, which may wait for the gate we hold
         job.Output.Writer.TryComplete(error);
     }
