@@ -12,6 +12,7 @@
 //   Submit -> queue (bounded: full => ServerBusyException) -> slot (prefill, sample first token)
 //          -> every step: decode one token per active slot, sample, stream text
 //          -> finish: EOS id or stop text ("stop"), max tokens or a full context ("length"), cancelled
+using System.Runtime.InteropServices;
 using System.Threading.Channels;
 using TinyLlama.Generation;
 using TinyLlama.Model;
@@ -203,7 +204,7 @@ public sealed class BatchScheduler : IDisposable
 
     // ---------------- the loop ----------------
 
-    private void Loop()
+    private void RunLoop()
     {
         var admitted = new List<Job>();
         var stepJobs = new List<Job>();
@@ -259,19 +260,30 @@ public sealed class BatchScheduler : IDisposable
             if (stepJobs.Count == 0) continue;
             int vocab = decoder.VocabSize;
             if (logits.Length < stepJobs.Count * vocab) logits = new float[slots.Length * vocab];
-            try
-            {
-                decoder.Step(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(stepSlots), System.Runtime.InteropServices.CollectionsMarshal.AsSpan(stepTokens), logits);
-            }
-            catch (Exception e) when (e is ArgumentException or InvalidOperationException or InvalidDataException)
-            {
-                foreach (var job in stepJobs) Finish(job, e);
-                continue;
-            }
+            decoder.Step(CollectionsMarshal.AsSpan(stepSlots), CollectionsMarshal.AsSpan(stepTokens), logits);
             for (int i = 0; i < stepJobs.Count; i++)
             {
                 int row = i;
                 Advance(stepJobs[i], () => logits.AsSpan(row * vocab, vocab).ToArray());
+            }
+        }
+    }
+
+    // The loop must outlive any one request: whatever a step throws fails the requests it ran, not the server.
+    private void Loop()
+    {
+        while (true)
+        {
+            try
+            {
+                RunLoop();
+                return;
+            }
+            catch (Exception e)
+            {
+                Job[] running;
+                lock (gate) running = [.. slots.OfType<Job>()];
+                foreach (var job in running) Finish(job, new InvalidOperationException($"generation failed: {e.Message}", e));
             }
         }
     }
@@ -304,7 +316,8 @@ public sealed class BatchScheduler : IDisposable
             job.Filter.Finish(job.Decoder.Flush());
             reason = GenerationFinishReason.Stop;
         }
-        else if (job.Filter.Push(job.Decoder.Push(next))) reason = GenerationFinishReason.Stop;
+        // An id past the tokenizer's pieces (a model vocabulary padded beyond them) has no text.
+        else if (job.Filter.Push(next < tokenizer.VocabSize ? job.Decoder.Push(next) : "")) reason = GenerationFinishReason.Stop;
         else if (job.Generated >= (job.Request.MaxTokens ?? int.MaxValue) || decoder.Length(job.Slot) >= decoder.ContextSize)
         {
             job.Filter.Finish(job.Decoder.Flush());
