@@ -374,7 +374,10 @@ internal static class OpenAiServer
         ["prompt_tokens"] = u?.InputTokenCount ?? 0, ["completion_tokens"] = u?.OutputTokenCount ?? 0, ["total_tokens"] = u?.TotalTokenCount ?? 0,
     };
 
-    private static IResult Json(JsonNode node, int status = 200) => Results.Text(node.ToJsonString(), "application/json", Encoding.UTF8, status);
+    // Non-ASCII text as itself, not \uXXXX: the body is JSON for API clients, never inlined into HTML.
+    private static readonly JsonSerializerOptions Relaxed = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
+    private static IResult Json(JsonNode node, int status = 200) => Results.Text(node.ToJsonString(Relaxed), "application/json", Encoding.UTF8, status);
 
     private static Task WriteError(HttpContext context, ApiException e) =>
         Json(new JsonObject
@@ -391,7 +394,7 @@ internal static class OpenAiServer
 
     private static async Task Event(HttpContext context, JsonNode chunk)
     {
-        await context.Response.WriteAsync("data: " + chunk.ToJsonString() + "\n\n", context.RequestAborted);
+        await context.Response.WriteAsync("data: " + chunk.ToJsonString(Relaxed) + "\n\n", context.RequestAborted);
         await context.Response.Body.FlushAsync(context.RequestAborted);
     }
 

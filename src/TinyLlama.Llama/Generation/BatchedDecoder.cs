@@ -15,7 +15,7 @@
 // Per chunk of n slots, for the step's tokens ids [n] (slot r at its own position p_r):
 //   h = embed(ids)                                              [n, 1, C]
 //   per layer: xn = rmsnorm(h) * attn_norm; q, k, v = xn Wq^T, xn Wk^T, xn Wv^T     (one GEMM each)
-//              per slot r: rope(q_r, k_r) at p_r; k_r, v_r -> cache_r[p_r]; att_r = sdpa(q_r, cache_r)
+//              rope(q, k), row r at p_r; per slot r: k_r, v_r -> cache_r[p_r]; att_r = sdpa(q_r, cache_r)
 //              h += att Wo^T;  h += mlp(rmsnorm(h) * mlp_norm)                     (GEMMs over n rows)
 //   logits = rmsnorm(h) W_head^T                                [n, 1, V]
 // A joining request's prompt is prefilled alone (Prefill: the module path's GEMMs over its tokens).
@@ -38,7 +38,7 @@ public sealed class BatchedDecoder
 
     private readonly LlamaForCausalLM model;
     private readonly KvCache[] caches;
-    private readonly RotaryEmbedding rope;
+    private readonly float[] cosTable, sinTable; // RoPE rows for positions 0..contextSize-1, (T, HS/2) each, as RotaryEmbedding tabulates them
     private readonly DecoderActivations activations;
 
     /// <param name="model">The model (in eval mode), on the CPU.</param>
@@ -56,7 +56,9 @@ public sealed class BatchedDecoder
         caches = new KvCache[slots];
         for (int i = 0; i < slots; i++) caches[i] = model.NewCache(1, contextSize);
         var weight = model.Model.Norm.Weight;
-        rope = new RotaryEmbedding(model.Config, weight.DType, weight.Device);
+        var (cos, sin) = new RotaryEmbedding(model.Config, weight.DType, weight.Device).Tables(0, contextSize);
+        cosTable = cos.ToArray<float>();
+        sinTable = sin.ToArray<float>();
         ContextSize = contextSize;
     }
 
@@ -127,22 +129,32 @@ public sealed class BatchedDecoder
         int m = slots.Length, nh = cfg.NumAttentionHeads, nkv = cfg.NumKeyValueHeads, hs = cfg.HeadDim;
         var h = model.Model.EmbedTokens.Forward(Tensor.FromArray(tokens.ToArray(), [m, 1])); // (m, 1, C)
         var heads = new Tensor[m];
+        // Each slot's RoPE row at its own position: the chunk rotates as one sequence of m tokens whose
+        // table rows are those positions (RoPE is elementwise per token, so each row comes out as alone).
+        int half = hs / 2;
+        float[] cosRows = new float[m * half], sinRows = new float[m * half];
+        for (int r = 0; r < m; r++)
+        {
+            int pos = caches[slots[r]].Length;
+            Array.Copy(cosTable, pos * half, cosRows, r * half, half);
+            Array.Copy(sinTable, pos * half, sinRows, r * half, half);
+        }
+        Tensor cos = Tensor.FromArray(cosRows, [m, half]), sin = Tensor.FromArray(sinRows, [m, half]); // (m, HS/2)
         for (int li = 0; li < model.Model.Layers.Count; li++)
         {
             var layer = model.Model.Layers[li];
             var attn = layer.SelfAttn;
             var xn = layer.InputLayernorm.Forward(h);
-            var q = attn.QProj.Forward(xn); // (m, 1, NH*HS)
-            var k = attn.KProj.Forward(xn); // (m, 1, NKV*HS)
-            var v = attn.VProj.Forward(xn); // (m, 1, NKV*HS)
+            var q = Functional.Rope(attn.QProj.Forward(xn).View(1, m, nh, hs), cos, sin, RopeLayout.RotateHalf);  // (1, m, NH, HS)
+            var k = Functional.Rope(attn.KProj.Forward(xn).View(1, m, nkv, hs), cos, sin, RopeLayout.RotateHalf); // (1, m, NKV, HS)
+            var v = attn.VProj.Forward(xn).View(1, m, nkv, hs);                                                   // (1, m, NKV, HS)
             for (int r = 0; r < m; r++)
             {
                 var cache = caches[slots[r]];
                 int pos = cache.Length;
-                var (cos, sin) = rope.Tables(pos, 1);
-                var qr = Functional.Rope(q.Narrow(0, r, 1).View(1, 1, nh, hs), cos, sin, RopeLayout.RotateHalf).Transpose(1, 2);  // (1, NH, 1, HS)
-                var kr = Functional.Rope(k.Narrow(0, r, 1).View(1, 1, nkv, hs), cos, sin, RopeLayout.RotateHalf).Transpose(1, 2); // (1, NKV, 1, HS)
-                var vr = v.Narrow(0, r, 1).View(1, 1, nkv, hs).Transpose(1, 2);                                                   // (1, NKV, 1, HS)
+                var qr = q.Narrow(1, r, 1).Transpose(1, 2); // (1, NH, 1, HS)
+                var kr = k.Narrow(1, r, 1).Transpose(1, 2); // (1, NKV, 1, HS)
+                var vr = v.Narrow(1, r, 1).Transpose(1, 2); // (1, NKV, 1, HS)
                 var (keys, values) = cache.Append(li, kr, vr, pos);                                                               // (1, NKV, pos+1, HS)
                 var y = Functional.ScaledDotProductAttention(qr, keys, values, causal: true);                                     // (1, NH, 1, HS)
                 heads[r] = y.Transpose(1, 2).Reshape(1, 1, nh * hs);

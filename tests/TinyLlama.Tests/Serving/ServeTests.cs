@@ -41,9 +41,9 @@ public class ServeTests
         public required HttpClient Http;
         public required Uri Base;
 
-        public static async Task<Server> Start(int parallel = 4, int queue = 8, string? apiKey = null, int maxPos = 64, int context = Context)
+        public static async Task<Server> Start(int parallel = 4, int queue = 8, string? apiKey = null, int maxPos = 64, int context = Context, int hidden = 32)
         {
-            var model = new LlamaForCausalLM(LlamaTests.Tiny(vocab: 260, hidden: 32, layers: 2, heads: 4, kvHeads: 2, ffn: 40, maxPos: maxPos), new Generator(23));
+            var model = new LlamaForCausalLM(LlamaTests.Tiny(vocab: 260, hidden: hidden, layers: 2, heads: 4, kvHeads: 2, ffn: hidden + 8, maxPos: maxPos), new Generator(23));
             model.Eval();
             var template = ChatTemplates.Create("raw", ByteTokenizer);
             var scheduler = new BatchScheduler(model, ByteTokenizer, new SchedulerOptions(parallel, context, queue));
@@ -241,7 +241,7 @@ public class ServeTests
         Assert.Equal("authentication_error", JsonDocument.Parse(await none.Content.ReadAsStringAsync()).RootElement.GetProperty("error").GetProperty("type").GetString());
         var wrong = await Assert.ThrowsAsync<ClientResultException>(() => server.OpenAi("open").CompleteChatAsync([new OpenAI.Chat.UserChatMessage("hi")]));
         Assert.Equal(401, wrong.Status);
-        var right = await server.OpenAi("sesame").CompleteChatAsync([new OpenAI.Chat.UserChatMessage("hi")], new OpenAI.Chat.ChatCompletionOptions { MaxOutputTokenCount = 3 });
+        var right = await server.OpenAi("sesame").CompleteChatAsync([new OpenAI.Chat.UserChatMessage("hi")], new OpenAI.Chat.ChatCompletionOptions { MaxOutputTokenCount = 3, Temperature = 0 });
         Assert.Equal(3, right.Value.Usage.OutputTokenCount);
         using var health = await server.Http.GetAsync("/health");
         Assert.Equal(HttpStatusCode.OK, health.StatusCode);
@@ -275,8 +275,8 @@ public class ServeTests
     [Fact]
     public async Task AClientThatDisconnectsFreesItsSlot()
     {
-        // A long answer (up to 2000 tokens), so it is still running when the client goes away.
-        await using var server = await Server.Start(parallel: 1, maxPos: 2048, context: 2048);
+        // A long answer (up to 4000 tokens of a wider model: seconds), so it is still running when the client goes away.
+        await using var server = await Server.Start(parallel: 1, maxPos: 4096, context: 4096, hidden: 128);
         using (var request = new HttpRequestMessage(HttpMethod.Post, "/v1/chat/completions")
         {
             Content = new StringContent("""{"messages":[{"role":"user","content":"go on"}],"stream":true,"temperature":0}""", Encoding.UTF8, "application/json"),
@@ -290,7 +290,7 @@ public class ServeTests
         await WaitFor(() => server.Scheduler.ActiveRequests == 0);
         Assert.Equal(1, server.Scheduler.CancelledRequests);
         // The slot serves the next request.
-        var next = await server.OpenAi().CompleteChatAsync([new OpenAI.Chat.UserChatMessage("hi")], new OpenAI.Chat.ChatCompletionOptions { MaxOutputTokenCount = 2 });
+        var next = await server.OpenAi().CompleteChatAsync([new OpenAI.Chat.UserChatMessage("hi")], new OpenAI.Chat.ChatCompletionOptions { MaxOutputTokenCount = 2, Temperature = 0 });
         Assert.Equal(2, next.Value.Usage.OutputTokenCount);
     }
 
