@@ -42,13 +42,15 @@ internal static class OpenAiServer
     /// </summary>
     public static WebApplication Create(TinyLlamaChatClient chat, BatchScheduler scheduler, string host, int port, string? apiKey)
     {
+        IPAddress? address = host == "localhost" ? null
+            : IPAddress.TryParse(host, out var ip) ? ip : throw new CliException($"--host: '{host}' is not an IP address or localhost", isUsage: true);
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
         builder.WebHost.ConfigureKestrel(k =>
         {
             k.Limits.MaxRequestBodySize = 8 << 20;
-            if (host == "localhost") k.ListenLocalhost(port);
-            else k.Listen(IPAddress.TryParse(host, out var ip) ? ip : throw new CliException($"--host: '{host}' is not an IP address or localhost", isUsage: true), port);
+            if (address is null) k.ListenLocalhost(port);
+            else k.Listen(address, port);
         });
         var app = builder.Build();
         app.Use(async (context, next) =>

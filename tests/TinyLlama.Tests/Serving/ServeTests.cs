@@ -308,6 +308,18 @@ public class ServeTests
         Assert.Contains("/v1/chat/completions", await page.Content.ReadAsStringAsync());
     }
 
+    [Theory]
+    [InlineData("--port", "70000")]
+    [InlineData("--parallel", "0")]
+    [InlineData("--queue", "-1")]
+    public void ServeRefusesAnOutOfRangeOptionWithOneLine(string option, string value)
+    {
+        var error = new StringWriter();
+        Assert.Equal(TinyLlama.Cli.ExitCodes.Usage, TinyLlama.Cli.Program.Run(["serve", "--model", "nowhere", option, value], TextWriter.Null, error));
+        Assert.Contains(option, error.ToString());
+        Assert.Single(error.ToString().Trim().Split('\n'));
+    }
+
     [Fact]
     public void StopSequencesEndTheTextAndAreNotShown()
     {
