@@ -25,6 +25,7 @@ public static class Program
         root.Subcommands.Add(ModelCommands.CreatePerplexity());
         root.Subcommands.Add(ModelCommands.CreateGenerate());
         root.Subcommands.Add(ChatCommand.Create(stdin));
+        root.Subcommands.Add(ServeCommand.Create());
         root.Subcommands.Add(QuantizeCommand.Create());
         root.Subcommands.Add(SftCommand.Create());
         root.Subcommands.Add(SelfInstructCommand.Create());
