@@ -1,7 +1,8 @@
 // Device memory of one tensor storage on an ILGPU accelerator: a buffer leased from the backend's
 // BufferPool, viewed as the storage's element type. F16 and BF16 live as their raw 16-bit patterns
 // (ushort on the device, System.Half / BFloat16 on the host: same bits), Q4 as bytes.
-// The lease goes back to the pool when the storage is released explicitly or finalized.
+// The lease goes back to the pool when the storage is released explicitly (Dispose, or the DisposeScope it
+// was created in) or, failing both, finalized.
 using ILGPU;
 using TinyLlama.Tensors;
 

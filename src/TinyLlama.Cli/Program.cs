@@ -25,10 +25,13 @@ public static class Program
         root.Subcommands.Add(ModelCommands.CreatePerplexity());
         root.Subcommands.Add(ModelCommands.CreateGenerate());
         root.Subcommands.Add(ChatCommand.Create(stdin));
+        root.Subcommands.Add(ServeCommand.Create());
         root.Subcommands.Add(QuantizeCommand.Create());
         root.Subcommands.Add(SftCommand.Create());
         root.Subcommands.Add(RewardCommand.Create());
         root.Subcommands.Add(DpoCommand.Create());
+        root.Subcommands.Add(SelfInstructCommand.Create());
+        root.Subcommands.Add(JudgeCommand.Create());
         root.Subcommands.Add(DemoCommand.Create());
         root.Subcommands.Add(CheckCommand.Create());
         root.Subcommands.Add(FuzzCommand.Create());

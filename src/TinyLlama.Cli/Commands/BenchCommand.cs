@@ -17,6 +17,7 @@ internal static class BenchCommand
         bench.Subcommands.Add(BenchGenerateCommand.Create());
         bench.Subcommands.Add(BenchTrainCommand.Create());
         bench.Subcommands.Add(BenchQ4Command.Create());
+        bench.Subcommands.Add(BenchServeCommand.Create());
         return bench;
     }
 

@@ -121,7 +121,7 @@ internal static class BenchGenerateCommand
         {
             cache.Reset();
             long t0 = Stopwatch.GetTimestamp();
-            var prefillLogits = TextGenerator.ModuleForward(model, prompt, cache);
+            var prefillLogits = TextGenerator.Forward(model, decoder, prompt, cache).ToArray();
             double tp = Stopwatch.GetElapsedTime(t0).TotalSeconds;
             cache.Reset();
             t0 = Stopwatch.GetTimestamp();
@@ -142,7 +142,9 @@ internal static class BenchGenerateCommand
         bool blocks = model.Parameters().Any(p => p.DType.IsQuantized());
         string path = decoder is null ? $"modules: {why}"
             : !blocks ? "CPU decoder"
-            : decoder.Activations == DecoderActivations.Quantized ? "CPU decoder, Q8 activations and integer dot products" : "CPU decoder, f32 activations";
+            : decoder.Activations == DecoderActivations.Quantized
+                ? "CPU decoder, Q8 activations and integer dot products" + (decoder.CanPrefill ? " (prefill too)" : $" (prefill on the modules: {decoder.PrefillUnsupported})")
+                : "CPU decoder, f32 activations";
         return new Result(MeanAndSd(prefill), MeanAndSd(decode), path);
     }
 

@@ -42,10 +42,7 @@ internal static class ChatCommand
             if (ctx > lm.Config.MaxPositionEmbeddings)
                 throw new CliException($"--ctx-size: {ctx} exceeds the model's max_position_embeddings {lm.Config.MaxPositionEmbeddings}", isUsage: true);
             if (ctx > 0) ModelCommands.CheckCacheMemory(lm.Config, ctx, $"--ctx-size {ctx}", "lower --ctx-size");
-            // The tokenizer: --tokenizer, else the model directory's, else the one sft wrote beside the adapter.
-            var tok = adapterDir is not null && !ModelCommands.HasTokenizer(path, tokPath, files) && ModelCommands.HasTokenizer(adapterDir, null, files)
-                ? ModelCommands.LoadTokenizer(adapterDir, null, files)
-                : ModelCommands.LoadTokenizer(path, tokPath, files);
+            var tok = ModelCommands.LoadTokenizer(path, tokPath, files, adapterDir);
             using var session = new ChatSession(lm, ChatTemplates.Create(templateName, tok, parse.GetValue(system)), options, max, ctx);
             return Converse(session, templateName, stdin, parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error);
         });

@@ -281,6 +281,12 @@ internal static class ModelCommands
         || (Directory.Exists(modelPath) && (File.Exists(Path.Combine(modelPath, "tokenizer.model")) || File.Exists(Path.Combine(modelPath, "tokenizer.json"))))
         || (IsGguf(modelPath) && files.Gguf(modelPath).Metadata.ContainsKey(GgufModel.Keys.TokenizerModel));
 
+    /// <summary>A chat's tokenizer: --tokenizer, else the model directory's, else the one sft wrote beside the adapter.</summary>
+    internal static LlamaTokenizer LoadTokenizer(string modelPath, string? tokenizerPath, ModelFiles files, string? adapterDir) =>
+        adapterDir is not null && !HasTokenizer(modelPath, tokenizerPath, files) && HasTokenizer(adapterDir, null, files)
+            ? LoadTokenizer(adapterDir, null, files)
+            : LoadTokenizer(modelPath, tokenizerPath, files);
+
     internal static LlamaTokenizer LoadTokenizer(string modelPath, string? tokenizerPath, ModelFiles files)
     {
         string? path = tokenizerPath;

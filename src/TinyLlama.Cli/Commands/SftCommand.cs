@@ -11,7 +11,7 @@ using TinyLlama.Tensors;
 using TinyLlama.Tokenizers;
 using TinyLlama.Training.Data;
 using TinyLlama.Training.Lora;
-using TinyLlama.Training.Reporting;
+using TinyLlama.Cli.Reporting;
 using TinyLlama.Training.Trainer;
 
 namespace TinyLlama.Cli.Commands;

@@ -1,5 +1,7 @@
-// Maps a Device to its backend instance. The CPU backend is built in; the ILGPU backend registers
-// a factory for its device kinds when its assembly is loaded.
+// Maps a Device to its backend instance. The CPU backend is built in; other backends add a factory for
+// their device kinds when the program asks them to: a library user references TinyLlama.Backends.Ilgpu and
+// calls IlgpuBackend.Register() once (the CLI does so when --device names a GPU). Nothing registers itself
+// on assembly load: .NET loads an assembly only when one of its types is used, which Tensor never does.
 using TinyLlama.Tensors;
 
 namespace TinyLlama.Backends;
@@ -25,7 +27,7 @@ public static class BackendRegistry
         {
             if (Instances.TryGetValue(device, out var backend)) return backend;
             if (!Factories.TryGetValue(device.Kind, out var factory))
-                throw new NotSupportedException($"device '{device}' has no backend in this build; available: cpu{string.Concat(Factories.Keys.Select(k => ", " + new Device(k)))}");
+                throw new NotSupportedException($"device '{device}' has no backend registered (available: cpu{string.Concat(Factories.Keys.Select(k => ", " + new Device(k)))}); for ILGPU devices reference TinyLlama.Backends.Ilgpu and call IlgpuBackend.Register() first");
             backend = factory(device.Index);
             Instances[device] = backend;
             return backend;

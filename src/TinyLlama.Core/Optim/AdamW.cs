@@ -65,15 +65,13 @@ public sealed class AdamW
             if (p.DType == stateType && p.IsContiguous && p.Grad.DType == stateType && p.Grad.IsContiguous && p.Grad.Device == p.Device)
             {
                 // The fused backend update: one pass over p, g, m, v (see IBackend.AdamWStep).
-                m[i] ??= Tensor.Zeros(p.Shape, stateType, p.Device);
-                v[i] ??= Tensor.Zeros(p.Shape, stateType, p.Device);
+                CreateState(i, stateType);
                 p.Backend.AdamWStep(p, p.Grad, m[i]!, v[i]!, Lr, Beta1, Beta2, Eps, WeightDecay, StepCount);
                 continue;
             }
             // Other layouts (16-bit parameters, strided views): the same update as tensor ops.
             var g = p.Grad.To(stateType);
-            m[i] ??= Tensor.Zeros(p.Shape, stateType, p.Device);
-            v[i] ??= Tensor.Zeros(p.Shape, stateType, p.Device);
+            CreateState(i, stateType);
             m[i]!.Mul_(Beta1).Add_(g * (1 - Beta1));
             v[i]!.Mul_(Beta2).Add_(g * g * (1 - Beta2));
             var master = p.To(stateType);
@@ -81,6 +79,17 @@ public sealed class AdamW
             var update = m[i]! / bc1 / ((v[i]! / bc2).Sqrt() + Eps) * Lr;
             p.CopyFrom_(master - update);
         }
+    }
+
+    // The moments of parameter i, zero, on its first update. They live as long as the optimizer, so no
+    // dispose scope open around the step (a trainer's per-step scope) may record them.
+    private void CreateState(int i, DType stateType)
+    {
+        if (m[i] is not null && v[i] is not null) return;
+        var p = parameters[i];
+        using var _ = DisposeScope.Untracked();
+        m[i] ??= Tensor.Zeros(p.Shape, stateType, p.Device);
+        v[i] ??= Tensor.Zeros(p.Shape, stateType, p.Device);
     }
 
     /// <summary>Clears the gradients of the optimised parameters.</summary>

@@ -389,6 +389,23 @@ public static class QuantTypes
         return (float)BitConverter.UInt16BitsToHalf(bits);
     }
 
+    /// <summary>
+    /// float to binary16 bits, exactly as BitConverter.HalfToUInt16Bits((Half)x) (round to nearest, ties to even):
+    /// positive values in the normal range by rounding at bit 13 and rebiasing the exponent (a carry out of the
+    /// mantissa moves into the exponent, up to infinity at 65520, as it should), everything else through Half.
+    /// The activation quantizers call this once per 32-value block, where the framework's conversion was a third
+    /// of their time.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ushort SingleToHalfBits(float x)
+    {
+        uint f = BitConverter.SingleToUInt32Bits(x);
+        // 0x38800000 = 2^-14, the smallest normal binary16; 0x47800000 = 65536.
+        if (f - 0x38800000u < 0x47800000u - 0x38800000u)
+            return (ushort)((f + 0xFFFu + ((f >> 13) & 1u) - 0x38000000u) >> 13);
+        return BitConverter.HalfToUInt16Bits((Half)x);
+    }
+
     /// <summary>Throws unless <paramref name="values"/> values fill exactly <paramref name="bytes"/> bytes of blocks.</summary>
     private static void CheckRow(QuantTraits t, int values, int bytes)
     {

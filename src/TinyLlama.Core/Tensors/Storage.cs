@@ -12,6 +12,7 @@ public abstract class Storage
     {
         DType = dtype;
         Length = length;
+        DisposeScope.Track(this);   // device storages join the innermost open dispose scope
     }
 
     /// <summary>Element type.</summary>

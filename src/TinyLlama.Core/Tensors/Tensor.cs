@@ -22,6 +22,12 @@ public sealed partial class Tensor
         Numel = Shapes.Numel(shape);
     }
 
+    /// <summary>
+    /// Opens a <see cref="DisposeScope"/> on the calling thread (TorchSharp's <c>torch.NewDisposeScope()</c>):
+    /// device storages created until it is disposed are released then, except those moved out of it.
+    /// </summary>
+    public static DisposeScope NewDisposeScope() => DisposeScope.Open();
+
     /// <summary>A new dense tensor owning fresh zero-filled storage.</summary>
     internal Tensor(int[] shape, DType dtype, Device device)
         : this(device.Backend.Allocate(dtype, Shapes.Numel(shape)), shape, Shapes.ContiguousStrides(shape), 0)

@@ -9,10 +9,8 @@
 // re-encoded as if it had begun there, and the cache is prefilled from scratch with it.
 //
 // Stop text: formats whose reply ends in a marker the tokenizer may spell in several pieces (ChatML's
-// "<|im_end|>") are stopped on the decoded text. Streamed text holds back any tail that could be the
-// start of the marker, so the marker is never shown.
+// "<|im_end|>") are stopped on the decoded text (StopTextFilter), so the marker is never shown.
 using System.Runtime.InteropServices;
-using System.Text;
 using TinyLlama.Model;
 
 namespace TinyLlama.Generation;
@@ -144,7 +142,7 @@ public sealed class ChatSession : IDisposable
         PrefilledTokens += prefill;
 
         var reply = new List<int>();
-        var output = new StopTextFilter(template.StopText, onText);
+        var output = new StopTextFilter(template.StopText is { } stop ? [stop] : [], onText);
         var stream = template.Tokenizer.CreateStreamDecoder();
         ChatStopReason reason;
         while (true)
@@ -171,48 +169,5 @@ public sealed class ChatSession : IDisposable
     public void Dispose() => decoder?.Dispose();
 
     // Next-token logits [V] after ids continue the cached sequence.
-    private ReadOnlySpan<float> Forward(scoped ReadOnlySpan<int> ids) =>
-        ids.Length == 1 && decoder is not null ? decoder.Step(ids[0]) : TextGenerator.ModuleForward(model, ids.ToArray(), cache);
-
-    /// <summary>Streams decoded text, holding back a tail that may be the start of the stop text.</summary>
-    internal sealed class StopTextFilter(string? stopText, Action<string>? onText)
-    {
-        private readonly StringBuilder text = new();
-        private int shown;
-
-        public string Text => text.ToString();
-
-        // Appends a piece of text; true when the stop text is now complete (it and what follows are cut).
-        public bool Push(string piece)
-        {
-            text.Append(piece);
-            if (string.IsNullOrEmpty(stopText)) { Show(text.Length); return false; }
-            // Nothing before `shown` can start the stop text: it was shown only once no match could begin there.
-            string tail = text.ToString(shown, text.Length - shown);
-            int at = tail.IndexOf(stopText, StringComparison.Ordinal);
-            if (at >= 0)
-            {
-                Show(shown + at);
-                text.Length = shown;
-                return true;
-            }
-            int hold = Math.Min(stopText.Length - 1, tail.Length);
-            while (hold > 0 && !tail.AsSpan(tail.Length - hold).SequenceEqual(stopText.AsSpan(0, hold))) hold--;
-            Show(text.Length - hold);
-            return false;
-        }
-
-        // The answer ended without the stop text: everything is shown.
-        public void Finish(string piece)
-        {
-            text.Append(piece);
-            Show(text.Length);
-        }
-
-        private void Show(int upTo)
-        {
-            if (upTo > shown) onText?.Invoke(text.ToString(shown, upTo - shown));
-            shown = upTo;
-        }
-    }
+    private ReadOnlySpan<float> Forward(scoped ReadOnlySpan<int> ids) => TextGenerator.Forward(model, decoder, ids, cache);
 }

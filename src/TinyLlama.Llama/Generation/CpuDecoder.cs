@@ -59,7 +59,7 @@ public enum DecoderActivations
 /// (see the file header). Create one per generation with <see cref="TryCreate"/>; it pins the weights
 /// until disposed.
 /// </summary>
-public sealed unsafe class CpuDecoder : IDisposable
+public sealed unsafe partial class CpuDecoder : IDisposable
 {
     // A matrix-vector product y[Out] (=|+=) W[Out, In] x[In], with an optional LoRA term. W is either f32
     // (W) or Out rows of RowBytes bytes of Type's blocks (Blocks, when not null).
@@ -301,6 +301,7 @@ public sealed unsafe class CpuDecoder : IDisposable
         attention = new AttentionJob(this);
         this.kNew = kNew;
         this.vNew = vNew;
+        PrefillUnsupported = PrefillReason();
     }
 
     private readonly float* kNew, vNew; // this token's k and v [NKV*HS] before they go into the cache

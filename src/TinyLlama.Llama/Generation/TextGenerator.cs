@@ -1,7 +1,8 @@
 // Autoregressive generation with a KV cache: prefill the prompt in one forward pass, then decode one
-// token per step, streaming each id to the caller as soon as it is chosen. Prefill runs the modules
-// (their GEMMs reuse each weight across the prompt's tokens); single-token steps run CpuDecoder when it
-// applies (f32 or block-quantized weights on the CPU), the same math without per-op overheads, else the modules again.
+// token per step, streaming each id to the caller as soon as it is chosen. Single-token steps run CpuDecoder
+// when it applies (f32 or block-quantized weights on the CPU), the same math without per-op overheads; prefill
+// runs the decoder's integer GEMM pass for Q4_0 models (CpuDecoder.Prefill.cs) and the modules otherwise (their
+// GEMMs reuse each weight across the prompt's tokens).
 using TinyLlama.Autograd;
 using TinyLlama.Backends.Cpu;
 using TinyLlama.Model;
@@ -33,15 +34,24 @@ public static class TextGenerator
         var input = prompt.ToArray();
         for (int step = 0; step < maxNewTokens && cache.Length + input.Length <= capacity; step++)
         {
-            int next = input.Length == 1 && decoder is not null
-                ? sampler.Sample(decoder.Step(input[0]), seen)
-                : sampler.Sample(ModuleForward(model, input, cache), seen);
+            int next = sampler.Sample(Forward(model, decoder, input, cache), seen);
             yield return next;
             seen.Add(next);
             if (stopIds is not null && stopIds.Contains(next)) yield break;
             input = [next];
         }
     }
+
+    /// <summary>
+    /// Last-position logits [V] of <paramref name="ids"/> continuing the cached sequence, by the fastest path that
+    /// applies: the decoder's step for one token, its prefill for several (<see cref="CpuDecoder.CanPrefill"/>),
+    /// else the modules. Valid until the decoder's next call.
+    /// </summary>
+    public static ReadOnlySpan<float> Forward(LlamaForCausalLM model, CpuDecoder? decoder, scoped ReadOnlySpan<int> ids, KvCache cache) =>
+        decoder is null ? ModuleForward(model, ids.ToArray(), cache)
+        : ids.Length == 1 ? decoder.Step(ids[0])
+        : decoder.CanPrefill ? decoder.Prefill(ids)
+        : ModuleForward(model, ids.ToArray(), cache);
 
     /// <summary>
     /// Last-position logits [V] of ids continuing the cached sequence, through the modules. Block-quantized products

@@ -234,14 +234,15 @@ public sealed class LlamaForCausalLM : Module
 
     /// <summary>
     /// A cache sized for batch and maxTokens (at most max_position_embeddings; when not given,
-    /// max_position_embeddings but at most <see cref="DefaultCacheTokens"/>).
+    /// max_position_embeddings but at most <see cref="DefaultCacheTokens"/>), in the dtype of the model's
+    /// activations (f32, f64, f16 or bf16: the keys and values are written as the projections compute them).
     /// </summary>
     public KvCache NewCache(int batch = 1, int? maxTokens = null)
     {
         var p = Model.EmbedTokens.Weight;
         var rows = Model.EmbedTokens is QuantizedEmbedding q ? q.OutputDType : p.DType; // a block table's rows come out in the model's dtype
         int tokens = Math.Min(maxTokens ?? DefaultCacheTokens, Config.MaxPositionEmbeddings);
-        return new KvCache(Config, batch, tokens, rows == DType.F64 ? DType.F64 : DType.F32, p.Device);
+        return new KvCache(Config, batch, tokens, rows.IsFloat() ? rows : DType.F32, p.Device);
     }
 
     /// <summary>
@@ -321,6 +322,7 @@ public sealed class RotaryEmbedding
     private void Grow(int needed)
     {
         int n = (int)Math.Min(maxPositions, Math.Max(needed, Math.Max(MinRows, 2L * rows)));
+        using var _ = DisposeScope.Untracked();   // the tables outlive the (possibly scoped) forward that grows them
         (cos, sin) = Functional.RopeTables(invFreq, 0, n, dtype, device);
         rows = n;
     }

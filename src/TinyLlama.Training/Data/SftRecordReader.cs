@@ -95,6 +95,15 @@ internal readonly record struct RecordContext(string File, int Line)
 /// <summary>Walks the records of a JSON array or JSON Lines file.</summary>
 internal static class SftRecordReader
 {
+    /// <summary>Reads the file at <paramref name="path"/> and visits its records (<see cref="ForEach(byte[], string, Action{JsonElement, RecordContext})"/>); a missing file is one line "path: does not exist".</summary>
+    public static void ForEachInFile(string path, Action<JsonElement, RecordContext> visit)
+    {
+        byte[] content;
+        try { content = File.ReadAllBytes(path); }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException) { throw SftDataError.At(path, 0, null, "does not exist"); }
+        ForEach(content, path, visit);
+    }
+
     /// <summary>Calls <paramref name="visit"/> with each record (a JSON object) and its position, in file order.</summary>
     public static void ForEach(byte[] content, string file, Action<JsonElement, RecordContext> visit)
     {

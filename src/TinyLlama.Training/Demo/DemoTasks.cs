@@ -106,6 +106,27 @@ public sealed record DemoDataset(IReadOnlyList<DemoTask> Train, IReadOnlyList<De
         _ => throw new ArgumentException($"unknown task family '{family}'"),
     };
 
+    // ---------------- the instruction wordings ----------------
+    // Each family's instructions, one of which every item picks; the verifier (SelfInstruct/DemoTaskVerifier)
+    // recognises a family by them. Format has two kinds of item, so two lists.
+
+    private static readonly string[] ArithmeticWordings = ["Compute the result.", "Calculate this.", "Work out the answer."];
+    private static readonly string[] ReverseWordings = ["Reverse the letters.", "Write these letters backwards.", "Spell this in reverse order."];
+    private static readonly string[] SortWordings = ["Sort the digits from smallest to largest.", "Put the digits in increasing order.", "Sort these digits."];
+    private static readonly string[] CountWordings = ["Count the letters.", "How many letters are there?", "Say how many letters this has."];
+    private static readonly string[] CapitalsWordings = ["Write these letters in capitals.", "Convert to upper case.", "Make the letters uppercase."];
+    private static readonly string[] CommasWordings = ["Separate the letters with commas.", "Put commas between the letters.", "Write the letters as a comma-separated list."];
+
+    /// <summary>
+    /// Every instruction an item may carry, by kind of item: "arithmetic", "reverse", "sort", "count", and the
+    /// format family's two kinds, "capitals" and "commas".
+    /// </summary>
+    public static IReadOnlyList<(string Kind, IReadOnlyList<string> Wordings)> InstructionWordings { get; } =
+    [
+        ("arithmetic", ArithmeticWordings), ("reverse", ReverseWordings), ("sort", SortWordings),
+        ("count", CountWordings), ("capitals", CapitalsWordings), ("commas", CommasWordings),
+    ];
+
     // ---------------- the families ----------------
 
     // A two-digit number plus or minus 1, 2 or 3, with a two-digit result: copy the tens, change the
@@ -116,7 +137,7 @@ public sealed record DemoDataset(IReadOnlyList<DemoTask> Train, IReadOnlyList<De
         int a = (add ? 10 : 20) + rng.NextInt(80), b = 1 + rng.NextInt(3);
         int result = add ? a + b : a - b;
         string op = add ? "+" : "-";
-        string question = Pick(rng, "Compute the result.", "Calculate this.", "Work out the answer.");
+        string question = Pick(rng, ArithmeticWordings);
         string statement = add
             ? Pick(rng, $"{a} plus {b} is", $"{a} + {b} =", $"adding {b} to {a} gives")
             : Pick(rng, $"{a} minus {b} is", $"{a} - {b} =", $"taking {b} from {a} leaves");
@@ -126,7 +147,7 @@ public sealed record DemoDataset(IReadOnlyList<DemoTask> Train, IReadOnlyList<De
     private static DemoTask Reverse(Generator rng)
     {
         string w = Letters(rng, 3, 4), s = Spaced(w);
-        return new DemoTask("reverse", w, Pick(rng, "Reverse the letters.", "Write these letters backwards.", "Spell this in reverse order."),
+        return new DemoTask("reverse", w, Pick(rng, ReverseWordings),
             s, Spaced(w.Reverse()), Pick(rng, $"{s} reversed is", $"reverse the letters {s} and you get", $"the letters {s} written backwards are"));
     }
 
@@ -136,14 +157,14 @@ public sealed record DemoDataset(IReadOnlyList<DemoTask> Train, IReadOnlyList<De
         var digits = new char[n];
         for (int i = 0; i < n; i++) digits[i] = (char)('0' + rng.NextInt(10));
         string s = Spaced(digits);
-        return new DemoTask("sort", new string(digits), Pick(rng, "Sort the digits from smallest to largest.", "Put the digits in increasing order.", "Sort these digits."),
+        return new DemoTask("sort", new string(digits), Pick(rng, SortWordings),
             s, Spaced(digits.Order()), Pick(rng, $"{s} sorted is", $"sorting the digits {s} from small to large gives", $"the digits {s} in increasing order are"));
     }
 
     private static DemoTask Count(Generator rng)
     {
         string w = Letters(rng, 2, 7), s = Spaced(w);
-        return new DemoTask("count", w, Pick(rng, "Count the letters.", "How many letters are there?", "Say how many letters this has."),
+        return new DemoTask("count", w, Pick(rng, CountWordings),
             s, Num(w.Length), Pick(rng, $"the number of letters in {s} is", $"counting the letters {s} gives", $"the letters {s} are this many:"));
     }
 
@@ -152,9 +173,9 @@ public sealed record DemoDataset(IReadOnlyList<DemoTask> Train, IReadOnlyList<De
     {
         string w = Letters(rng, 3, 4), s = Spaced(w);
         if (rng.NextInt(2) == 0)
-            return new DemoTask("format", "capitals " + w, Pick(rng, "Write these letters in capitals.", "Convert to upper case.", "Make the letters uppercase."),
+            return new DemoTask("format", "capitals " + w, Pick(rng, CapitalsWordings),
                 s, Spaced(w.ToUpperInvariant()), Pick(rng, $"{s} in capitals is", $"writing {s} in upper case gives", $"the letters {s} as capitals are"));
-        return new DemoTask("format", "commas " + w, Pick(rng, "Separate the letters with commas.", "Put commas between the letters.", "Write the letters as a comma-separated list."),
+        return new DemoTask("format", "commas " + w, Pick(rng, CommasWordings),
             s, string.Join(", ", w.ToCharArray()), Pick(rng, $"{s} with commas is", $"separating {s} with commas gives", $"the letters {s} split by commas are"));
     }
 

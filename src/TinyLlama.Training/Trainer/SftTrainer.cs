@@ -166,11 +166,16 @@ public sealed partial class SftTrainer
     public double LossScale => scaler?.Scale ?? 1.0;
 
     /// <summary>
-    /// Runs one optimizer step. Throws <see cref="TrainingDivergedException"/> (Step and History unchanged)
-    /// when the step's loss, or its gradient norm outside f16 loss scaling, is NaN or infinite.
+    /// Runs one optimizer step inside a <see cref="DisposeScope"/>: the step's device memory is released when it
+    /// returns, and the trained parameters' gradients are cleared (null). Throws <see cref="TrainingDivergedException"/>
+    /// (Step and History unchanged) when the step's loss, or its gradient norm outside f16 loss scaling, is NaN or infinite.
     /// </summary>
     public StepLog TrainStep()
     {
+        // Everything the step allocates on a device (activations, gradients, temporaries) goes back to the
+        // device's pool when the step ends, not when the finalizer gets to it; what outlives the step
+        // (parameters, AdamW moments, RoPE tables) was created outside the scope or untracked.
+        using var scope = Tensor.NewDisposeScope();
         long t0 = Stopwatch.GetTimestamp();
         double lr = schedule.At(Step);
         optimizer.Lr = lr;
@@ -233,6 +238,7 @@ public sealed partial class SftTrainer
         if (!double.IsFinite(meanLoss)) throw new TrainingDivergedException(Step + 1, "loss", meanLoss);
         // With f16 loss scaling a non-finite norm is an overflow the scaler answers by skipping the step.
         if (scaler is null && !double.IsFinite(gradNorm)) throw new TrainingDivergedException(Step + 1, "gradient norm", gradNorm);
+        optimizer.ZeroGrad();   // the gradients' device memory is released with the scope (PyTorch's set_to_none)
         Step++;
         double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
         var log = new StepLog(Step, meanLoss, lr, tokens / Math.Max(seconds, 1e-9), gradNorm, skipped);
@@ -270,6 +276,7 @@ public sealed partial class SftTrainer
                 var rows = examples.Skip(start).Take(batchSize).ToList();
                 var batch = SftDataLoader.Collate(rows, padId, maxLength);
                 if (batch.TargetCount == 0) continue;
+                using (Tensor.NewDisposeScope())
                 using (Autocast.Enable(options.ComputeDType))
                     sum += new CrossEntropyLoss().SumLoss(lm, batch).Item();
                 count += batch.TargetCount;

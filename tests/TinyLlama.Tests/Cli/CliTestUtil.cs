@@ -37,28 +37,37 @@ internal static class CliRunner
     /// <paramref name="environment"/> added to this process's environment; fails the test after
     /// <paramref name="timeout"/>.
     /// </summary>
-    public static (int Code, string Out, string Err) RunProcess(IReadOnlyDictionary<string, string> environment, TimeSpan timeout, params string[] args)
+    public static (int Code, string Out, string Err) RunProcess(IReadOnlyDictionary<string, string> environment, TimeSpan timeout, params string[] args) =>
+        RunProcess(ProcessStart(environment, args), timeout);
+
+    /// <summary>
+    /// Runs <paramref name="start"/> (output redirected) to its end and returns the exit code, stdout and stderr;
+    /// kills it and fails the test after <paramref name="timeout"/>.
+    /// </summary>
+    public static (int Code, string Out, string Err) RunProcess(ProcessStartInfo start, TimeSpan timeout)
     {
-        using var process = Process.Start(ProcessStart(environment, args)) ?? throw new InvalidOperationException("could not start tinyllama");
+        using var process = Process.Start(start) ?? throw new InvalidOperationException($"could not start {start.FileName}");
         var stdout = process.StandardOutput.ReadToEndAsync();
         var stderr = process.StandardError.ReadToEndAsync();
         if (!process.WaitForExit(timeout))
         {
             process.Kill(entireProcessTree: true);
-            Assert.Fail($"tinyllama {string.Join(' ', args)} did not finish within {timeout.TotalSeconds:F0} s");
+            Assert.Fail($"{start.FileName} {string.Join(' ', start.ArgumentList)} did not finish within {timeout.TotalSeconds:F0} s");
         }
         process.WaitForExit();
         return (process.ExitCode, stdout.Result, stderr.Result);
     }
 
-    /// <summary>How to start tinyllama.dll as a child process with redirected output (see <see cref="RunProcess"/>).</summary>
+    /// <summary>The dotnet host running the tests (`dotnet test` names it in DOTNET_HOST_PATH), else "dotnet" on the PATH.</summary>
+    public static string DotnetHost =>
+        Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } h ? h
+            : Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet" ? Environment.ProcessPath! : "dotnet";
+
+    /// <summary>How to start tinyllama.dll as a child process with redirected output (see <see cref="RunProcess(ProcessStartInfo, TimeSpan)"/>).</summary>
     public static ProcessStartInfo ProcessStart(IReadOnlyDictionary<string, string> environment, params string[] args)
     {
         string cli = typeof(TinyLlama.Cli.Program).Assembly.Location;
-        // `dotnet test` names its host in DOTNET_HOST_PATH; the test host itself may be that executable.
-        string host = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } h ? h
-            : Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet" ? Environment.ProcessPath! : "dotnet";
-        var start = new ProcessStartInfo(host) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        var start = new ProcessStartInfo(DotnetHost) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         start.ArgumentList.Add(cli);
         foreach (var a in args) start.ArgumentList.Add(a);
         foreach (var (key, value) in environment) start.Environment[key] = value;

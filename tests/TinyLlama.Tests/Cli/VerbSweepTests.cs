@@ -41,6 +41,15 @@ public class VerbSweepTests
         { "quantize --model m --out o.gguf --type q8_0 --calib-samples {v}", "--calib-samples", 1, MaxCount, false, true },
         { "quantize --model m --out o.gguf --type q8_0 --calib-length {v}", "--calib-length", 0, MaxCount, false, true },
         { "demo --quantize-base nope --eval-every {v}", "--eval-every", 0, MaxCount, false, true },
+        { "self-instruct --model m --seed-tasks s --out o --count {v}", "--count", 1, MaxCount, false, true },
+        { "self-instruct --model m --seed-tasks s --out o --count 1 --max-attempts {v}", "--max-attempts", 0, MaxCount, false, true },
+        { "self-instruct --model m --seed-tasks s --out o --count 1 --examples {v}", "--examples", 1, 64, false, true },
+        { "self-instruct --model m --seed-tasks s --out o --count 1 --max-tokens {v}", "--max-tokens", 1, MaxCount, false, true },
+        { "self-instruct --model m --seed-tasks s --out o --count 1 --temperature {v}", "--temperature", 0, 1000, false, false },
+        { "self-instruct --model m --seed-tasks s --out o --count 1 --top-p {v}", "--top-p", 0, 1, true, false },
+        { "self-instruct --model m --seed-tasks s --out o --count 1 --min-words {v}", "--min-words", 0, MaxCount, false, true },
+        { "self-instruct --model m --seed-tasks s --out o --count 1 --min-words 0 --max-words {v}", "--max-words", 1, MaxCount, false, true },
+        { "self-instruct --model m --seed-tasks s --out o --count 1 --rouge-threshold {v}", "--rouge-threshold", 0, 1, true, false },
         { "info --model m --threads {v}", "--threads", 1, TinyLlama.Backends.Cpu.CpuThreads.Max, false, true },
     };
 
@@ -101,6 +110,7 @@ public class VerbSweepTests
         "chat --model {model} --max-tokens 2",
         "quantize --model {model} --out {out}.gguf --type q8_0",
         "sft --model {model} --data {data} --format alpaca --out {out} --steps 1 --batch-size 2 --lr 1e-3",
+        "self-instruct --model {model} --seed-tasks {data} --out {out}.jsonl --count 1 --max-attempts 1 --max-tokens 2",
         "bench gemm --sizes 8 --repeats 1",
         "bench q4 --shapes 1x32x32 --repeats 1",
         "bench generate --model {model} -p 2 -n 2 -r 1",

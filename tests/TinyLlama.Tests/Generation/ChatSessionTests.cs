@@ -158,7 +158,7 @@ public class ChatSessionTests
     public void APossibleStartOfTheStopTextIsHeldBackUntilItIsDecided()
     {
         var shown = new System.Text.StringBuilder();
-        var filter = new ChatSession.StopTextFilter("<|im_end|>", t => shown.Append(t));
+        var filter = new StopTextFilter(["<|im_end|>"], t => shown.Append(t));
         Assert.False(filter.Push("ab<|im"));
         Assert.Equal("ab", shown.ToString());
         Assert.False(filter.Push("x"));
@@ -177,7 +177,7 @@ public class ChatSessionTests
     public void TheStopTextIsNeverShown(string[] pieces, string expectedText, bool stops)
     {
         var shown = new System.Text.StringBuilder();
-        var filter = new ChatSession.StopTextFilter("<|im_end|>", t => shown.Append(t));
+        var filter = new StopTextFilter(["<|im_end|>"], t => shown.Append(t));
         bool stopped = false;
         foreach (var piece in pieces)
         {

@@ -116,7 +116,9 @@ public class CpuDecoderTests
     public void UnsupportedModelsAreRefusedWithAReason()
     {
         var model = new LlamaForCausalLM(LlamaTests.Tiny(), new Generator(1), DType.BF16);
-        Assert.Null(CpuDecoder.TryCreate(model, model.NewCache(1, 8), out var why));
+        Assert.Null(CpuDecoder.TryCreate(model, model.NewCache(1, 8), out var why));   // the model's own cache is bf16
+        Assert.Contains("KV cache is not f32", why);
+        Assert.Null(CpuDecoder.TryCreate(model, new KvCache(model.Config, 1, 8, DType.F32, Device.Cpu), out why));
         Assert.Contains("model.embed_tokens.weight is " + DType.BF16.Name(), why);
         var f32 = new LlamaForCausalLM(LlamaTests.Tiny(), new Generator(1));
         Assert.Null(CpuDecoder.TryCreate(f32, f32.NewCache(2, 8), out why));

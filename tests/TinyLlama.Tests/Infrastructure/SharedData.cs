@@ -7,19 +7,23 @@ public static class SharedData
     /// <summary>The reference folder, or null when it is not beside the checkout.</summary>
     public static string? ReferenceDir { get; } = Find();
 
+    /// <summary>The checkout the tests were built from (the folder holding TinyLlama.sln), or null.</summary>
+    public static string? RepositoryRoot { get; } = FindRoot();
+
+    private static string? FindRoot()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+            if (File.Exists(Path.Combine(dir.FullName, "TinyLlama.sln"))) return dir.FullName;
+        return null;
+    }
+
     private static string? Find()
     {
         var env = Environment.GetEnvironmentVariable("TINYLLAMA_REFERENCE");
         if (!string.IsNullOrEmpty(env) && Directory.Exists(env)) return env;
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "TinyLlama.sln")))
-            {
-                var candidate = Path.GetFullPath(Path.Combine(dir.FullName, "..", "shared", "reference"));
-                return Directory.Exists(candidate) ? candidate : null;
-            }
-        }
-        return null;
+        if (FindRoot() is not { } root) return null;
+        var candidate = Path.GetFullPath(Path.Combine(root, "..", "shared", "reference"));
+        return Directory.Exists(candidate) ? candidate : null;
     }
 
     /// <summary>Path of a file under the reference folder; skips the calling test when it is absent.</summary>

@@ -23,29 +23,78 @@ public class LlamaTests
         RopeTheta = 10000,
     };
 
-    [Fact]
-    public void KvCacheDecodeEqualsFullForward()
+    /// <summary>
+    /// The dtype axis of the model tests: every dtype a model can be built or loaded in, with the tolerance its
+    /// logits are compared at (relative to 1 + |logit|). 16-bit models round every activation to 8 (bf16) or
+    /// 11 (f16) significant bits, and the cached and full forwards round in different places.
+    /// </summary>
+    public static TheoryData<DType, double> ModelDTypes => new()
     {
-        var model = new LlamaForCausalLM(Tiny(), new Generator(1));
+        { DType.F32, 1e-5 },
+        { DType.F64, 1e-12 },
+        { DType.F16, 5e-3 },
+        { DType.BF16, 4e-2 },
+    };
+
+    [Theory]
+    [MemberData(nameof(ModelDTypes))]
+    public void KvCacheDecodeEqualsFullForward(DType dtype, double tolerance)
+    {
+        var model = new LlamaForCausalLM(Tiny(), new Generator(1), dtype);
         int[] ids = [1, 5, 9, 2, 30, 7, 7, 11, 3, 36, 0, 4];
         using var _ = GradMode.NoGrad();
-        var full = model.Forward(Tensor.FromArray(ids, [1, ids.Length])).ToArray<float>(); // (1, T, V)
+        var full = Logits(model.Forward(Tensor.FromArray(ids, [1, ids.Length]))); // (1, T, V)
         var cache = model.NewCache(1, 32);
         int v = model.Config.VocabSize;
         // Prefill 5 tokens, then one token at a time.
-        var prefill = model.Forward(Tensor.FromArray(ids[..5], [1, 5]), cache).ToArray<float>();
-        for (int i = 0; i < 5 * v; i++) Assert.Equal(full[i], prefill[i], 4);
+        var prefill = Logits(model.Forward(Tensor.FromArray(ids[..5], [1, 5]), cache));
+        for (int i = 0; i < 5 * v; i++) AssertLogit(full[i], prefill[i], tolerance, $"prefill {i / v} logit {i % v}");
         for (int t = 5; t < ids.Length; t++)
         {
-            var step = model.Forward(Tensor.FromArray(new[] { ids[t] }, [1, 1]), cache).ToArray<float>();
-            for (int j = 0; j < v; j++)
-                Assert.True(Math.Abs(full[t * v + j] - step[j]) <= 1e-5 * (1 + Math.Abs(full[t * v + j])), $"position {t} logit {j}: {step[j]} vs {full[t * v + j]}");
+            var step = Logits(model.Forward(Tensor.FromArray(new[] { ids[t] }, [1, 1]), cache));
+            for (int j = 0; j < v; j++) AssertLogit(full[t * v + j], step[j], tolerance, $"position {t} logit {j}");
         }
         Assert.Equal(ids.Length, cache.Length);
         // lastOnly gives the last row of the full forward.
-        var last = model.Forward(Tensor.FromArray(ids, [1, ids.Length]), lastOnly: true).ToArray<float>();
-        for (int j = 0; j < v; j++) Assert.Equal(full[(ids.Length - 1) * v + j], last[j], 5);
+        var last = Logits(model.Forward(Tensor.FromArray(ids, [1, ids.Length]), lastOnly: true));
+        for (int j = 0; j < v; j++) AssertLogit(full[(ids.Length - 1) * v + j], last[j], tolerance, $"lastOnly logit {j}");
     }
+
+    /// <summary>
+    /// TextGenerator on a model of every dtype (a library user's bf16 or f16 model gets ids, not a dtype error), on
+    /// the modules and, where it applies, the CPU decoder: each greedy id is the argmax, within the dtype's tolerance,
+    /// of the full forward over the sequence so far.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(ModelDTypes))]
+    public void GreedyGenerationPicksTheFullForwardsArgmax(DType dtype, double tolerance)
+    {
+        var model = new LlamaForCausalLM(Tiny(), new Generator(5), dtype);
+        using (GradMode.NoGrad())   // larger weights than the init, so the logits are not all near zero
+            foreach (var p in model.Parameters()) p.CopyFrom_(Tensor.RandN(p.Shape, new Generator(6), DType.F32, null, 0, 0.3).To(dtype));
+        int[] prompt = [1, 5, 9, 2];
+        foreach (bool decoder in new[] { true, false })
+        {
+            var generated = TinyLlama.Generation.TextGenerator.Generate(model, prompt, 6, TinyLlama.Generation.SamplingOptions.Greedy, useCpuDecoder: decoder).ToList();
+            Assert.Equal(6, generated.Count);
+            var sequence = new List<int>(prompt);
+            foreach (int id in generated)
+            {
+                double[] logits;
+                using (GradMode.NoGrad())
+                    logits = Logits(model.Forward(Tensor.FromArray(sequence.ToArray(), [1, sequence.Count]), lastOnly: true));
+                double best = logits.Max();
+                Assert.True(logits[id] >= best - tolerance * (1 + Math.Abs(best)),
+                    $"{dtype.Name()} (decoder {decoder}): after {sequence.Count} tokens generated {id} (logit {logits[id]}), the argmax's logit is {best}");
+                sequence.Add(id);
+            }
+        }
+    }
+
+    private static double[] Logits(Tensor logits) => logits.To(DType.F64).ToArray<double>();
+
+    private static void AssertLogit(double expected, double actual, double tolerance, string what) =>
+        Assert.True(Math.Abs(expected - actual) <= tolerance * (1 + Math.Abs(expected)), $"{what}: {actual} vs {expected}");
 
     [Fact]
     public void BatchedForwardEqualsPerSequenceForward()

@@ -182,4 +182,23 @@ public class QuantTypeTests
                 $"0x{bits:X4}: {got}, expected {expected}");
         }
     }
+
+    [Fact]
+    public void FastSingleToHalfEqualsTheFrameworksConversion()
+    {
+        // Every float whose low 13 bits (those the rounding looks at) take a few telling values: exactly half
+        // (ties, both parities of bit 13), just under and over half, zero, all ones; with every sign, exponent and
+        // high mantissa pattern above them (2^19 x 6 values), so every binary16 result, the carries into the
+        // exponent and into infinity, subnormals, zeros, infinities and NaN are all reached.
+        uint[] lows = [0x0000, 0x0FFF, 0x1000, 0x1001, 0x1FFF, 0x0001];
+        for (uint high = 0; high < 1u << 19; high++)
+            foreach (uint low in lows)
+            {
+                uint bits = high << 13 | low;
+                float x = BitConverter.UInt32BitsToSingle(bits);
+                ushort expected = BitConverter.HalfToUInt16Bits((Half)x), got = QuantTypes.SingleToHalfBits(x);
+                Assert.True(expected == got || (float.IsNaN(x) && Half.IsNaN(BitConverter.UInt16BitsToHalf(got))),
+                    $"0x{bits:X8} ({x}): 0x{got:X4}, expected 0x{expected:X4}");
+            }
+    }
 }

@@ -146,7 +146,7 @@ public static unsafe class IntegerDot
         float amax = Sse.Max(m4, Sse.Shuffle(m4, m4, 0xB1)).ToScalar();
         float scale = amax / 127f;
         float id = scale != 0 ? 1f / scale : 0f;
-        d = BitConverter.HalfToUInt16Bits((Half)scale);
+        d = QuantTypes.SingleToHalfBits(scale);
         var vid = Vector256.Create(id);
         var i0 = RoundAway(Avx.Multiply(v0, vid), signMask, half, one);
         var i1 = RoundAway(Avx.Multiply(v1, vid), signMask, half, one);

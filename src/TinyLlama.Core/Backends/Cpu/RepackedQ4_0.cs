@@ -472,6 +472,16 @@ public sealed unsafe class Q8_0Rows
     /// </summary>
     public void Quantize(float* x, int m, int k)
     {
+        Prepare(m, k);
+        CpuParallel.For(m, 4L * k, (r0, r1) => QuantizeRows(x, k, r0, r1));
+    }
+
+    /// <summary>
+    /// Sizes the buffers for <paramref name="m"/> rows of <paramref name="k"/> values (contents undefined until
+    /// <see cref="QuantizeRows"/> fills them), for callers that quantize rows on their own threads.
+    /// </summary>
+    public void Prepare(int m, int k)
+    {
         if (m <= 0 || k <= 0 || k % 32 != 0) throw new ArgumentException($"q8_0 rows: need M > 0 and K a positive multiple of 32, got {m} x {k}");
         int blocks = k / 32;
         long values = (long)m * k, need = 32 + values + 8L * m * blocks + 32;
@@ -486,14 +496,19 @@ public sealed unsafe class Q8_0Rows
         Q = (sbyte*)b0;
         D = (float*)(b0 + ((values + 31) & ~31L));
         Bias = (int*)(D + (long)m * blocks);
+    }
+
+    /// <summary>
+    /// Quantizes rows [r0, r1) after <see cref="Prepare"/>: row r from x + r * <paramref name="ldx"/> (K values), as
+    /// <see cref="QuantizedActivations"/> does (llama.cpp's quantize_row_q8_0; a block with a non-finite value gets
+    /// zeros and a NaN scale). Disjoint ranges may run on different threads.
+    /// </summary>
+    public void QuantizeRows(float* x, long ldx, int r0, int r1)
+    {
+        if ((uint)r0 > (uint)r1 || r1 > M) throw new ArgumentOutOfRangeException(nameof(r1), $"rows [{r0}, {r1}) outside [0, {M})");
+        int k = K, blocks = k / 32;
         byte* s = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(scratch));
-        sbyte* q = Q;
-        float* d = D;
-        int* bias = Bias;
-        CpuParallel.For(m, 4L * k, (r0, r1) =>
-        {
-            for (int r = r0; r < r1; r++)
-                QuantizedActivations.QuantizeBlocksQ8_0(x + (long)r * k, blocks, s + (long)r * blocks * 34, q + (long)r * k, d + (long)r * blocks, bias + (long)r * blocks);
-        });
+        for (int r = r0; r < r1; r++)
+            QuantizedActivations.QuantizeBlocksQ8_0(x + r * ldx, blocks, s + (long)r * blocks * 34, Q + (long)r * k, D + (long)r * blocks, Bias + (long)r * blocks);
     }
 }

@@ -1,6 +1,7 @@
 // The loss curve as a PNG (ScottPlot): training loss per step and, where recorded, validation loss.
-// Written atomically (temp file + rename) next to the checkpoint.
-namespace TinyLlama.Training.Reporting;
+// Written atomically (temp file + rename) next to the checkpoint. It lives in the CLI, not the Training
+// library, so that ScottPlot and SkiaSharp's native assets reach only the program's users.
+namespace TinyLlama.Cli.Reporting;
 
 /// <summary>Plots training curves.</summary>
 public static class LossCurve

@@ -1,0 +1,169 @@
+// Decoding several independent sequences at once (continuous batching, as llama.cpp's server and vLLM
+// do it): S slots, each with its own KV cache and position. One step takes one new token per active
+// slot and runs every weight product of the model over all of them together, so the weights, which a
+// one-token step reads once for a single token's ~2 flops per weight, are read once for up to
+// RowsPerProduct tokens. Attention stays per slot, over that slot's own cache and position.
+//
+// The products are the modules' own (Linear.Forward, QuantizedLinear, LoraLinear: every CpuBackend GEMM,
+// f32 and block-quantized) on x [n, C] with n <= RowsPerProduct = Gemm.SmallMMax rows, the CPU backend's
+// unpacked small-M path: W is streamed once per call and each output element is one dot product of an x
+// row with a W row, computed the same way whatever n is. A larger batch runs in chunks of that many
+// rows, so a slot's logits do not depend on which other slots share its step: a request's greedy output
+// is the same alone or in a batch of S, and equal bit for bit to the module path one token at a time
+// (TextGenerator with useCpuDecoder: false; BatchedDecoderTests checks both).
+//
+// Per chunk of n slots, for the step's tokens ids [n] (slot r at its own position p_r):
+//   h = embed(ids)                                              [n, 1, C]
+//   per layer: xn = rmsnorm(h) * attn_norm; q, k, v = xn Wq^T, xn Wk^T, xn Wv^T     (one GEMM each)
+//              rope(q, k), row r at p_r; per slot r: k_r, v_r -> cache_r[p_r]; att_r = sdpa(q_r, cache_r)
+//              h += att Wo^T;  h += mlp(rmsnorm(h) * mlp_norm)                     (GEMMs over n rows)
+//   logits = rmsnorm(h) W_head^T                                [n, 1, V]
+// A joining request's prompt is prefilled alone (Prefill: the module path's GEMMs over its tokens).
+using TinyLlama.Autograd;
+using TinyLlama.Backends;
+using TinyLlama.Backends.Cpu;
+using TinyLlama.Model;
+using TinyLlama.Tensors;
+
+namespace TinyLlama.Generation;
+
+/// <summary>
+/// Decodes up to <see cref="Slots"/> sequences together, one batched forward per step over their
+/// separate KV caches (see the file header). Not thread-safe: one thread (a scheduler's loop) drives it.
+/// </summary>
+public sealed class BatchedDecoder
+{
+    /// <summary>Rows per weight product: the CPU backend's small-M GEMM limit (Gemm.SmallMMax), see the file header.</summary>
+    public const int RowsPerProduct = 4;
+
+    private readonly LlamaForCausalLM model;
+    private readonly KvCache[] caches;
+    private readonly float[] cosTable, sinTable; // RoPE rows for positions 0..contextSize-1, (T, HS/2) each, as RotaryEmbedding tabulates them
+    private readonly DecoderActivations activations;
+
+    /// <param name="model">The model (in eval mode), on the CPU.</param>
+    /// <param name="slots">Sequences that can decode together (S).</param>
+    /// <param name="contextSize">Tokens each slot's cache holds (at most max_position_embeddings).</param>
+    /// <param name="activations">How block-quantized products treat their input (default <see cref="CpuDecoder.DefaultActivations"/>).</param>
+    public BatchedDecoder(LlamaForCausalLM model, int slots, int contextSize, DecoderActivations? activations = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        if (slots < 1) throw new ArgumentException($"a batched decoder needs at least 1 slot, got {slots}");
+        if (contextSize < 1 || contextSize > model.Config.MaxPositionEmbeddings)
+            throw new ArgumentException($"context size must be in [1, {model.Config.MaxPositionEmbeddings}] (max_position_embeddings), got {contextSize}");
+        this.model = model;
+        this.activations = activations ?? CpuDecoder.DefaultActivations;
+        caches = new KvCache[slots];
+        for (int i = 0; i < slots; i++) caches[i] = model.NewCache(1, contextSize);
+        var weight = model.Model.Norm.Weight;
+        var (cos, sin) = new RotaryEmbedding(model.Config, weight.DType, weight.Device).Tables(0, contextSize);
+        cosTable = cos.ToArray<float>();
+        sinTable = sin.ToArray<float>();
+        ContextSize = contextSize;
+    }
+
+    /// <summary>Number of slots (S).</summary>
+    public int Slots => caches.Length;
+
+    /// <summary>Tokens each slot's cache holds.</summary>
+    public int ContextSize { get; }
+
+    /// <summary>Vocabulary size (V): the length of each logits row.</summary>
+    public int VocabSize => model.Config.VocabSize;
+
+    /// <summary>Tokens cached in <paramref name="slot"/>.</summary>
+    public int Length(int slot) => caches[slot].Length;
+
+    /// <summary>Empties <paramref name="slot"/> for a new sequence.</summary>
+    public void Reset(int slot) => caches[slot].Reset();
+
+    /// <summary>
+    /// Runs <paramref name="ids"/> after what <paramref name="slot"/> holds (through the modules, as
+    /// TextGenerator's prefill does) and returns the last position's logits [V].
+    /// </summary>
+    public float[] Prefill(int slot, IReadOnlyList<int> ids)
+    {
+        ArgumentNullException.ThrowIfNull(ids);
+        if (ids.Count == 0) throw new ArgumentException("prefill needs at least one token");
+        var cache = caches[slot];
+        if (cache.Length + ids.Count > ContextSize)
+            throw new ArgumentException($"{cache.Length + ids.Count} tokens exceed the context size of {ContextSize}");
+        int vocab = VocabSize;
+        foreach (int id in ids)
+            if ((uint)id >= (uint)vocab) throw new ArgumentException($"token id {id} is out of range for a vocabulary of {vocab}");
+        return TextGenerator.ModuleForward(model, [.. ids], cache, activations);
+    }
+
+    /// <summary>
+    /// One step: token <paramref name="tokens"/>[i] continues slot <paramref name="slots"/>[i] (distinct slots,
+    /// each with room for one more token); writes the next-token logits of each into row i of
+    /// <paramref name="logits"/> [n, V].
+    /// </summary>
+    public void Step(ReadOnlySpan<int> slots, ReadOnlySpan<int> tokens, Span<float> logits)
+    {
+        int n = slots.Length, vocab = VocabSize;
+        if (tokens.Length != n) throw new ArgumentException($"{n} slots but {tokens.Length} tokens");
+        if (logits.Length < (long)n * vocab) throw new ArgumentException($"logits hold {logits.Length} values; {n} rows of {vocab} need {(long)n * vocab}");
+        var seen = new HashSet<int>();
+        for (int i = 0; i < n; i++)
+        {
+            if ((uint)slots[i] >= (uint)Slots) throw new ArgumentOutOfRangeException(nameof(slots), slots[i], $"slot out of range [0, {Slots})");
+            if (!seen.Add(slots[i])) throw new ArgumentException($"slot {slots[i]} appears twice in one step");
+            if ((uint)tokens[i] >= (uint)vocab) throw new ArgumentException($"token id {tokens[i]} is out of range for a vocabulary of {vocab}");
+            if (caches[slots[i]].Length + 1 > ContextSize) throw new InvalidOperationException($"slot {slots[i]} is full ({ContextSize} tokens)");
+        }
+        using var integer = CpuBackend.UseIntegerActivations(activations == DecoderActivations.Quantized);
+        using var noGrad = GradMode.NoGrad();
+        for (int start = 0; start < n; start += RowsPerProduct)
+        {
+            int m = Math.Min(RowsPerProduct, n - start);
+            var rows = Chunk(slots.Slice(start, m), tokens.Slice(start, m));
+            rows.ToArray<float>().CopyTo(logits.Slice(start * vocab, m * vocab));
+        }
+    }
+
+    // Logits (m, 1, V) of one chunk of m <= RowsPerProduct slots (the file header's recipe).
+    private Tensor Chunk(ReadOnlySpan<int> slots, ReadOnlySpan<int> tokens)
+    {
+        var cfg = model.Config;
+        int m = slots.Length, nh = cfg.NumAttentionHeads, nkv = cfg.NumKeyValueHeads, hs = cfg.HeadDim;
+        var h = model.Model.EmbedTokens.Forward(Tensor.FromArray(tokens.ToArray(), [m, 1])); // (m, 1, C)
+        var heads = new Tensor[m];
+        // Each slot's RoPE row at its own position: the chunk rotates as one sequence of m tokens whose
+        // table rows are those positions (RoPE is elementwise per token, so each row comes out as alone).
+        int half = hs / 2;
+        float[] cosRows = new float[m * half], sinRows = new float[m * half];
+        for (int r = 0; r < m; r++)
+        {
+            int pos = caches[slots[r]].Length;
+            Array.Copy(cosTable, pos * half, cosRows, r * half, half);
+            Array.Copy(sinTable, pos * half, sinRows, r * half, half);
+        }
+        Tensor cos = Tensor.FromArray(cosRows, [m, half]), sin = Tensor.FromArray(sinRows, [m, half]); // (m, HS/2)
+        for (int li = 0; li < model.Model.Layers.Count; li++)
+        {
+            var layer = model.Model.Layers[li];
+            var attn = layer.SelfAttn;
+            var xn = layer.InputLayernorm.Forward(h);
+            var q = Functional.Rope(attn.QProj.Forward(xn).View(1, m, nh, hs), cos, sin, RopeLayout.RotateHalf);  // (1, m, NH, HS)
+            var k = Functional.Rope(attn.KProj.Forward(xn).View(1, m, nkv, hs), cos, sin, RopeLayout.RotateHalf); // (1, m, NKV, HS)
+            var v = attn.VProj.Forward(xn).View(1, m, nkv, hs);                                                   // (1, m, NKV, HS)
+            for (int r = 0; r < m; r++)
+            {
+                var cache = caches[slots[r]];
+                int pos = cache.Length;
+                var qr = q.Narrow(1, r, 1).Transpose(1, 2); // (1, NH, 1, HS)
+                var kr = k.Narrow(1, r, 1).Transpose(1, 2); // (1, NKV, 1, HS)
+                var vr = v.Narrow(1, r, 1).Transpose(1, 2); // (1, NKV, 1, HS)
+                var (keys, values) = cache.Append(li, kr, vr, pos);                                                               // (1, NKV, pos+1, HS)
+                var y = Functional.ScaledDotProductAttention(qr, keys, values, causal: true);                                     // (1, NH, 1, HS)
+                heads[r] = y.Transpose(1, 2).Reshape(1, 1, nh * hs);
+            }
+            h = h + attn.OProj.Forward(m == 1 ? heads[0] : Tensor.Concat(heads, 0));
+            h = h + layer.Mlp.Forward(layer.PostAttentionLayernorm.Forward(h));
+        }
+        foreach (int s in slots) caches[s].Length++;
+        h = model.Model.Norm.Forward(h);
+        return model.LmHead is { } head ? head.Forward(h) : model.Model.EmbedTokens.Attend(h); // (m, 1, V)
+    }
+}
