@@ -181,7 +181,7 @@ public sealed class RewardModel : Module
 
 /// <summary>
 /// Scores (prompt, response) pairs with a reward model and its tokenizer: what a pairwise judge calls
-/// (e.g. <c>new ScoreJudge(scorer.Score)</c>).
+/// (e.g. <c>new ScoreJudge("reward", scorer.Score)</c>).
 /// </summary>
 public sealed class RewardScorer
 {

@@ -203,6 +203,24 @@ public class PreferenceTrainingTests
     }
 
     [Fact]
+    public void RewardScorerScoresTheTokenisedPairAndServesAScoreJudge()
+    {
+        var tok = TinyLlama.Tests.Training.DataTestUtil.ByteTokenizer;
+        var lm = new LlamaForCausalLM(TinyLlama.Tests.Model.LlamaTests.Tiny(vocab: tok.VocabSize), new Generator(7));
+        var model = new RewardModel(lm, new Generator(8));
+        var scorer = new RewardScorer(model, tok, MaxLength);
+        int[] ids = [TinyLlama.Tests.Training.DataTestUtil.Bos, .. TinyLlama.Tests.Training.DataTestUtil.Enc("Hi ab"), TinyLlama.Tests.Training.DataTestUtil.Eos];
+        double byIds = RewardObjective.Rewards(model, [ids], 1, 0, MaxLength)[0];
+        Assert.Equal(byIds, scorer.Score("Hi", " ab"));
+        var batch = scorer.Score([("Hi", " ab"), ("Hi", " cd")], 2);
+        Assert.Equal(byIds, batch[0], 5);
+        Assert.NotEqual(batch[0], batch[1]);
+        var judge = new TinyLlama.Training.Judging.ScoreJudge("reward", scorer.Score);
+        var expected = batch[0] > batch[1] ? TinyLlama.Training.Judging.Preference.A : TinyLlama.Training.Judging.Preference.B;
+        Assert.Equal(expected, judge.Compare("Hi", " ab", " cd"));
+    }
+
+    [Fact]
     public void SavedRewardModelScoresTheSameAfterLoading()
     {
         var pairs = SeparablePairs(6, 6);
