@@ -42,13 +42,28 @@ internal static class DemoCommand
         var evalEvery = new Option<int>("--eval-every") { Description = "Also score the held-out items every N steps of pre-training and of tuning, to watch each skill appear (default 0: only at the end)" }.Range(0, OptionRange.MaxCount);
         var quantizeBase = new Option<string?>("--quantize-base") { Description = "Quantize the pre-trained base to q4_0 or q8_0 before LoRA tuning (QLoRA-style: the adapters train over the frozen blocks)" };
         var quantizeMethod = new Option<string>("--quantize-method") { Description = "With --quantize-base: gptq (calibrated on pre-training documents) or rtn", DefaultValueFactory = _ => "gptq" };
+        var stage = new Option<string>("--stage")
+        {
+            Description = "sft: pre-training and LoRA instruction tuning (the default); preferences: Self-Instruct, DPO, a reward model and a pairwise judge over the tuned model a finished sft run left in --out (same --seed and --quick)",
+            DefaultValueFactory = _ => "sft",
+        };
         var cmd = new Command("demo", "Pre-train a small LLaMA from scratch, fine-tune it with LoRA to follow instructions, and compare before/after on held-out tasks.")
         {
-            outDir, quick, seed, evalEvery, quantizeBase, quantizeMethod,
+            outDir, quick, seed, evalEvery, quantizeBase, quantizeMethod, stage,
         };
         cmd.SetAction(parse =>
         {
             var settings = parse.GetValue(quick) ? DemoSettings.Quick : DemoSettings.Full;
+            switch (parse.GetValue(stage)!.ToLowerInvariant())
+            {
+                case "sft": break;
+                case "preferences":
+                    if (parse.GetValue(quantizeBase) is not null) throw new CliException("--quantize-base: applies to --stage sft only", isUsage: true);
+                    DemoPreferencesStage.Run(settings, parse.GetValue(quick) ? DemoPreferenceSettings.Quick : DemoPreferenceSettings.Full,
+                        parse.GetValue(seed), parse.GetValue(outDir)!, parse.InvocationConfiguration.Output);
+                    return ExitCodes.Success;
+                default: throw new CliException($"--stage: expected sft or preferences, got '{parse.GetValue(stage)}'", isUsage: true);
+            }
             int every = parse.GetValue(evalEvery);
             QuantType? baseType = parse.GetValue(quantizeBase)?.ToLowerInvariant() switch
             {

@@ -20,17 +20,19 @@ internal static class DpoCommand
         var beta = new Option<double>("--beta") { Description = "DPO beta: strength of the pull toward the reference", DefaultValueFactory = _ => 0.1 };
         var loss = new Option<string>("--loss") { Description = "sigmoid (DPO), ipo (on per-token mean log-probs, as TRL) or hinge", DefaultValueFactory = _ => "sigmoid" };
         var smoothing = new Option<double>("--label-smoothing") { Description = "Assumed fraction of flipped labels, in [0, 0.5) (sigmoid only)" };
+        var rpo = new Option<double>("--rpo-alpha") { Description = "Weight of the chosen response's per-token NLL added to each pair's loss (TRL's rpo_alpha; 0 = plain DPO)" };
         var cmd = new Command("dpo", "Direct Preference Optimization on preference pairs.");
         flags.AddTo(cmd);
         cmd.Options.Add(beta);
         cmd.Options.Add(loss);
         cmd.Options.Add(smoothing);
+        cmd.Options.Add(rpo);
         cmd.SetAction(parse =>
         {
             DpoOptions dpo;
             try
             {
-                dpo = new DpoOptions(parse.GetValue(beta), DpoLoss.ParseKind(parse.GetValue(loss)!), parse.GetValue(smoothing));
+                dpo = new DpoOptions(parse.GetValue(beta), DpoLoss.ParseKind(parse.GetValue(loss)!), parse.GetValue(smoothing), parse.GetValue(rpo));
                 dpo.Validate();
             }
             catch (ArgumentException e) { throw new CliException(FlagOf(e.Message) + e.Message, isUsage: true); }
@@ -54,5 +56,6 @@ internal static class DpoCommand
     private static string FlagOf(string message) =>
         message.Contains("beta", StringComparison.Ordinal) ? "--beta: "
         : message.Contains("unknown DPO loss", StringComparison.Ordinal) ? "--loss: "
+        : message.Contains("rpo alpha", StringComparison.Ordinal) ? "--rpo-alpha: "
         : "--label-smoothing: ";
 }

@@ -23,10 +23,20 @@ namespace TinyLlama.Training.Preferences;
 /// <param name="Beta">b, the strength of the KL penalty toward the reference (TRL's default 0.1).</param>
 /// <param name="Loss">sigmoid (DPO), ipo or hinge.</param>
 /// <param name="LabelSmoothing">e in [0, 0.5): the assumed fraction of flipped labels (sigmoid only).</param>
-public sealed record DpoOptions(double Beta = 0.1, DpoLossKind Loss = DpoLossKind.Sigmoid, double LabelSmoothing = 0)
+/// <param name="RpoAlpha">
+/// a >= 0: adds a times the chosen response's negative log-likelihood per token to each pair's loss (TRL's
+/// rpo_alpha, after Pang et al. 2024, "Iterative Reasoning Preference Optimization"). DPO alone can lower the
+/// chosen answer's likelihood along with the rejected one's (both share a prompt and often a prefix); the NLL
+/// term keeps the chosen answer likely, which is what greedy decoding needs.
+/// </param>
+public sealed record DpoOptions(double Beta = 0.1, DpoLossKind Loss = DpoLossKind.Sigmoid, double LabelSmoothing = 0, double RpoAlpha = 0)
 {
     /// <summary>Throws an <see cref="ArgumentException"/> naming a setting out of range.</summary>
-    public void Validate() => DpoLoss.Check(Beta, Loss, LabelSmoothing);
+    public void Validate()
+    {
+        DpoLoss.Check(Beta, Loss, LabelSmoothing);
+        if (!(RpoAlpha >= 0) || double.IsInfinity(RpoAlpha)) throw new ArgumentException($"rpo alpha must be a finite number >= 0, got {RpoAlpha}");
+    }
 }
 
 /// <summary>DPO over batches of preference pairs, with the reference log-probabilities cached once.</summary>
@@ -144,10 +154,12 @@ public sealed class DpoObjective : ITrainingObjective
                 tokens[b + i] = pairs[indices[i]].Rejected.TargetCount;
             }
             var reference = Tensor.FromArray(refs).To(logps.DType).To(logps.Device);              // [2B]
+            var count = Tensor.FromArray(tokens).To(logps.DType).To(logps.Device);
+            // The chosen sides' log-likelihood per token, for the RPO term.
+            var chosenPerToken = o.RpoAlpha > 0 ? (logps / count).Narrow(0, 0, b) : null;
             if (o.Loss == DpoLossKind.Ipo)
             {
                 // IPO compares per-token averages (TRL): divide policy and reference alike.
-                var count = Tensor.FromArray(tokens).To(logps.DType).To(logps.Device);
                 logps = logps / count;
                 reference = reference / count;
             }
@@ -156,6 +168,7 @@ public sealed class DpoObjective : ITrainingObjective
             var referenceChosen = reference.Narrow(0, 0, b);
             var referenceRejected = reference.Narrow(0, b, b);
             var loss = DpoLoss.Losses(policyChosen, policyRejected, referenceChosen, referenceRejected, o.Beta, o.Loss, o.LabelSmoothing).Sum();
+            if (chosenPerToken is not null) loss = loss - chosenPerToken.Sum() * o.RpoAlpha;
             Tensor metrics;
             using (GradMode.NoGrad())
             {

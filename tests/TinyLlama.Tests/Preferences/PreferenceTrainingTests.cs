@@ -92,6 +92,28 @@ public class PreferenceTrainingTests
     }
 
     [Fact]
+    public void RpoAddsTheChosenPerTokenNllToTheLoss()
+    {
+        // One batch of every pair, first step (the policy is its reference, so DPO's part is log 2 per pair):
+        // the logged loss with alpha minus the one without is alpha x the mean over pairs of -log p(chosen) / tokens.
+        var pairs = SeparablePairs(5, 7);
+        double FirstLoss(double alpha, out LlamaForCausalLM policy)
+        {
+            policy = new LlamaForCausalLM(TinyLlama.Tests.Model.LlamaTests.Tiny(), new Generator(11));
+            var objective = new DpoObjective(policy, new PreferenceDataLoader(pairs, pairs.Count, shuffle: false, seed: 5), new DpoOptions(0.5, RpoAlpha: alpha), padId: 0, MaxLength);
+            return new SftTrainer(policy, objective, new SftOptions { Steps = 1, Lr = 1e-3 }).TrainStep().Loss;
+        }
+        double plain = FirstLoss(0, out _), withRpo = FirstLoss(0.7, out var fresh);
+        Assert.Equal(Math.Log(2), plain, 5);
+        var fresh2 = new LlamaForCausalLM(TinyLlama.Tests.Model.LlamaTests.Tiny(), new Generator(11)); // the untrained start
+        var (chosen, _) = PolicyLogProbs(fresh2, pairs);
+        double nll = Enumerable.Range(0, pairs.Count).Average(i => -chosen[i] / pairs[i].Chosen.TargetCount);
+        Assert.True(nll > 1, $"per-token NLL {nll}: a random model should find the responses unlikely");
+        Assert.Equal(0.7 * nll, withRpo - plain, 4);
+        Assert.Contains("rpo alpha", Assert.Throws<ArgumentException>(() => new DpoOptions(RpoAlpha: -1).Validate()).Message);
+    }
+
+    [Fact]
     public void ReferenceLogProbsDoNotMoveDuringLoraTraining()
     {
         var pairs = SeparablePairs(5, 2);

@@ -37,6 +37,45 @@ public class QuickDemoTests(QuickDemoTests.QuickDemo quick) : IClassFixture<Quic
     }
 
     /// <summary>
+    /// `demo --stage preferences` over the quick run's output: every step reports, the Self-Instruct counts add
+    /// up, the pairs exist, and the exact-match judge agrees with the exact-match scores (it cannot be fooled by
+    /// position, so no verdict is inconsistent, and DPO's wins minus losses is its correct answers minus the
+    /// tuned model's). Whether DPO helps is the full run's claim (README), not the quick run's.
+    /// </summary>
+    [Fact]
+    public void PreferenceStageRunsOverTheQuickDemo()
+    {
+        Assert.True(quick.Run.Code == 0, quick.Run.Err);
+        var (code, output, err) = CliRunner.Run([.. DemoRun.Arguments(quick.Dir.Path), "--stage", "preferences"]);
+        Assert.True(code == 0, err + output);
+        var si = Regex.Match(output, @"the tuned model answered (\d+) new inputs of their shapes, the verifier kept (\d+)\.\n\s+Removed: (.*)\.");
+        Assert.True(si.Success, output);
+        int candidates = int.Parse(si.Groups[1].Value, CultureInfo.InvariantCulture), kept = int.Parse(si.Groups[2].Value, CultureInfo.InvariantCulture);
+        int removed = Regex.Matches(si.Groups[3].Value, @"(\d+)").Sum(m => int.Parse(m.Value, CultureInfo.InvariantCulture));
+        Assert.Equal(candidates, kept + removed);
+        var pairs = Regex.Match(output, @"answered (\d+) training prompts greedily, (\d+) right; .*: (\d+) got a right answer .*, (\d+) none\.");
+        Assert.True(pairs.Success, output);
+        int[] p = Enumerable.Range(1, 4).Select(i => int.Parse(pairs.Groups[i].Value, CultureInfo.InvariantCulture)).ToArray();
+        Assert.Equal(p[0], p[1] + p[2] + p[3]);
+        Assert.True(p[2] >= 4, output);
+        Assert.Matches(@"DPO \(beta 0\.1, RPO alpha 1, .*reward margin -?[\d.]+, pair accuracy \d+%", output);
+        Assert.Matches(@"held-out pair accuracy \d+% on \d+ pairs", output);
+        var scores = Regex.Match(output, @"Exact match next to it: tuned (\d+)/(\d+) [\d.]+%, DPO (\d+)/\d+");
+        Assert.True(scores.Success, output);
+        var exact = Regex.Match(output, @"(?m)^\s+exact match\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$");
+        Assert.True(exact.Success, output);
+        int[] e = Enumerable.Range(1, 4).Select(i => int.Parse(exact.Groups[i].Value, CultureInfo.InvariantCulture)).ToArray();
+        Assert.Equal(int.Parse(scores.Groups[2].Value, CultureInfo.InvariantCulture), e[0] + e[1] + e[2]);
+        Assert.Equal(0, e[3]);
+        Assert.Equal(int.Parse(scores.Groups[3].Value, CultureInfo.InvariantCulture) - int.Parse(scores.Groups[1].Value, CultureInfo.InvariantCulture), e[0] - e[2]);
+        Assert.Matches(@"(?m)^\s+reward model\s+\d+\s+\d+\s+\d+\s+\d+$", output);
+
+        var missing = CliRunner.Run("demo", "--quick", "--stage", "preferences", "--out", Path.Combine(quick.Dir.Path, "nothing-here"));
+        Assert.Equal(1, missing.Code);
+        Assert.Contains("holds no finished demo run", missing.Err);
+    }
+
+    /// <summary>
     /// The quick demo in child processes on the other SIMD paths .NET can be told to take: the AVX2 paths
     /// (DOTNET_EnableAVX512=0; on a CPU without AVX-512 that is the default path again) and 128-bit vectors
     /// with the portable GEMM kernel (DOTNET_EnableAVX2=0). Float sums round differently on each, so the

@@ -1,0 +1,195 @@
+// `tinyllama demo --stage preferences`: the rest of the recipe over the instruction-tuned model that
+// `tinyllama demo` left in --out (same --seed and --quick), each step measured on the same held-out items:
+//   1. Self-Instruct (Wang et al. 2022, in the NewInputs mode a tiny model can do): from a handful of seed
+//      tasks per family the tuned model answers new inputs of the seeds' shapes; the demo verifier keeps the
+//      right answers only (rejection sampling); a second round of LoRA tuning on the original records plus the
+//      kept ones; held-out exact match before and after.
+//   2. Preferences: training prompts answered several times by sampling; chosen = a verified right answer,
+//      rejected = a wrong one (DemoPreferencePairs). DPO (Rafailov et al. 2023) with a fresh LoRA adapter over
+//      the tuned model with its adapter merged, so the reference (adapters off) is exactly the tuned model; a
+//      reward model (the tuned model's trunk with LoRA and a scalar head) trained on the same pairs, its
+//      accuracy on held-out pairs.
+//   3. Judge: the DPO model's held-out answers against the tuned model's, judged pairwise in both orders
+//      (Vicuna / MT-bench) by the exact-match checker and by the reward model.
+// The DPO and Self-Instruct models start from the same tuned model, so each is compared with it alone.
+using System.Diagnostics;
+using System.Globalization;
+using TinyLlama.Autograd;
+using TinyLlama.Model;
+using TinyLlama.Tensors;
+using TinyLlama.Tokenizers;
+using TinyLlama.Training.Data;
+using TinyLlama.Training.Demo;
+using TinyLlama.Training.Judging;
+using TinyLlama.Training.Lora;
+using TinyLlama.Training.Preferences;
+using TinyLlama.Training.SelfInstruct;
+using TinyLlama.Training.Trainer;
+
+namespace TinyLlama.Cli.Commands;
+
+/// <summary>The sizes of the preference stage.</summary>
+internal sealed record DemoPreferenceSettings
+{
+    public required int SeedTasksPerFamily { get; init; }
+    public required int SelfInstructCount { get; init; }
+    public required int SelfInstructSteps { get; init; }
+    public required int MinePromptsPerFamily { get; init; }
+    public int MineSamples { get; init; } = 8;
+    public double MineTemperature { get; init; } = 1.0;
+    public required int DpoSteps { get; init; }
+    public int DpoBatch { get; init; } = 8;
+    public double DpoLr { get; init; } = 2e-4;
+    public double DpoBeta { get; init; } = 0.1;
+    public double DpoRpoAlpha { get; init; } = 1.0;
+    public required int RewardSteps { get; init; }
+    public int RewardBatch { get; init; } = 8;
+    public double RewardLr { get; init; } = 1e-3;
+
+    public static DemoPreferenceSettings Full { get; } = new()
+    {
+        SeedTasksPerFamily = 5, SelfInstructCount = 300, SelfInstructSteps = 300,
+        MinePromptsPerFamily = 7400, DpoSteps = 60, RewardSteps = 200,
+    };
+
+    public static DemoPreferenceSettings Quick { get; } = new()
+    {
+        SeedTasksPerFamily = 3, SelfInstructCount = 40, SelfInstructSteps = 40,
+        MinePromptsPerFamily = 100, MineSamples = 4, DpoSteps = 20, RewardSteps = 30,
+    };
+}
+
+internal static class DemoPreferencesStage
+{
+    /// <summary>Exact match of the tuned model, after Self-Instruct, after DPO; the judges' verdicts and the reward model's held-out accuracy.</summary>
+    internal sealed record Result(DemoScore Tuned, DemoScore SelfInstruct, DemoScore Dpo, PairwiseResult ExactJudge, PairwiseResult RewardJudge, double RewardAccuracy, int Pairs);
+
+    public static Result Run(DemoSettings settings, DemoPreferenceSettings stage, ulong seed, string outPath, TextWriter output)
+    {
+        var total = Stopwatch.StartNew();
+        var clock = Stopwatch.StartNew();
+        outPath = Path.GetFullPath(outPath);
+        string baseDir = Path.Combine(outPath, "base"), adapterDir = Path.Combine(outPath, "adapter"), tokenizerPath = Path.Combine(outPath, "tokenizer.json");
+        if (!File.Exists(Path.Combine(baseDir, "config.json")) || !PeftAdapter.IsAdapterDirectory(adapterDir) || !File.Exists(tokenizerPath))
+            throw new CliException($"--out: {outPath} holds no finished demo run (base/, adapter/, tokenizer.json); run `tinyllama demo` with the same --out, --seed and --quick first");
+        var tok = LlamaTokenizer.Load(tokenizerPath);
+        var data = DemoDataset.Generate(seed, settings.TrainPerFamily, settings.TestPerFamily);
+        int maxTokens = settings.MaxAnswerTokens;
+        output.WriteLine($"TinyLlama demo, preference stage (seed {seed}): Self-Instruct, DPO, a reward model and a pairwise judge over the instruction-tuned model in {outPath}.");
+        output.WriteLine();
+
+        var tuned = LoadTuned(outPath);
+        int maxLen = tuned.Config.MaxPositionEmbeddings, padId = SftDataLoader.InputPadId(tok);
+        var tunedScore = DemoEvaluation.Evaluate(tuned, tok, data.Test, maxTokens);
+        output.WriteLine($"0. The instruction-tuned model answers {Cell(tunedScore.Overall)} of the {data.Test.Count} held-out items.   ({Seconds(clock)})");
+        output.WriteLine();
+
+        // ---- 1. Self-Instruct ----
+        clock.Restart();
+        var seeds = DemoDataset.Families.SelectMany(f => data.Train.Where(t => t.Family == f).Take(stage.SeedTasksPerFamily))
+            .Select(t => new InstructionRecord(t.Instruction, t.Input, t.Output)).ToList();
+        var generated = SelfInstructGenerator.Run(tuned, tok, seeds, new SelfInstructOptions
+        {
+            Count = stage.SelfInstructCount, MaxAttempts = 3 * stage.SelfInstructCount, Mode = SelfInstructMode.NewInputs,
+            MaxNewTokens = maxTokens, Seed = seed ^ 0x5E1F, Verifier = new DemoTaskVerifier(),
+        });
+        var report = generated.Report;
+        output.WriteLine($"1. Self-Instruct: {seeds.Count} seed tasks ({stage.SeedTasksPerFamily} per family); the tuned model answered {report.Candidates} new inputs of their shapes, the verifier kept {report.Kept}.");
+        output.WriteLine($"   Removed: {string.Join(", ", report.ByFilter.Where(f => f.Removed > 0).Select(f => $"{f.Filter} {f.Removed}"))}.");
+        var sftItems = data.InstructionItems(settings.SftPerFamily);
+        var records = sftItems.Select((t, i) => DemoData.Instruction(tok, t, $"record {i + 1}"))
+            .Concat(generated.Records.Select((r, i) => AlpacaTemplate.Tokenize(tok, r.Instruction, r.Input, r.Output, source: $"self-instruct {i + 1}")))
+            .ToList();
+        var round2 = LoadTuned(outPath);
+        Lora.Merge(round2);
+        var rng = new Generator(seed ^ 0x2A2A);
+        Lora.Apply(round2, settings.Lora, rng);
+        var loader = new SftDataLoader(records, settings.SftBatch, shuffle: true, seed + 2, padId, maxLen);
+        var options = new SftOptions { Steps = stage.SelfInstructSteps, Lr = settings.SftLr / 5, Warmup = Math.Max(1, stage.SelfInstructSteps / 20), Schedule = Optim.LrScheduleKind.Cosine, GradClip = 1.0 };
+        Train(new SftTrainer(round2, loader, options, rng: rng), stage.SelfInstructSteps, output);
+        var selfScore = DemoEvaluation.Evaluate(round2, tok, data.Test, maxTokens);
+        output.WriteLine($"   A second LoRA round ({stage.SelfInstructSteps} steps) on the {sftItems.Count} original records and the {generated.Records.Count} new ones: held-out {Cell(tunedScore.Overall)} -> {Cell(selfScore.Overall)}   ({Seconds(clock)})");
+        output.WriteLine();
+
+        // ---- 2. preferences ----
+        clock.Restart();
+        var minePrompts = DemoDataset.Families.SelectMany(f => data.Train.Where(t => t.Family == f).Skip(settings.SftPerFamily).Take(stage.MinePromptsPerFamily)).ToList();
+        var mined = DemoPreferencePairs.Mine(tuned, tok, minePrompts, stage.MineSamples, stage.MineTemperature, seed ^ 0xD0D0, maxTokens);
+        output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"2. Preferences: the tuned model answered {mined.Prompts} training prompts greedily, {mined.GreedyRight} right; the {mined.Prompts - mined.GreedyRight} others up to {stage.MineSamples - 1} more times at temperature {stage.MineTemperature}: {mined.Pairs.Count} got a right answer (chosen; the greedy mistake rejected), {mined.NeverRight} none.   ({Seconds(clock)})"));
+        if (mined.Pairs.Count < 4) throw new CliException($"demo: only {mined.Pairs.Count} preference pairs were found (the tuned model's greedy mistakes on the training prompts that a sample gets right); nothing to tune on");
+        var tokenized = PreferenceData.Tokenize(mined.Pairs, tok, maxLen);
+        var (trainPairs, heldPairs) = PreferenceData.SplitValidation(tokenized.Pairs, 0.1, seed);
+
+        clock.Restart();
+        var policy = LoadTuned(outPath);
+        Lora.Merge(policy); // the tuned model is now the base: with the new adapters off it is DPO's reference
+        var dpoRng = new Generator(seed ^ 0xD90);
+        Lora.Apply(policy, settings.Lora, dpoRng);
+        var dpo = new DpoObjective(policy, new PreferenceDataLoader(tokenized.Pairs, stage.DpoBatch, shuffle: true, seed + 3), new DpoOptions(stage.DpoBeta, RpoAlpha: stage.DpoRpoAlpha), padId, maxLen);
+        var dpoOptions = new SftOptions { Steps = stage.DpoSteps, Lr = stage.DpoLr, Warmup = Math.Max(1, stage.DpoSteps / 10), Schedule = Optim.LrScheduleKind.Cosine, GradClip = 1.0 };
+        var dpoTrainer = new SftTrainer(policy, dpo, dpoOptions, rng: dpoRng);
+        Train(dpoTrainer, stage.DpoSteps, output);
+        var last = dpoTrainer.History.TakeLast(Math.Max(1, stage.DpoSteps / 10)).ToList();
+        double Metric(string name) => last.Average(h => h.Metrics is { } m && m.TryGetValue(name, out var v) ? v : double.NaN);
+        var dpoScore = DemoEvaluation.Evaluate(policy, tok, data.Test, maxTokens);
+        output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"   DPO (beta {stage.DpoBeta}, RPO alpha {stage.DpoRpoAlpha}, rank-{settings.LoraRank} LoRA over the tuned model, {stage.DpoSteps} steps of {stage.DpoBatch} pairs, lr {stage.DpoLr}): loss {dpoTrainer.History[0].Loss:F3} -> {last.Average(h => h.Loss):F3}, reward margin {Metric("rewards/margins"):F2}, pair accuracy {100 * Metric("rewards/accuracies"):F0}% (last {last.Count} steps)."));
+        output.WriteLine($"   Held-out exact match: tuned {Cell(tunedScore.Overall)} -> DPO {Cell(dpoScore.Overall)}   ({Seconds(clock)})");
+
+        clock.Restart();
+        var trunk = LoadTuned(outPath);
+        Lora.Merge(trunk);
+        var rewardRng = new Generator(seed ^ 0x4E4D);
+        Lora.Apply(trunk, settings.Lora, rewardRng);
+        var reward = new RewardModel(trunk, rewardRng);
+        var rewardOptions = new SftOptions { Steps = stage.RewardSteps, Lr = stage.RewardLr, Warmup = Math.Max(1, stage.RewardSteps / 10), Schedule = Optim.LrScheduleKind.Cosine, GradClip = 1.0 };
+        var rewardTrainer = new SftTrainer(reward, new RewardObjective(reward, new PreferenceDataLoader(trainPairs, stage.RewardBatch, shuffle: true, seed + 4), padId, maxLen), rewardOptions, rng: rewardRng);
+        Train(rewardTrainer, stage.RewardSteps, output);
+        reward.Eval();
+        var (heldLoss, heldAccuracy) = heldPairs.Count > 0 ? RewardObjective.Evaluate(reward, heldPairs, stage.RewardBatch, padId, maxLen) : (double.NaN, double.NaN);
+        output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"   Reward model (the tuned model's trunk, rank-{settings.LoraRank} LoRA, a scalar head; {stage.RewardSteps} steps on {trainPairs.Count} pairs): held-out pair accuracy {100 * heldAccuracy:F0}% on {heldPairs.Count} pairs (loss {heldLoss:F3})   ({Seconds(clock)})"));
+        output.WriteLine();
+
+        // ---- 3. judge ----
+        clock.Restart();
+        var questions = data.Test.Select((t, i) => new JudgeQuestion($"test {i + 1}", AlpacaTemplate.Prompt(t.Instruction, t.Input), t.Answer)).ToList();
+        var dpoAnswers = questions.Zip(data.Test).ToDictionary(p => p.First.Id, p => DemoEvaluation.Answer(policy, tok, p.Second, maxTokens));
+        var tunedAnswers = questions.Zip(data.Test).ToDictionary(p => p.First.Id, p => DemoEvaluation.Answer(tuned, tok, p.Second, maxTokens));
+        var exact = PairwiseJudging.Run(new ExactMatchJudge(questions), questions, dpoAnswers, tunedAnswers);
+        var scorer = new RewardScorer(reward, tok, maxLen);
+        // The reward model scores a response as the training pairs wrote it: after the prompt, with a leading space.
+        var byReward = PairwiseJudging.Run(new ScoreJudge("reward model", (q, a) => scorer.Score(q, " " + a)), questions, dpoAnswers, tunedAnswers);
+        output.WriteLine("3. Pairwise judge, DPO model (A) against the tuned model (B) on the held-out questions, each pair judged in both orders (a verdict counts only when both agree):");
+        output.WriteLine($"   {"judge",-14}{"DPO wins",10}{"ties",8}{"tuned wins",12}{"inconsistent",14}");
+        foreach (var (name, r) in new[] { ("exact match", exact), ("reward model", byReward) })
+            output.WriteLine($"   {name,-14}{r.Wins,10}{r.Ties,8}{r.Losses,12}{r.Inconsistent,14}");
+        output.WriteLine($"   Exact match next to it: tuned {Cell(tunedScore.Overall)}, DPO {Cell(dpoScore.Overall)}, Self-Instruct round {Cell(selfScore.Overall)}.   ({Seconds(clock)})");
+        output.WriteLine();
+        output.WriteLine("   family       tuned           Self-Instruct   DPO");
+        foreach (var f in DemoDataset.Families)
+            output.WriteLine($"   {f,-12} {Cell(tunedScore.Family(f)),-15} {Cell(selfScore.Family(f)),-15} {Cell(dpoScore.Family(f))}");
+        output.WriteLine($"Done in {Seconds(total)}.");
+        return new Result(tunedScore, selfScore, dpoScore, exact, byReward, heldAccuracy, mined.Pairs.Count);
+    }
+
+    // The demo's instruction-tuned model: its base with its adapter on, in eval mode.
+    private static LlamaForCausalLM LoadTuned(string outPath) =>
+        ModelCommands.LoadModel(Path.Combine(outPath, "adapter"), new ModelFiles());
+
+    private static void Train(SftTrainer trainer, int steps, TextWriter output)
+    {
+        var progress = new ProgressLine(output, steps);
+        while (trainer.Step < steps)
+        {
+            try { progress.Report(trainer.TrainStep()); }
+            catch (TrainingDivergedException e) { throw new CliException($"demo: {e.Message} (the demo's settings are fixed; please report this with the seed)"); }
+        }
+        progress.Done();
+    }
+
+    private static string Cell((int Correct, int Total) x) => string.Create(CultureInfo.InvariantCulture, $"{x.Correct}/{x.Total} {100 * DemoScore.Accuracy(x):F1}%");
+
+    private static string Seconds(Stopwatch clock) => string.Create(CultureInfo.InvariantCulture, $"{clock.Elapsed.TotalSeconds:F0} s");
+}
