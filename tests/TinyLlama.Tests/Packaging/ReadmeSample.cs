@@ -1,9 +1,11 @@
 // The program of the README's "Use it from C#" section, kept compiling and running here: the README quotes the
 // lines between the markers word for word (ReadmeSampleTests checks that), and the test runs it on
 // ../shared/reference/tiny-random-llama. Only public API of the packages, as a library user sees it.
+using Microsoft.Extensions.AI;
 using TinyLlama.Formats;
 using TinyLlama.Generation;
 using TinyLlama.Model;
+using TinyLlama.Serving;
 using TinyLlama.Tensors;
 using TinyLlama.Tokenizers;
 using TinyLlama.Training.Data;
@@ -34,7 +36,13 @@ internal static class ReadmeSample
         using (var chat = new ChatSession(model, ChatTemplates.Create("alpaca", tokenizer), SamplingOptions.Greedy, maxAnswerTokens: 16))
             Console.WriteLine(chat.Respond("Name a primary color.").Text);
 
-        // IChatClient: see TinyLlamaChatClient
+        // IChatClient (Microsoft.Extensions.AI): requests batched over the model, as `tinyllama serve` runs them.
+        using (var scheduler = new BatchScheduler(model, tokenizer, new SchedulerOptions(Parallel: 2, ContextSize: 256)))
+        {
+            IChatClient client = new TinyLlamaChatClient(scheduler, system => ChatTemplates.Create("alpaca", tokenizer, system), "my-model");
+            var options = new ChatOptions { MaxOutputTokens = 16, Temperature = 0 };
+            Console.WriteLine(client.GetResponseAsync("Name a primary color.", options).GetAwaiter().GetResult().Text);
+        }
 
         // Fine-tune rank-8 LoRA adapters on every projection (the base is frozen), then save them as PEFT does.
         var lora = new LoraConfig(Rank: 8, Alpha: 16, Dropout: 0, TargetModules: LoraConfig.AllTargets);

@@ -30,7 +30,7 @@ public class ToolPackageTests
             var (code, output, error) = Dotnet(temp, isolatedCache: false, "pack", Path.Combine(root, "TinyLlama.sln"), "-c", configuration, "--no-build", "--no-restore", "-o", packages);
             Assert.True(code == 0, $"dotnet pack failed ({code}):\n{output}\n{error}");
 
-            string[] expected = ["TinyLlama.Core", "TinyLlama.Llama", "TinyLlama.Training", "TinyLlama.Backends.Ilgpu", "TinyLlama.Cli"];
+            string[] expected = ["TinyLlama.Core", "TinyLlama.Llama", "TinyLlama.Training", "TinyLlama.Serving", "TinyLlama.Backends.Ilgpu", "TinyLlama.Cli"];
             var made = Directory.GetFiles(packages, "*.nupkg").Select(Path.GetFileName).ToList();
             foreach (var id in expected)
             {
