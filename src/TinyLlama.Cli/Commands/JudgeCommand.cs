@@ -4,10 +4,12 @@
 //   --judge exact            the answer equal to the question's reference "answer" wins;
 //   --judge http(s)://HOST   a chat model behind an OpenAI-compatible endpoint (--judge-model names it; the
 //                            OPENAI_API_KEY environment variable, if set, is sent as the bearer token);
-//   --judge PATH             a reward model: not in this build yet (a one-line error says so).
+//   --judge DIR              a reward model (`tinyllama reward train`): the answer it scores higher, the
+//                            question being the prompt and the answer the response (as its pairs were).
 using System.CommandLine;
 using System.Text.Json.Nodes;
 using TinyLlama.Training.Judging;
+using TinyLlama.Training.Preferences;
 
 namespace TinyLlama.Cli.Commands;
 
@@ -38,7 +40,7 @@ internal static class JudgeCommand
             using var endpoint = IsUrl(judgeName) ? Endpoint(judgeName, parse.GetValue(judgeModel)!) : null;
             IPairwiseJudge pairwise = judgeName == "exact" ? Exact(qs, qPath)
                 : endpoint is not null ? new OpenAiEndpointJudge(endpoint, judgeName)
-                : throw RewardModelJudge(judgeName);
+                : RewardModelJudge(judgeName, parse);
             var result = PairwiseJudging.Run(pairwise, qs, a, b);
             Print(parse.InvocationConfiguration.Output, parse.GetValue(json), pairwise.Name, result);
             return ExitCodes.Success;
@@ -62,10 +64,19 @@ internal static class JudgeCommand
         catch (ArgumentException e) { throw new CliException($"--judge exact: {path}: {e.Message}"); }
     }
 
-    private static CliException RewardModelJudge(string path) =>
-        File.Exists(path) || Directory.Exists(path)
-            ? new CliException($"--judge {path}: reward-model judges come with `tinyllama reward`, which this build does not have yet; use --judge exact or an http(s):// endpoint")
-            : new CliException($"--judge: {path} does not exist; expected exact, an http(s):// endpoint or a reward-model directory", isUsage: true);
+    // A reward model directory as a judge: higher reward wins (ScoreJudge), sequences cut to the model's context.
+    private static ScoreJudge RewardModelJudge(string path, ParseResult parse)
+    {
+        if (!File.Exists(path) && !Directory.Exists(path))
+            throw new CliException($"--judge: {path} does not exist; expected exact, an http(s):// endpoint or a reward-model directory", isUsage: true);
+        if (!RewardModel.IsRewardModelDirectory(path))
+            throw new CliException($"--judge {path}: not a reward model directory (no {RewardModel.MarkerFileName}; train one with 'tinyllama reward train'), nor exact or an http(s):// endpoint");
+        var files = new ModelFiles();
+        var lm = ModelCommands.LoadModel(path, files, DeviceOption.Resolve(parse), flag: "--judge");
+        var reward = RewardModel.Load(path, lm);
+        var scorer = new RewardScorer(reward, ModelCommands.LoadTokenizer(path, null, files), lm.Config.MaxPositionEmbeddings);
+        return new ScoreJudge($"reward model {path}", scorer.Score);
+    }
 
     private static void Print(TextWriter output, bool json, string judge, PairwiseResult result)
     {

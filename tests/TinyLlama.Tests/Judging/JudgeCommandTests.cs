@@ -95,7 +95,7 @@ public class JudgeCommandTests
         string[] Args(string judge, string? questions = null) => ["judge", "--questions", questions ?? q, "--answers-a", a, "--answers-b", b, "--judge", judge];
 
         var reward = CliRunner.Run(Args(dir.Path));
-        Assert.Contains("reward-model judges come with `tinyllama reward`", CliRunner.AssertOneLineError(1, reward.Code, reward.Err));
+        Assert.Contains("not a reward model directory (no reward_model.json", CliRunner.AssertOneLineError(1, reward.Code, reward.Err));
         var nothing = CliRunner.Run(Args(dir.File("no-such-judge")));
         Assert.Contains("expected exact, an http(s):// endpoint or a reward-model directory", CliRunner.AssertOneLineError(2, nothing.Code, nothing.Err));
         var missing = CliRunner.Run(Args("exact", dir.File("none.jsonl")));

@@ -61,6 +61,24 @@ public class PreferenceCommandTests
 
         var notReward = CliRunner.Run("reward", "score", "--model", model, "--data", pairs);
         Assert.Contains("not a reward model directory", CliRunner.AssertOneLineError(1, notReward.Code, notReward.Err));
+
+        // The trained model as `judge`'s judge: each question's verdict follows the rewards `reward score` gives,
+        // whichever answer comes first (a score judge cannot be inconsistent). The pairs' prompts are the questions.
+        var rows = File.ReadAllLines(pairs).Select(l => JsonDocument.Parse(l).RootElement).ToArray();
+        string q = dir.File("q.jsonl"), a = dir.File("a.jsonl"), b = dir.File("b.jsonl");
+        File.WriteAllLines(q, rows.Select((r, i) => new JsonObject { ["id"] = i, ["question"] = r.GetProperty("prompt").GetString() }.ToJsonString()));
+        File.WriteAllLines(a, rows.Select((r, i) => new JsonObject { ["id"] = i, ["answer"] = r.GetProperty("chosen").GetString() }.ToJsonString()));
+        File.WriteAllLines(b, rows.Select((r, i) => new JsonObject { ["id"] = i, ["answer"] = r.GetProperty("rejected").GetString() }.ToJsonString()));
+        var judged = CliRunner.Run("judge", "--questions", q, "--answers-a", a, "--answers-b", b, "--judge", outDir, "--json");
+        Assert.True(judged.Code == 0, judged.Err);
+        var verdicts = JsonDocument.Parse(judged.Out).RootElement.GetProperty("verdicts");
+        Assert.Equal(4, verdicts.GetArrayLength());
+        for (int i = 0; i < 4; i++)
+        {
+            double margin = scored[i].GetProperty("margin").GetDouble();
+            string expected = margin > 0 ? "A" : margin < 0 ? "B" : "tie";
+            Assert.Equal(expected, verdicts[i].GetProperty("verdict").GetString(), ignoreCase: true);
+        }
     }
 
     [Fact]
