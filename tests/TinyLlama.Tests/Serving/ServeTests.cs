@@ -18,6 +18,7 @@ using TinyLlama.Generation;
 using TinyLlama.Model;
 using TinyLlama.Serving;
 using TinyLlama.Tensors;
+using TinyLlama.Tests.Formats;
 using TinyLlama.Tests.Model;
 using TinyLlama.Training.Data;
 using static TinyLlama.Tests.Training.DataTestUtil;
@@ -76,6 +77,114 @@ public class ServeTests
             await App.StopAsync();
             await App.DisposeAsync();
             Scheduler.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// The chat page at / in headless Chromium (Debian's chromium package; skipped where it is absent): a screenshot
+    /// is a PNG, and the DOM after the page sent "Hello there" (/?say=...) holds the streamed answer, equal to the
+    /// lone greedy decode, with the page's state "done".
+    /// </summary>
+    [SkippableFact]
+    public async Task ChatPageStreamsAnAnswerInHeadlessChromium()
+    {
+        string? chromium = new[] { "/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome" }.FirstOrDefault(File.Exists);
+        Skip.If(chromium is null, "no headless Chromium here (Debian: apt-get install chromium); skipping the chat page test");
+        await using var server = await Server.Start();
+        var expected = server.Expected("Hello there", 8);
+        string url = new Uri(server.Base, "/?say=Hello%20there&temperature=0&max_tokens=8").ToString();
+        using var dir = new TempDir();
+        string png = dir.File("page.png");
+        await Chromium(chromium, dir, "--screenshot=" + png, "--window-size=900,700", url);
+        byte[] image = File.ReadAllBytes(png);
+        Assert.True(image.Length > 1000 && image.AsSpan(0, 8).SequenceEqual(new byte[] { 0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A }), $"{png}: not a PNG ({image.Length} bytes)");
+        string dom = await DomWhenDone(chromium, dir, url);
+        Assert.True(dom.Contains("data-state=\"done\"", StringComparison.Ordinal), "the page did not finish its answer:\n" + dom);
+        var answer = System.Text.RegularExpressions.Regex.Match(dom, "<div class=\"assistant\">(.*?)</div>", System.Text.RegularExpressions.RegexOptions.Singleline);
+        Assert.True(answer.Success, "no assistant line in the page's DOM:\n" + dom);
+        Assert.Equal(expected.Text, System.Net.WebUtility.HtmlDecode(answer.Groups[1].Value));
+    }
+
+    // Runs headless Chromium on the arguments; returns stdout.
+    private static async Task<string> Chromium(string exe, TempDir dir, params string[] args)
+    {
+        using var process = StartChromium(exe, dir, args);
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(90));
+        try { await process.WaitForExitAsync(cts.Token); }
+        catch (OperationCanceledException) { process.Kill(entireProcessTree: true); throw new TimeoutException("chromium did not finish in 90 s: " + await stderr); }
+        Assert.True(process.ExitCode == 0, $"chromium exited with {process.ExitCode}: {await stderr}");
+        return await stdout;
+    }
+
+    private static System.Diagnostics.Process StartChromium(string exe, TempDir dir, params string[] args)
+    {
+        var info = new System.Diagnostics.ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--user-data-dir=" + dir.File("profile-" + Guid.NewGuid().ToString("N")) })
+            info.ArgumentList.Add(a);
+        foreach (var a in args) info.ArgumentList.Add(a);
+        return System.Diagnostics.Process.Start(info)!;
+    }
+
+    // Opens the page in Chromium under the DevTools protocol and returns its DOM once the page says its answer is
+    // done (the streamed answer has no end --dump-dom could wait for).
+    private static async Task<string> DomWhenDone(string exe, TempDir dir, string url)
+    {
+        using var process = StartChromium(exe, dir, "--remote-debugging-port=0", url);
+        try
+        {
+            // "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/ID" on stderr gives the port.
+            int port = 0;
+            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+            while (port == 0)
+            {
+                string? line = await process.StandardError.ReadLineAsync(cts.Token);
+                if (line is null) throw new InvalidOperationException("chromium exited before its DevTools endpoint was up");
+                var m = System.Text.RegularExpressions.Regex.Match(line, @"DevTools listening on ws://[^:]+:(\d+)/");
+                if (m.Success) port = int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+            }
+            _ = process.StandardError.ReadToEndAsync(); // keep the pipe drained
+            using var http = new HttpClient();
+            string? pageSocket = null;
+            while (pageSocket is null)
+            {
+                var targets = JsonDocument.Parse(await http.GetStringAsync($"http://127.0.0.1:{port}/json/list", cts.Token)).RootElement;
+                foreach (var t in targets.EnumerateArray())
+                    if (t.GetProperty("type").GetString() == "page") pageSocket = t.GetProperty("webSocketDebuggerUrl").GetString();
+                if (pageSocket is null) await Task.Delay(100, cts.Token);
+            }
+            using var ws = new System.Net.WebSockets.ClientWebSocket();
+            await ws.ConnectAsync(new Uri(pageSocket), cts.Token);
+            const string Wait = "new Promise(r => { const t = setInterval(() => { if (document.body && document.body.dataset.state === 'done') { clearInterval(t); r(document.documentElement.outerHTML); } }, 50); })";
+            var buffer = new byte[1 << 16];
+            // Asked before the page has navigated, the evaluation dies with its blank page's context: ask again.
+            for (int id = 1; ; id++)
+            {
+                string request = JsonSerializer.Serialize(new { id, method = "Runtime.evaluate", @params = new { expression = Wait, awaitPromise = true, returnByValue = true } });
+                await ws.SendAsync(Encoding.UTF8.GetBytes(request), System.Net.WebSockets.WebSocketMessageType.Text, true, cts.Token);
+                while (true)
+                {
+                    using var message = new MemoryStream();
+                    System.Net.WebSockets.WebSocketReceiveResult r;
+                    do
+                    {
+                        r = await ws.ReceiveAsync(buffer, cts.Token);
+                        message.Write(buffer, 0, r.Count);
+                    } while (!r.EndOfMessage);
+                    var reply = JsonDocument.Parse(message.ToArray()).RootElement;
+                    if (!reply.TryGetProperty("id", out var replyId) || replyId.GetInt32() != id) continue;
+                    if (reply.TryGetProperty("result", out var result) && result.TryGetProperty("result", out var value)
+                        && value.TryGetProperty("value", out var html) && html.ValueKind == JsonValueKind.String)
+                        return html.GetString()!;
+                    break;
+                }
+                await Task.Delay(100, cts.Token);
+            }
+        }
+        finally
+        {
+            if (!process.HasExited) process.Kill(entireProcessTree: true);
         }
     }
 
