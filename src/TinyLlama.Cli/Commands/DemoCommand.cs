@@ -225,14 +225,14 @@ internal static class DemoCommand
     }
 
     // Runs the trainer to `steps`; every `evalEvery` steps (0: never) prints what `evaluate` says.
-    private static void Train(SftTrainer trainer, int steps, TextWriter output, int evalEvery, Func<string> evaluate)
+    internal static void Train(SftTrainer trainer, int steps, TextWriter output, int evalEvery = 0, Func<string>? evaluate = null)
     {
         var progress = new ProgressLine(output, steps);
         while (trainer.Step < steps)
         {
             try { progress.Report(trainer.TrainStep()); }
             catch (TrainingDivergedException e) { throw new CliException($"demo: {e.Message} (the demo's settings are fixed; please report this with the seed)"); }
-            if (evalEvery > 0 && trainer.Step % evalEvery == 0 && trainer.Step < steps)
+            if (evalEvery > 0 && evaluate is not null && trainer.Step % evalEvery == 0 && trainer.Step < steps)
             {
                 progress.Done();
                 output.WriteLine($"   step {trainer.Step}: {evaluate()}");
@@ -259,7 +259,7 @@ internal static class DemoCommand
 
     private static string Ask(DemoTask t) => t.Input.Length == 0 ? t.Instruction : $"{t.Instruction} [{t.Input}]";
 
-    private static string Seconds(Stopwatch clock) => string.Create(CultureInfo.InvariantCulture, $"{clock.Elapsed.TotalSeconds:F0} s");
+    internal static string Seconds(Stopwatch clock) => string.Create(CultureInfo.InvariantCulture, $"{clock.Elapsed.TotalSeconds:F0} s");
 
     private static string Quote(string path) => path.Contains(' ') ? $"'{path}'" : path;
 

@@ -80,8 +80,10 @@ internal static class DemoPreferencesStage
 
         var tuned = LoadTuned(outPath);
         int maxLen = tuned.Config.MaxPositionEmbeddings, padId = SftDataLoader.InputPadId(tok);
-        var tunedScore = DemoEvaluation.Evaluate(tuned, tok, data.Test, maxTokens);
-        output.WriteLine($"0. The instruction-tuned model answers {Cell(tunedScore.Overall)} of the {data.Test.Count} held-out items.   ({Seconds(clock)})");
+        // The held-out answers are kept for the judge in step 3 (scoring and judging read the same greedy answers).
+        var tunedAnswers = new List<string>();
+        var tunedScore = DemoEvaluation.Evaluate(tuned, tok, data.Test, maxTokens, (_, answer) => tunedAnswers.Add(answer));
+        output.WriteLine($"0. The instruction-tuned model answers {Cell(tunedScore.Overall)} of the {data.Test.Count} held-out items.   ({DemoCommand.Seconds(clock)})");
         output.WriteLine();
 
         // ---- 1. Self-Instruct ----
@@ -106,9 +108,9 @@ internal static class DemoPreferencesStage
         Lora.Apply(round2, settings.Lora, rng);
         var loader = new SftDataLoader(records, settings.SftBatch, shuffle: true, seed + 2, padId, maxLen);
         var options = new SftOptions { Steps = stage.SelfInstructSteps, Lr = settings.SftLr / 5, Warmup = Math.Max(1, stage.SelfInstructSteps / 20), Schedule = Optim.LrScheduleKind.Cosine, GradClip = 1.0 };
-        Train(new SftTrainer(round2, loader, options, rng: rng), stage.SelfInstructSteps, output);
+        DemoCommand.Train(new SftTrainer(round2, loader, options, rng: rng), stage.SelfInstructSteps, output);
         var selfScore = DemoEvaluation.Evaluate(round2, tok, data.Test, maxTokens);
-        output.WriteLine($"   A second LoRA round ({stage.SelfInstructSteps} steps) on the {sftItems.Count} original records and the {generated.Records.Count} new ones: held-out {Cell(tunedScore.Overall)} -> {Cell(selfScore.Overall)}   ({Seconds(clock)})");
+        output.WriteLine($"   A second LoRA round ({stage.SelfInstructSteps} steps) on the {sftItems.Count} original records and the {generated.Records.Count} new ones: held-out {Cell(tunedScore.Overall)} -> {Cell(selfScore.Overall)}   ({DemoCommand.Seconds(clock)})");
         output.WriteLine();
 
         // ---- 2. preferences ----
@@ -116,7 +118,7 @@ internal static class DemoPreferencesStage
         var minePrompts = DemoDataset.Families.SelectMany(f => data.Train.Where(t => t.Family == f).Skip(settings.SftPerFamily).Take(stage.MinePromptsPerFamily)).ToList();
         var mined = DemoPreferencePairs.Mine(tuned, tok, minePrompts, stage.MineSamples, stage.MineTemperature, seed ^ 0xD0D0, maxTokens);
         output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"2. Preferences: the tuned model answered {mined.Prompts} training prompts greedily, {mined.GreedyRight} right; the {mined.Prompts - mined.GreedyRight} others up to {stage.MineSamples - 1} more times at temperature {stage.MineTemperature}: {mined.Pairs.Count} got a right answer (chosen; the greedy mistake rejected), {mined.NeverRight} none.   ({Seconds(clock)})"));
+            $"2. Preferences: the tuned model answered {mined.Prompts} training prompts greedily, {mined.GreedyRight} right; the {mined.Prompts - mined.GreedyRight} others up to {stage.MineSamples - 1} more times at temperature {stage.MineTemperature}: {mined.Pairs.Count} got a right answer (chosen; the greedy mistake rejected), {mined.NeverRight} none.   ({DemoCommand.Seconds(clock)})"));
         if (mined.Pairs.Count < 4) throw new CliException($"demo: only {mined.Pairs.Count} preference pairs were found (the tuned model's greedy mistakes on the training prompts that a sample gets right); nothing to tune on");
         var tokenized = PreferenceData.Tokenize(mined.Pairs, tok, maxLen);
         var (trainPairs, heldPairs) = PreferenceData.SplitValidation(tokenized.Pairs, 0.1, seed);
@@ -129,13 +131,14 @@ internal static class DemoPreferencesStage
         var dpo = new DpoObjective(policy, new PreferenceDataLoader(tokenized.Pairs, stage.DpoBatch, shuffle: true, seed + 3), new DpoOptions(stage.DpoBeta, RpoAlpha: stage.DpoRpoAlpha), padId, maxLen);
         var dpoOptions = new SftOptions { Steps = stage.DpoSteps, Lr = stage.DpoLr, Warmup = Math.Max(1, stage.DpoSteps / 10), Schedule = Optim.LrScheduleKind.Cosine, GradClip = 1.0 };
         var dpoTrainer = new SftTrainer(policy, dpo, dpoOptions, rng: dpoRng);
-        Train(dpoTrainer, stage.DpoSteps, output);
+        DemoCommand.Train(dpoTrainer, stage.DpoSteps, output);
         var last = dpoTrainer.History.TakeLast(Math.Max(1, stage.DpoSteps / 10)).ToList();
         double Metric(string name) => last.Average(h => h.Metrics is { } m && m.TryGetValue(name, out var v) ? v : double.NaN);
-        var dpoScore = DemoEvaluation.Evaluate(policy, tok, data.Test, maxTokens);
+        var dpoAnswers = new List<string>();
+        var dpoScore = DemoEvaluation.Evaluate(policy, tok, data.Test, maxTokens, (_, answer) => dpoAnswers.Add(answer));
         output.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"   DPO (beta {stage.DpoBeta}, RPO alpha {stage.DpoRpoAlpha}, rank-{settings.LoraRank} LoRA over the tuned model, {stage.DpoSteps} steps of {stage.DpoBatch} pairs, lr {stage.DpoLr}): loss {dpoTrainer.History[0].Loss:F3} -> {last.Average(h => h.Loss):F3}, reward margin {Metric("rewards/margins"):F2}, pair accuracy {100 * Metric("rewards/accuracies"):F0}% (last {last.Count} steps)."));
-        output.WriteLine($"   Held-out exact match: tuned {Cell(tunedScore.Overall)} -> DPO {Cell(dpoScore.Overall)}   ({Seconds(clock)})");
+        output.WriteLine($"   Held-out exact match: tuned {Cell(tunedScore.Overall)} -> DPO {Cell(dpoScore.Overall)}   ({DemoCommand.Seconds(clock)})");
 
         clock.Restart();
         var trunk = LoadTuned(outPath);
@@ -145,32 +148,32 @@ internal static class DemoPreferencesStage
         var reward = new RewardModel(trunk, rewardRng);
         var rewardOptions = new SftOptions { Steps = stage.RewardSteps, Lr = stage.RewardLr, Warmup = Math.Max(1, stage.RewardSteps / 10), Schedule = Optim.LrScheduleKind.Cosine, GradClip = 1.0 };
         var rewardTrainer = new SftTrainer(reward, new RewardObjective(reward, new PreferenceDataLoader(trainPairs, stage.RewardBatch, shuffle: true, seed + 4), padId, maxLen), rewardOptions, rng: rewardRng);
-        Train(rewardTrainer, stage.RewardSteps, output);
+        DemoCommand.Train(rewardTrainer, stage.RewardSteps, output);
         reward.Eval();
         var (heldLoss, heldAccuracy) = heldPairs.Count > 0 ? RewardObjective.Evaluate(reward, heldPairs, stage.RewardBatch, padId, maxLen) : (double.NaN, double.NaN);
         output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"   Reward model (the tuned model's trunk, rank-{settings.LoraRank} LoRA, a scalar head; {stage.RewardSteps} steps on {trainPairs.Count} pairs): held-out pair accuracy {100 * heldAccuracy:F0}% on {heldPairs.Count} pairs (loss {heldLoss:F3})   ({Seconds(clock)})"));
+            $"   Reward model (the tuned model's trunk, rank-{settings.LoraRank} LoRA, a scalar head; {stage.RewardSteps} steps on {trainPairs.Count} pairs): held-out pair accuracy {100 * heldAccuracy:F0}% on {heldPairs.Count} pairs (loss {heldLoss:F3})   ({DemoCommand.Seconds(clock)})"));
         output.WriteLine();
 
         // ---- 3. judge ----
         clock.Restart();
         var questions = data.Test.Select((t, i) => new JudgeQuestion($"test {i + 1}", AlpacaTemplate.Prompt(t.Instruction, t.Input), t.Answer)).ToList();
-        var dpoAnswers = questions.Zip(data.Test).ToDictionary(p => p.First.Id, p => DemoEvaluation.Answer(policy, tok, p.Second, maxTokens));
-        var tunedAnswers = questions.Zip(data.Test).ToDictionary(p => p.First.Id, p => DemoEvaluation.Answer(tuned, tok, p.Second, maxTokens));
-        var exact = PairwiseJudging.Run(new ExactMatchJudge(questions), questions, dpoAnswers, tunedAnswers);
+        var a = questions.Select((q, i) => (q.Id, dpoAnswers[i])).ToDictionary(p => p.Id, p => p.Item2);
+        var b = questions.Select((q, i) => (q.Id, tunedAnswers[i])).ToDictionary(p => p.Id, p => p.Item2);
+        var exact = PairwiseJudging.Run(new ExactMatchJudge(questions), questions, a, b);
         var scorer = new RewardScorer(reward, tok, maxLen);
         // The reward model scores a response as the training pairs wrote it: after the prompt, with a leading space.
-        var byReward = PairwiseJudging.Run(new ScoreJudge("reward model", (q, a) => scorer.Score(q, " " + a)), questions, dpoAnswers, tunedAnswers);
+        var byReward = PairwiseJudging.Run(new ScoreJudge("reward model", (q, answer) => scorer.Score(q, " " + answer)), questions, a, b);
         output.WriteLine("3. Pairwise judge, DPO model (A) against the tuned model (B) on the held-out questions, each pair judged in both orders (a verdict counts only when both agree):");
         output.WriteLine($"   {"judge",-14}{"DPO wins",10}{"ties",8}{"tuned wins",12}{"inconsistent",14}");
         foreach (var (name, r) in new[] { ("exact match", exact), ("reward model", byReward) })
             output.WriteLine($"   {name,-14}{r.Wins,10}{r.Ties,8}{r.Losses,12}{r.Inconsistent,14}");
-        output.WriteLine($"   Exact match next to it: tuned {Cell(tunedScore.Overall)}, DPO {Cell(dpoScore.Overall)}, Self-Instruct round {Cell(selfScore.Overall)}.   ({Seconds(clock)})");
+        output.WriteLine($"   Exact match next to it: tuned {Cell(tunedScore.Overall)}, DPO {Cell(dpoScore.Overall)}, Self-Instruct round {Cell(selfScore.Overall)}.   ({DemoCommand.Seconds(clock)})");
         output.WriteLine();
         output.WriteLine("   family       tuned           Self-Instruct   DPO");
         foreach (var f in DemoDataset.Families)
             output.WriteLine($"   {f,-12} {Cell(tunedScore.Family(f)),-15} {Cell(selfScore.Family(f)),-15} {Cell(dpoScore.Family(f))}");
-        output.WriteLine($"Done in {Seconds(total)}.");
+        output.WriteLine($"Done in {DemoCommand.Seconds(total)}.");
         return new Result(tunedScore, selfScore, dpoScore, exact, byReward, heldAccuracy, mined.Pairs.Count);
     }
 
@@ -178,18 +181,5 @@ internal static class DemoPreferencesStage
     private static LlamaForCausalLM LoadTuned(string outPath) =>
         ModelCommands.LoadModel(Path.Combine(outPath, "adapter"), new ModelFiles());
 
-    private static void Train(SftTrainer trainer, int steps, TextWriter output)
-    {
-        var progress = new ProgressLine(output, steps);
-        while (trainer.Step < steps)
-        {
-            try { progress.Report(trainer.TrainStep()); }
-            catch (TrainingDivergedException e) { throw new CliException($"demo: {e.Message} (the demo's settings are fixed; please report this with the seed)"); }
-        }
-        progress.Done();
-    }
-
     private static string Cell((int Correct, int Total) x) => string.Create(CultureInfo.InvariantCulture, $"{x.Correct}/{x.Total} {100 * DemoScore.Accuracy(x):F1}%");
-
-    private static string Seconds(Stopwatch clock) => string.Create(CultureInfo.InvariantCulture, $"{clock.Elapsed.TotalSeconds:F0} s");
 }

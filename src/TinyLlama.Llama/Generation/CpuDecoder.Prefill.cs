@@ -27,6 +27,7 @@ using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using TinyLlama.Backends.Cpu;
+using TinyLlama.Tensors;
 
 namespace TinyLlama.Generation;
 
@@ -123,14 +124,10 @@ public sealed unsafe partial class CpuDecoder
             G = Take((long)capacity * F); U = Take((long)capacity * F);
             Cos = Take((long)d.cache.MaxTokens * Half); Sin = Take((long)d.cache.MaxTokens * Half);
             KeysT = Take((long)d.numKvHeads * KeyBlocks * 8 * d.headDim);
-            // RoPE angles in f64 rounded to f32, as Step and RotaryEmbedding compute them, for every position once.
-            for (int pos = 0; pos < d.cache.MaxTokens; pos++)
-                for (int i = 0; i < Half; i++)
-                {
-                    double angle = pos * d.invFreq[i];
-                    Cos[(long)pos * Half + i] = (float)Math.Cos(angle);
-                    Sin[(long)pos * Half + i] = (float)Math.Sin(angle);
-                }
+            // RoPE tables for every position the cache holds, from the definition the modules use (Functional.RopeTables).
+            var (cos, sin) = Functional.RopeTables(d.invFreq, 0, d.cache.MaxTokens);
+            cos.ToArray<float>().CopyTo(new Span<float>(Cos, d.cache.MaxTokens * Half));
+            sin.ToArray<float>().CopyTo(new Span<float>(Sin, d.cache.MaxTokens * Half));
             rows = new RowJob(this, d);
             gemm = new GemmJob(d.pool.Threads);
             attention = new AttentionPrefillJob(this, d);
@@ -158,16 +155,9 @@ public sealed unsafe partial class CpuDecoder
                 int first = li < layers.Length - 1 ? 0 : last ? Count - 1 : Count;
                 if (first == Count) { pending = false; break; }
                 attention.Set(l, first);
-                if (attention.Blocked)
-                {
-                    // Each block of 8 cached keys transposed once per layer, for every query block to read.
-                    rows.Layer = l;
-                    rows.Op = RowOp.TransposeKeys;
-                    rows.First = 0;
-                    rows.End = d.numKvHeads * ((P0 + Count + 7) / 8);
-                    rows.Tasks = Math.Min(rows.End, 4 * d.pool.Threads);
-                    d.pool.Run(rows, rows.Tasks);
-                }
+                // Each block of 8 cached keys transposed once per layer, for every query block to read: its "rows" are
+                // (kv head, key block) pairs.
+                if (attention.Blocked) Rows(RowOp.TransposeKeys, 0, d.numKvHeads * ((P0 + Count + 7) / 8), null, false, l);
                 d.pool.Run(attention, attention.Tasks);
                 Rows(RowOp.Quantize, first, Count, null, false);
                 Gemm(first, Count, InQ, new GemmSlot(l.O.Repacked!, Tmp, Dim));
