@@ -123,6 +123,9 @@ public sealed class BatchScheduler : IDisposable
     /// <summary>The settings it runs with.</summary>
     public SchedulerOptions Options { get; }
 
+    /// <summary>Which path decodes the steps, in words (<see cref="BatchedDecoder.Path"/>).</summary>
+    public string DecodePath => decoder.Path;
+
     /// <summary>The tokenizer generated ids are decoded with.</summary>
     public LlamaTokenizer Tokenizer => tokenizer;
 
@@ -196,6 +199,7 @@ public sealed class BatchScheduler : IDisposable
             Monitor.PulseAll(gate);
         }
         loop.Join();
+        decoder.Dispose();
         var error = new ObjectDisposedException(nameof(BatchScheduler), "the server is shutting down");
         foreach (var job in queue) Fail(job, error);
         for (int s = 0; s < slots.Length; s++)
