@@ -246,7 +246,17 @@ public sealed class BatchScheduler : IDisposable
             foreach (var job in admitted)
             {
                 decoder.Reset(job.Slot);
-                Advance(job, () => decoder.Prefill(job.Slot, job.Request.Prompt));
+                float[] first;
+                try
+                {
+                    first = decoder.Prefill(job.Slot, job.Request.Prompt);
+                }
+                catch (Exception e) when (e is ArgumentException or InvalidOperationException or InvalidDataException)
+                {
+                    Finish(job, e);
+                    continue;
+                }
+                Advance(job, first);
             }
 
             // One batched step over every active request that has a token to feed.
@@ -265,11 +275,7 @@ public sealed class BatchScheduler : IDisposable
             int vocab = decoder.VocabSize;
             if (logits.Length < stepJobs.Count * vocab) logits = new float[slots.Length * vocab];
             decoder.Step(CollectionsMarshal.AsSpan(stepSlots), CollectionsMarshal.AsSpan(stepTokens), logits);
-            for (int i = 0; i < stepJobs.Count; i++)
-            {
-                int row = i;
-                Advance(stepJobs[i], () => logits.AsSpan(row * vocab, vocab).ToArray());
-            }
+            for (int i = 0; i < stepJobs.Count; i++) Advance(stepJobs[i], logits.AsSpan(i * vocab, vocab));
         }
     }
 
@@ -300,15 +306,15 @@ public sealed class BatchScheduler : IDisposable
         return false;
     }
 
-    // Samples the job's next token from the logits it computes and streams its text; finishes the job when it is done.
-    private void Advance(Job job, Func<float[]> forward)
+    // Samples the job's next token from its logits [V] and streams its text; finishes the job when it is done.
+    private void Advance(Job job, ReadOnlySpan<float> logits)
     {
         int next;
         try
         {
-            next = job.Sampler.Sample(forward());
+            next = job.Sampler.Sample(logits);
         }
-        catch (Exception e) when (e is ArgumentException or InvalidOperationException or InvalidDataException)
+        catch (InvalidDataException e) // a non-finite logit
         {
             Finish(job, e);
             return;
