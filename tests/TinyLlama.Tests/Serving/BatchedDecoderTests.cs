@@ -137,35 +137,37 @@ public class BatchedDecoderTests
     }
 
     // The decoder's f32 multi-row product: every (weight row, x row) element equal bit for bit to the one-row
-    // product (n = 1, a lone step), and within f32 rounding of an f64 reference, at every tail length and row count.
-    [Fact]
-    public unsafe void MultiRowProductEqualsOneRowAndTheReference()
+    // product (n = 1, a lone step), and within f32 rounding of an f64 reference, at every tail length and row count,
+    // and with x larger than the L1 block (rows of x in blocks, weight rows in tiles).
+    [Theory]
+    [InlineData(new[] { 1, 7, 8, 9, 31, 32, 33, 40, 64, 71, 100 }, new[] { 1, 2, 3, 4, 5, 7 }, 5)]
+    [InlineData(new[] { 100, 300 }, new[] { 45, 47 }, 90)] // 100 x 45 floats > 16 KB; 300 floats a row: tiles of 81 rows
+    public unsafe void MultiRowProductEqualsOneRowAndTheReference(int[] ks, int[] ns, int rows)
     {
         var gen = new Generator(23);
-        foreach (int k in new[] { 1, 7, 8, 9, 31, 32, 33, 40, 64, 71, 100 })
-            foreach (int n in new[] { 1, 2, 3, 4, 5, 7 })
+        foreach (int k in ks)
+            foreach (int n in ns)
                 foreach (bool accumulate in new[] { false, true })
                 {
-                    const int Rows = 5;
-                    float[] w = [.. Enumerable.Range(0, Rows * k).Select(_ => (float)(gen.NextDouble() * 2 - 1))];
+                    float[] w = [.. Enumerable.Range(0, rows * k).Select(_ => (float)(gen.NextDouble() * 2 - 1))];
                     float[] x = [.. Enumerable.Range(0, n * k).Select(_ => (float)(gen.NextDouble() * 2 - 1))];
-                    float[] y0 = [.. Enumerable.Range(0, n * Rows).Select(_ => (float)gen.NextDouble())];
+                    float[] y0 = [.. Enumerable.Range(0, n * rows).Select(_ => (float)gen.NextDouble())];
                     float[] many = [.. y0], one = [.. y0];
                     fixed (float* pw = w, px = x, pm = many, po = one)
                     {
-                        CpuDecoder.Rows(pw, k, px, n, pm, Rows, 1, Rows, accumulate);
-                        for (int i = 0; i < n; i++) CpuDecoder.Rows(pw, k, px + i * k, 1, po + i * Rows, Rows, 1, Rows, accumulate);
+                        CpuDecoder.Rows(pw, k, px, n, pm, rows, 1, rows, accumulate);
+                        for (int i = 0; i < n; i++) CpuDecoder.Rows(pw, k, px + i * k, 1, po + i * rows, rows, 1, rows, accumulate);
                     }
                     for (int i = 0; i < n; i++)
                     {
-                        Assert.Equal(y0[i * Rows], many[i * Rows]); // row 0 is outside [1, Rows): untouched
-                        for (int r = 1; r < Rows; r++)
+                        Assert.Equal(y0[i * rows], many[i * rows]); // weight row 0 is outside [1, rows): untouched
+                        for (int r = 1; r < rows; r++)
                         {
-                            double expected = accumulate ? y0[i * Rows + r] : 0, scale = Math.Abs(expected);
+                            double expected = accumulate ? y0[i * rows + r] : 0, scale = Math.Abs(expected);
                             for (int p = 0; p < k; p++) { expected += (double)w[r * k + p] * x[i * k + p]; scale += Math.Abs((double)w[r * k + p] * x[i * k + p]); }
-                            Assert.True(BitConverter.SingleToInt32Bits(one[i * Rows + r]) == BitConverter.SingleToInt32Bits(many[i * Rows + r]),
-                                $"k {k}, n {n}, row {i}, weight row {r}: {many[i * Rows + r]} in a batch, {one[i * Rows + r]} alone");
-                            Assert.True(Math.Abs(many[i * Rows + r] - expected) <= 1e-6 * (scale + 1), $"k {k}, n {n}: {many[i * Rows + r]} vs f64 {expected}");
+                            Assert.True(BitConverter.SingleToInt32Bits(one[i * rows + r]) == BitConverter.SingleToInt32Bits(many[i * rows + r]),
+                                $"k {k}, n {n}, row {i}, weight row {r}: {many[i * rows + r]} in a batch, {one[i * rows + r]} alone");
+                            Assert.True(Math.Abs(many[i * rows + r] - expected) <= 1e-6 * (scale + 1), $"k {k}, n {n}: {many[i * rows + r]} vs f64 {expected}");
                         }
                     }
                 }
