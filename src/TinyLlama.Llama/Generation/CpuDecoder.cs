@@ -88,7 +88,7 @@ public sealed unsafe partial class CpuDecoder : IDisposable
     }
 
     // One parallel job: rows of several projections, cut into chunks (task i = chunk i), for Count input rows
-    // (one per decoding slot: input row i at inputs[slot] + i * In, output row i at outputs[slot] + i * Out).
+    // (one per sequence of the step: row i of projection s reads inputs[s] + i * In, writes outputs[s] + i * Out).
     private sealed class MatVecJob : IPoolJob
     {
         private readonly (Projection P, int R0, int R1, int Slot)[] chunks;
