@@ -123,6 +123,9 @@ public sealed class BatchScheduler : IDisposable
     /// <summary>The settings it runs with.</summary>
     public SchedulerOptions Options { get; }
 
+    /// <summary>Which path decodes the steps, in words (<see cref="BatchedDecoder.Path"/>).</summary>
+    public string DecodePath => decoder.Path;
+
     /// <summary>The tokenizer generated ids are decoded with.</summary>
     public LlamaTokenizer Tokenizer => tokenizer;
 
@@ -196,6 +199,7 @@ public sealed class BatchScheduler : IDisposable
             Monitor.PulseAll(gate);
         }
         loop.Join();
+        decoder.Dispose();
         var error = new ObjectDisposedException(nameof(BatchScheduler), "the server is shutting down");
         foreach (var job in queue) Fail(job, error);
         for (int s = 0; s < slots.Length; s++)
@@ -242,7 +246,17 @@ public sealed class BatchScheduler : IDisposable
             foreach (var job in admitted)
             {
                 decoder.Reset(job.Slot);
-                Advance(job, () => decoder.Prefill(job.Slot, job.Request.Prompt));
+                float[] first;
+                try
+                {
+                    first = decoder.Prefill(job.Slot, job.Request.Prompt);
+                }
+                catch (Exception e) when (e is ArgumentException or InvalidOperationException or InvalidDataException)
+                {
+                    Finish(job, e);
+                    continue;
+                }
+                Advance(job, first);
             }
 
             // One batched step over every active request that has a token to feed.
@@ -261,11 +275,7 @@ public sealed class BatchScheduler : IDisposable
             int vocab = decoder.VocabSize;
             if (logits.Length < stepJobs.Count * vocab) logits = new float[slots.Length * vocab];
             decoder.Step(CollectionsMarshal.AsSpan(stepSlots), CollectionsMarshal.AsSpan(stepTokens), logits);
-            for (int i = 0; i < stepJobs.Count; i++)
-            {
-                int row = i;
-                Advance(stepJobs[i], () => logits.AsSpan(row * vocab, vocab).ToArray());
-            }
+            for (int i = 0; i < stepJobs.Count; i++) Advance(stepJobs[i], logits.AsSpan(i * vocab, vocab));
         }
     }
 
@@ -296,15 +306,15 @@ public sealed class BatchScheduler : IDisposable
         return false;
     }
 
-    // Samples the job's next token from the logits it computes and streams its text; finishes the job when it is done.
-    private void Advance(Job job, Func<float[]> forward)
+    // Samples the job's next token from its logits [V] and streams its text; finishes the job when it is done.
+    private void Advance(Job job, ReadOnlySpan<float> logits)
     {
         int next;
         try
         {
-            next = job.Sampler.Sample(forward());
+            next = job.Sampler.Sample(logits);
         }
-        catch (Exception e) when (e is ArgumentException or InvalidOperationException or InvalidDataException)
+        catch (InvalidDataException e) // a non-finite logit
         {
             Finish(job, e);
             return;

@@ -76,11 +76,13 @@ internal static class BenchServeCommand
             int ctx = Math.Min(lm.Config.MaxPositionEmbeddings, promptIds.Max(p => p.Length) + n);
             if (promptIds.Max(p => p.Length) >= ctx) throw new CliException($"the model's context ({lm.Config.MaxPositionEmbeddings}) has no room for {n} tokens after the prompts", isUsage: true);
 
-            // The answers each prompt must get: greedy, alone, on the module path (what the batched decoder equals).
-            output.WriteLine($"bench serve: {name}, {n} tokens per answer, {reps} requests per client; decoding {maxClients} reference answers alone first...");
+            // The answers each prompt must get: greedy, alone, on the path the batched decoder equals bit for bit (the
+            // CPU decoder where its batched step applies, else the modules).
+            string? moduleReason = BatchedDecoder.CpuDecoderUnsupported(lm);
+            output.WriteLine($"bench serve: {name}, {n} tokens per answer, {reps} requests per client; steps on the {(moduleReason is null ? "cpu decoder" : $"modules ({moduleReason})")}; decoding {maxClients} reference answers alone first...");
             output.Flush();
             var eos = lm.Config.EosTokenIds.Append(tok.EosId).Where(i => i >= 0).ToArray();
-            string[] expected = [.. promptIds.Select(p => Decode(tok, TextGenerator.Generate(lm, p, n, SamplingOptions.Greedy, eos, useCpuDecoder: false), eos))];
+            string[] expected = [.. promptIds.Select(p => Decode(tok, TextGenerator.Generate(lm, p, n, SamplingOptions.Greedy, eos, useCpuDecoder: moduleReason is null), eos))];
 
             var runs = new List<Run>();
             var limit = TimeSpan.FromSeconds(parse.GetValue(timeout));

@@ -51,7 +51,7 @@ internal static class ServeCommand
             var app = OpenAiServer.Create(chat, scheduler, parse.GetValue(host)!, parse.GetValue(port), parse.GetValue(apiKey));
             app.StartAsync().GetAwaiter().GetResult();
             var output = parse.InvocationConfiguration.Output;
-            output.WriteLine($"tinyllama serve: {string.Join(", ", app.Urls)} ({slots} slots of {ctx} tokens, template {templateName}); Ctrl-C stops.");
+            output.WriteLine($"tinyllama serve: {string.Join(", ", app.Urls)} ({slots} slots of {ctx} tokens, template {templateName}, steps on the {scheduler.DecodePath}); Ctrl-C stops.");
             output.Flush();
             app.WaitForShutdownAsync().GetAwaiter().GetResult();
             app.DisposeAsync().AsTask().GetAwaiter().GetResult();

@@ -1,10 +1,17 @@
 // Decoding several independent sequences at once (continuous batching, as llama.cpp's server and vLLM
 // do it): S slots, each with its own KV cache and position. One step takes one new token per active
 // slot and runs every weight product of the model over all of them together, so the weights, which a
-// one-token step reads once for a single token's ~2 flops per weight, are read once for up to
-// RowsPerProduct tokens. Attention stays per slot, over that slot's own cache and position.
+// one-token step reads once for a single token's ~2 flops per weight, are read once for many tokens.
+// Attention stays per slot, over that slot's own cache and position.
 //
-// The products are the modules' own (Linear.Forward, QuantizedLinear, LoraLinear: every CpuBackend GEMM,
+// Two paths, chosen per model as TextGenerator.Forward chooses between the decoder and the modules:
+//   - the CPU decoder (CpuDecoder.Batch.cs), where it applies (f32 or block-quantized weights on the CPU, no
+//     unmerged LoRA adapter): one step over every active slot on the decoder's buffers and workers, each slot's
+//     logits equal to a lone CpuDecoder.Step's bit for bit, so a request's answer is TextGenerator's (which
+//     decodes on that decoder) alone or batched; joining prompts are prefilled as TextGenerator.Forward does;
+//   - the modules otherwise (f16/bf16 weights, LoRA adapters, other devices), described below.
+//
+// The module path's products are the modules' own (Linear.Forward, QuantizedLinear, LoraLinear: every CpuBackend GEMM,
 // f32 and block-quantized) on x [n, C] with n <= RowsPerProduct = Gemm.SmallMMax rows, the CPU backend's
 // unpacked small-M path: W is streamed once per call and each output element is one dot product of an x
 // row with a W row, computed the same way whatever n is. A larger batch runs in chunks of that many
@@ -31,21 +38,23 @@ namespace TinyLlama.Generation;
 /// Decodes up to <see cref="Slots"/> sequences together, one batched forward per step over their
 /// separate KV caches (see the file header). Not thread-safe: one thread (a scheduler's loop) drives it.
 /// </summary>
-public sealed class BatchedDecoder
+public sealed class BatchedDecoder : IDisposable
 {
-    /// <summary>Rows per weight product: the CPU backend's small-M GEMM limit (Gemm.SmallMMax), see the file header.</summary>
+    /// <summary>Rows per weight product on the module path: the CPU backend's small-M GEMM limit (Gemm.SmallMMax), see the file header.</summary>
     public const int RowsPerProduct = 4;
 
     private readonly LlamaForCausalLM model;
     private readonly KvCache[] caches;
     private readonly float[] cosTable, sinTable; // RoPE rows for positions 0..contextSize-1, (T, HS/2) each, as RotaryEmbedding tabulates them
     private readonly DecoderActivations activations;
+    private readonly CpuDecoder? cpu;            // the CPU decoder path, or null for the modules
 
     /// <param name="model">The model (in eval mode), on the CPU.</param>
     /// <param name="slots">Sequences that can decode together (S).</param>
     /// <param name="contextSize">Tokens each slot's cache holds (at most max_position_embeddings).</param>
     /// <param name="activations">How block-quantized products treat their input (default <see cref="CpuDecoder.DefaultActivations"/>).</param>
-    public BatchedDecoder(LlamaForCausalLM model, int slots, int contextSize, DecoderActivations? activations = null)
+    /// <param name="useCpuDecoder">False keeps every step on the modules (for comparisons); true takes the CPU decoder where it applies.</param>
+    public BatchedDecoder(LlamaForCausalLM model, int slots, int contextSize, DecoderActivations? activations = null, bool useCpuDecoder = true)
     {
         ArgumentNullException.ThrowIfNull(model);
         if (slots < 1) throw new ArgumentException($"a batched decoder needs at least 1 slot, got {slots}");
@@ -60,7 +69,25 @@ public sealed class BatchedDecoder
         cosTable = cos.ToArray<float>();
         sinTable = sin.ToArray<float>();
         ContextSize = contextSize;
+        string? why = "the modules were asked for";
+        cpu = useCpuDecoder ? CpuDecoder.TryCreateSlots(model, caches, out why, activations: this.activations) : null;
+        Path = cpu is not null ? $"cpu decoder ({this.activations.ToString().ToLowerInvariant()} activations)" : $"modules ({why})";
     }
+
+    /// <summary>
+    /// Why the CPU decoder's batched step does not apply to <paramref name="model"/> (the decoder then runs the
+    /// modules), or null when it does.
+    /// </summary>
+    public static string? CpuDecoderUnsupported(LlamaForCausalLM model) => CpuDecoder.BatchUnsupported(model);
+
+    /// <summary>True when steps run on the CPU decoder (each slot equal to a lone <see cref="CpuDecoder"/> bit for bit), false on the modules.</summary>
+    public bool UsesCpuDecoder => cpu is not null;
+
+    /// <summary>Which path runs the steps, in words (for logs and benchmark output).</summary>
+    public string Path { get; }
+
+    /// <summary>Releases the CPU decoder's pinned weights.</summary>
+    public void Dispose() => cpu?.Dispose();
 
     /// <summary>Number of slots (S).</summary>
     public int Slots => caches.Length;
@@ -78,8 +105,9 @@ public sealed class BatchedDecoder
     public void Reset(int slot) => caches[slot].Reset();
 
     /// <summary>
-    /// Runs <paramref name="ids"/> after what <paramref name="slot"/> holds (through the modules, as
-    /// TextGenerator's prefill does) and returns the last position's logits [V].
+    /// Runs <paramref name="ids"/> after what <paramref name="slot"/> holds (as TextGenerator's prefill does: the
+    /// CPU decoder's prefill or step where the path and model allow, the modules otherwise) and returns the last
+    /// position's logits [V].
     /// </summary>
     public float[] Prefill(int slot, IReadOnlyList<int> ids)
     {
@@ -91,7 +119,9 @@ public sealed class BatchedDecoder
         int vocab = VocabSize;
         foreach (int id in ids)
             if ((uint)id >= (uint)vocab) throw new ArgumentException($"token id {id} is out of range for a vocabulary of {vocab}");
-        return TextGenerator.ModuleForward(model, [.. ids], cache, activations);
+        if (cpu is null) return TextGenerator.ModuleForward(model, [.. ids], cache, activations);
+        cpu.Bind(slot);
+        return TextGenerator.Forward(model, cpu, [.. ids], cache).ToArray();
     }
 
     /// <summary>
@@ -104,13 +134,18 @@ public sealed class BatchedDecoder
         int n = slots.Length, vocab = VocabSize;
         if (tokens.Length != n) throw new ArgumentException($"{n} slots but {tokens.Length} tokens");
         if (logits.Length < (long)n * vocab) throw new ArgumentException($"logits hold {logits.Length} values; {n} rows of {vocab} need {(long)n * vocab}");
-        var seen = new HashSet<int>();
         for (int i = 0; i < n; i++)
         {
             if ((uint)slots[i] >= (uint)Slots) throw new ArgumentOutOfRangeException(nameof(slots), slots[i], $"slot out of range [0, {Slots})");
-            if (!seen.Add(slots[i])) throw new ArgumentException($"slot {slots[i]} appears twice in one step");
+            for (int j = 0; j < i; j++)
+                if (slots[j] == slots[i]) throw new ArgumentException($"slot {slots[i]} appears twice in one step");
             if ((uint)tokens[i] >= (uint)vocab) throw new ArgumentException($"token id {tokens[i]} is out of range for a vocabulary of {vocab}");
             if (caches[slots[i]].Length + 1 > ContextSize) throw new InvalidOperationException($"slot {slots[i]} is full ({ContextSize} tokens)");
+        }
+        if (cpu is not null)
+        {
+            cpu.Step(slots, tokens).CopyTo(logits);
+            return;
         }
         using var integer = CpuBackend.UseIntegerActivations(activations == DecoderActivations.Quantized);
         using var noGrad = GradMode.NoGrad();

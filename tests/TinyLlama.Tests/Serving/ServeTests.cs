@@ -1,9 +1,10 @@
 // `tinyllama serve` in process on a free loopback port, driven as its users drive it: the official OpenAI .NET
 // client, Microsoft.Extensions.AI's IChatClient over it, and plain HTTP for the legacy completions endpoint
 // and the error cases. A small random model with the byte tokenizer keeps each test well under a second.
-// Every answer is checked against the same prompt decoded greedily alone on the module path (TextGenerator,
-// useCpuDecoder: false), also when several requests decode in one batch, so no request may lose, duplicate
-// or borrow a token. Errors: 400 naming the field (and the context size for an oversize prompt), 401 without
+// Every answer is checked against the same prompt decoded greedily alone on the path the server's batched
+// decoder equals bit for bit (TextGenerator on the CPU decoder where its batched step applies, as here, else on
+// the modules), also when several requests decode in one batch, so no request may lose, duplicate or borrow a
+// token. Errors: 400 naming the field (and the context size for an oversize prompt), 401 without
 // the API key, 503 with the queue full; a client that disconnects frees its slot.
 using System.ClientModel;
 using System.Net;
@@ -63,7 +64,7 @@ public class ServeTests
         {
             int[] prompt = Template.EncodeConversation([], message);
             var eos = Model.Config.EosTokenIds.Append(ByteTokenizer.EosId).ToArray();
-            var ids = TextGenerator.Generate(Model, prompt, maxTokens, SamplingOptions.Greedy, eos, useCpuDecoder: false).ToArray();
+            var ids = TextGenerator.Generate(Model, prompt, maxTokens, SamplingOptions.Greedy, eos, useCpuDecoder: CpuPath(Model)).ToArray();
             var decoder = ByteTokenizer.CreateStreamDecoder();
             var text = new StringBuilder();
             foreach (int id in ids) if (!eos.Contains(id)) text.Append(decoder.Push(id));
@@ -285,7 +286,7 @@ public class ServeTests
     {
         await using var server = await Server.Start();
         int[] prompt = [ByteTokenizer.BosId, .. ByteTokenizer.Encode("Once upon")];
-        var ids = TextGenerator.Generate(server.Model, prompt, 6, SamplingOptions.Greedy, [ByteTokenizer.EosId], useCpuDecoder: false).ToArray();
+        var ids = TextGenerator.Generate(server.Model, prompt, 6, SamplingOptions.Greedy, [ByteTokenizer.EosId], useCpuDecoder: CpuPath(server.Model)).ToArray();
         string expected = ByteTokenizer.Decode(ids.Where(i => i != ByteTokenizer.EosId));
 
         using var plain = await Post(server.Http, "/v1/completions", """{"prompt":"Once upon","max_tokens":6,"temperature":0}""");
@@ -442,6 +443,9 @@ public class ServeTests
         Assert.Equal("hello stay ", shown.ToString());
         Assert.Equal("hello stay ", filter.Text);
     }
+
+    // True when the server's steps run on the CPU decoder (the lone reference then decodes on it too).
+    private static bool CpuPath(LlamaForCausalLM model) => BatchedDecoder.CpuDecoderUnsupported(model) is null;
 
     private static Task<HttpResponseMessage> Post(HttpClient http, string path, string json) =>
         http.PostAsync(path, new StringContent(json, Encoding.UTF8, new MediaTypeHeaderValue("application/json")));

@@ -1,0 +1,97 @@
+// Several sequences decoding together on the CPU decoder's buffers (continuous batching, as llama.cpp's server
+// runs its slots): one decoder over S KV caches (slots), each with its own position. One step takes one token per
+// active slot (n <= S rows) and runs the decoder's layers of CpuDecoder.cs over the n rows at once:
+//   - every projection (q, k, v, o, gate, up, down, the head) is one job over the n rows on the SpinPool workers:
+//     f32 weights through CpuDecoder.Rows, which reads each weight row from memory once for all n rows (three rows
+//     of x per pass from L1); block-quantized weights row of x by row of x over each chunk of weight rows, the
+//     chunk read from memory once and from cache for the other rows;
+//   - attention is one task per (row, head), over that row's slot cache;
+//   - nothing is allocated per step: the activation buffers hold S rows from the start.
+// Decoding is bound by reading the weights (stories15M: 58 MB of f32 per token, 37 MB of it the tied head), so a
+// step of n tokens costs about one token's memory traffic plus n tokens' arithmetic.
+//
+// Exactness: every output element of a row is computed by the same code in the same order whatever the other rows
+// are (CpuDecoder.Rows's contract; the quantized rows are the lone kernels called per row; attention and the row
+// steps are per row), so a slot's logits equal a lone decoder's Step bit for bit, and a request's greedy output is
+// the same alone or in a batch. A joining request is prefilled into its slot as a lone decoder prefills
+// (TextGenerator.Forward: Prefill for Q4_0 models, the modules otherwise).
+using TinyLlama.Backends.Cpu;
+using TinyLlama.Model;
+using TinyLlama.NN;
+
+namespace TinyLlama.Generation;
+
+public sealed unsafe partial class CpuDecoder
+{
+    /// <summary>
+    /// A decoder for <paramref name="model"/> over several caches (slots) that decode together (see the file
+    /// header), or null with the reason when this path does not apply: whatever <see cref="TryCreate"/> refuses,
+    /// LoRA adapters (not merged: the batched step has no per-row adapter term), or caches of different sizes.
+    /// </summary>
+    internal static CpuDecoder? TryCreateSlots(LlamaForCausalLM model, IReadOnlyList<KvCache> caches, out string? reason, SpinPool? pool = null, DecoderActivations? activations = null)
+    {
+        ArgumentNullException.ThrowIfNull(caches);
+        if (caches.Count == 0) throw new ArgumentException("a decoder needs at least one cache", nameof(caches));
+        reason = BatchUnsupported(model);
+        foreach (var c in caches)
+        {
+            reason ??= Unsupported(c);
+            if (c.MaxTokens != caches[0].MaxTokens) reason ??= $"caches of {c.MaxTokens} and {caches[0].MaxTokens} tokens (the slots share one size)";
+        }
+        return reason is null ? new CpuDecoder(model, [.. caches], pool ?? SpinPool.Shared, activations ?? DefaultActivations) : null;
+    }
+
+    /// <summary>Why a batched decoder over slots does not apply to <paramref name="model"/>, or null when it does.</summary>
+    internal static string? BatchUnsupported(LlamaForCausalLM model)
+    {
+        if (Unsupported(model) is { } why) return why;
+        foreach (var (name, module) in model.NamedModules())
+            if (module is LoraLinear) return $"{name} has a LoRA adapter (merge it for batched decoding)";
+        return null;
+    }
+
+    /// <summary>Number of slots (caches) this decoder runs.</summary>
+    internal int Slots => caches.Length;
+
+    /// <summary>The cache of <paramref name="slot"/>.</summary>
+    internal KvCache Cache(int slot) => caches[slot];
+
+    /// <summary>Makes <see cref="Step(int)"/> and <see cref="Prefill"/> run on <paramref name="slot"/>'s cache.</summary>
+    internal void Bind(int slot)
+    {
+        if ((uint)slot >= (uint)caches.Length) throw new ArgumentOutOfRangeException(nameof(slot), slot, $"slot out of range [0, {caches.Length})");
+        bound = slot;
+        cache = caches[slot];
+        foreach (var l in layers)
+        {
+            l.Keys = l.SlotKeys[slot];
+            l.Values = l.SlotValues[slot];
+        }
+    }
+
+    /// <summary>
+    /// One batched step: token <paramref name="tokens"/>[i] continues slot <paramref name="slots"/>[i] (distinct
+    /// slots, each with room for one more token). Returns the next-token logits [n, V], row i for slot i's token
+    /// (valid until the next call).
+    /// </summary>
+    internal ReadOnlySpan<float> Step(ReadOnlySpan<int> slots, ReadOnlySpan<int> tokens)
+    {
+        ObjectDisposedException.ThrowIf(disposed, this);
+        int n = slots.Length;
+        if (tokens.Length != n) throw new ArgumentException($"{n} slots but {tokens.Length} tokens");
+        if (n > caches.Length) throw new ArgumentException($"{n} rows in one step, more than the {caches.Length} slots");
+        for (int i = 0; i < n; i++)
+        {
+            int s = slots[i];
+            if ((uint)s >= (uint)caches.Length) throw new ArgumentOutOfRangeException(nameof(slots), s, $"slot out of range [0, {caches.Length})");
+            for (int j = 0; j < i; j++)
+                if (slots[j] == s) throw new ArgumentException($"slot {s} appears twice in one step");
+            if ((uint)tokens[i] >= (uint)vocab) throw new ArgumentOutOfRangeException(nameof(tokens), tokens[i], $"token id out of range for a vocabulary of {vocab}");
+            CheckRoom(caches[s], 1);
+            rowSlot[i] = s;
+            rowToken[i] = tokens[i];
+        }
+        if (n > 0) Decode(n);
+        return new ReadOnlySpan<float>(logits, n * vocab);
+    }
+}
