@@ -25,7 +25,7 @@
 //              rope(q, k), row r at p_r; per slot r: k_r, v_r -> cache_r[p_r]; att_r = sdpa(q_r, cache_r)
 //              h += att Wo^T;  h += mlp(rmsnorm(h) * mlp_norm)                     (GEMMs over n rows)
 //   logits = rmsnorm(h) W_head^T                                [n, 1, V]
-// A joining request's prompt is prefilled alone (Prefill: the module path's GEMMs over its tokens).
+// On this path a joining request's prompt is prefilled alone through the modules' GEMMs over its tokens.
 using TinyLlama.Autograd;
 using TinyLlama.Backends;
 using TinyLlama.Backends.Cpu;

@@ -14,7 +14,8 @@
 // are (CpuDecoder.Rows's contract; the quantized rows are the lone kernels called per row; attention and the row
 // steps are per row), so a slot's logits equal a lone decoder's Step bit for bit, and a request's greedy output is
 // the same alone or in a batch. A joining request is prefilled into its slot as a lone decoder prefills
-// (TextGenerator.Forward: Prefill for Q4_0 models, the modules otherwise).
+// (TextGenerator.Forward: Prefill for Q4_0 models, else PrefillRows: the prompt's tokens as the rows of
+// multi-row steps on that one slot, each equal to a lone Step at its position bit for bit).
 using TinyLlama.Backends.Cpu;
 using TinyLlama.Model;
 using TinyLlama.NN;
@@ -67,6 +68,40 @@ public sealed unsafe partial class CpuDecoder
             l.Keys = l.SlotKeys[slot];
             l.Values = l.SlotValues[slot];
         }
+    }
+
+    /// <summary>Most prompt tokens one <see cref="PrefillRows"/> step holds (longer prompts run in chunks of this many).</summary>
+    internal const int PrefillRowsChunk = 16;
+
+    /// <summary>Why <see cref="PrefillRows"/> does not apply to this decoder, or null when it does.</summary>
+    public string? PrefillRowsUnsupported { get; private set; }
+
+    /// <summary>True when <see cref="PrefillRows"/> applies (see <see cref="PrefillRowsUnsupported"/>).</summary>
+    public bool CanPrefillRows => PrefillRowsUnsupported is null;
+
+    /// <summary>
+    /// Runs <paramref name="tokens"/> at positions cache.Length onwards as the rows of multi-row steps (chunks of
+    /// up to PrefillRowsChunk tokens, or the slot count when larger): each weight is read once per chunk, and each
+    /// token's numbers are those of <see cref="Step(int)"/> at its position bit for bit, since a row is computed the
+    /// same way whatever the other rows are and its keys and values are cached before any row attends. Returns the
+    /// logits [V] after the last token (valid until the next call). For f32 and block weights other than the
+    /// repacked Q4_0 of <see cref="Prefill"/>; not with LoRA adapters (<see cref="CanPrefillRows"/>).
+    /// </summary>
+    public ReadOnlySpan<float> PrefillRows(scoped ReadOnlySpan<int> tokens)
+    {
+        CheckPrefill(tokens, PrefillRowsUnsupported, "prefill as rows");
+        int chunk = rowSlot.Length;
+        for (int start = 0; start < tokens.Length; start += chunk)
+        {
+            int n = Math.Min(chunk, tokens.Length - start);
+            for (int i = 0; i < n; i++)
+            {
+                rowSlot[i] = bound;
+                rowToken[i] = tokens[start + i];
+            }
+            Decode(n, lastLogitsOnly: true);
+        }
+        return new ReadOnlySpan<float>(logits, vocab);
     }
 
     /// <summary>

@@ -70,14 +70,7 @@ public sealed unsafe partial class CpuDecoder
     /// </summary>
     public ReadOnlySpan<float> Prefill(scoped ReadOnlySpan<int> tokens)
     {
-        ObjectDisposedException.ThrowIf(disposed, this);
-        if (PrefillUnsupported is { } why) throw new InvalidOperationException($"prefill on the CPU decoder does not apply: {why}");
-        if (tokens.Length == 0) throw new ArgumentException("prefill needs at least one token", nameof(tokens));
-        foreach (int t in tokens)
-            if ((uint)t >= (uint)vocab) throw new ArgumentOutOfRangeException(nameof(tokens), t, $"token id out of range for a vocabulary of {vocab}");
-        int end = cache.Length + tokens.Length;
-        if (end > cache.MaxTokens) throw new InvalidOperationException($"KV cache full: {end} tokens > capacity {cache.MaxTokens}");
-        if (end > model.Config.MaxPositionEmbeddings) throw new ArgumentException($"sequence of {end} tokens exceeds max_position_embeddings {model.Config.MaxPositionEmbeddings}");
+        CheckPrefill(tokens, PrefillUnsupported, "prefill on the CPU decoder");
         var pre = prefiller ??= new Prefiller(this, Math.Min(PrefillChunk, cache.MaxTokens));
         for (int start = 0; start < tokens.Length; start += pre.Capacity)
         {

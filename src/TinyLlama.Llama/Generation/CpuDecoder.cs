@@ -7,7 +7,8 @@
 // so it is bound by memory bandwidth (stories15M streams 58 MB of f32 weights per token). The module
 // path adds, per op, a tensor allocation, autograd bookkeeping and a Parallel.For wake-up (~100 ops a
 // token); at ~1 ms per token those overheads are most of the time. Prefill (many tokens at once) is
-// compute-bound and stays on the module path, whose GEMM reuses each weight across tokens.
+// compute-bound: Q4_0 models run it as an integer GEMM (CpuDecoder.Prefill.cs), other models as multi-row
+// steps over the prompt's tokens (PrefillRows, CpuDecoder.Batch.cs), each weight read once per chunk of rows.
 //
 // Per layer, for x [C] at position pos (S = pos + 1 cached positions):
 //   xb = rmsnorm(x) * attn_norm                     [C]
@@ -24,7 +25,9 @@
 //
 // A decoder made over several caches (slots, CpuDecoder.Batch.cs) runs the same steps over n rows at once,
 // one token per slot: every activation buffer holds S rows, each product job runs over the n rows, attention
-// runs per (row, head) over that row's slot. A lone Step is the case n = 1 of the same code.
+// runs per (row, head) over that row's slot. A lone Step is the case n = 1 of the same code. Rows of one slot
+// take its next positions in order (a prompt prefilled as rows): every row's keys and values are cached before
+// any row attends, so each row sees exactly the positions a lone Step would.
 //
 // Block-quantized weights (GGUF q4_0/q8_0, llama.cpp's Q4_K_M/Q6_K: QuantizedLinear, QuantizedEmbedding)
 // stay in their blocks: the token's embedding row is expanded alone, and a tied head multiplies by the
@@ -174,6 +177,9 @@ public sealed unsafe partial class CpuDecoder : IDisposable
         {
             const long MinChunkCost = 16 * 1024; // floats: below this a chunk is not worth a hand-off
             int pieces = (int)Math.Clamp(rows * rowCost / MinChunkCost, 1, threads * 8L);
+            // A whole number of pieces per thread: five equal pieces on two threads keep one thread busy for a third
+            // of a piece's time after the other is done (the 288 x 288 projections of the stories15M shape).
+            if (pieces > 1) pieces = (pieces + threads - 1) / threads * threads;
             int step = ((rows + pieces - 1) / pieces + align - 1) / align * align;
             for (int r = 0; r < rows; r += step) yield return (r, Math.Min(rows, r + step));
         }
@@ -182,8 +188,8 @@ public sealed unsafe partial class CpuDecoder : IDisposable
     // Attention of one query head of one row over its slot's cached positions (task = row * NH + head).
     private sealed class AttentionJob(CpuDecoder d) : IPoolJob
     {
-        public readonly float*[] KeysCache = new float*[d.caches.Length], ValuesCache = new float*[d.caches.Length];
-        public readonly int[] Positions = new int[d.caches.Length];
+        public readonly float*[] KeysCache = new float*[d.rowSlot.Length], ValuesCache = new float*[d.rowSlot.Length];
+        public readonly int[] Positions = new int[d.rowSlot.Length];
 
         public void Execute(int task)
         {
@@ -195,21 +201,45 @@ public sealed unsafe partial class CpuDecoder : IDisposable
             float scale = 1f / MathF.Sqrt(hs), max = float.NegativeInfinity;
             for (int t = 0; t < s; t++)
             {
-                float dot = Dot(q, k + (long)t * hs, hs) * scale;
+                float dot = HeadDot(q, k + (long)t * hs, hs) * scale;
                 scores[t] = dot;
                 if (dot > max) max = dot;
             }
-            float sum = 0;
-            for (int t = 0; t < s; t++)
-            {
-                float e = MathF.Exp(scores[t] - max);
-                scores[t] = e;
-                sum += e;
-            }
-            float inv = 1f / sum;
+            // softmax: the exponentials in one vectorised pass over the positions.
+            var e = new Span<float>(scores, s);
+            System.Numerics.Tensors.TensorPrimitives.Subtract(e, max, e);
+            System.Numerics.Tensors.TensorPrimitives.Exp(e, e);
+            float inv = 1f / System.Numerics.Tensors.TensorPrimitives.Sum(e);
             new Span<float>(o, hs).Clear();
             for (int t = 0; t < s; t++)
-                Axpy(o, scores[t] * inv, v + (long)t * hs, hs);
+                HeadAxpy(o, scores[t] * inv, v + (long)t * hs, hs);
+        }
+
+        // A head is a few dozen floats: at that length TensorPrimitives' span checks and tail handling cost as much
+        // as the arithmetic, and attention calls these twice per cached position, so whole 8-float vectors inline.
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private static float HeadDot(float* a, float* b, int n)
+        {
+            if (!Vector256.IsHardwareAccelerated || n % 8 != 0) return Dot(a, b, n);
+            Vector256<float> s0 = Vector256<float>.Zero, s1 = s0;
+            int p = 0;
+            for (; p + 16 <= n; p += 16)
+            {
+                s0 = Vector256.FusedMultiplyAdd(Vector256.Load(a + p), Vector256.Load(b + p), s0);
+                s1 = Vector256.FusedMultiplyAdd(Vector256.Load(a + p + 8), Vector256.Load(b + p + 8), s1);
+            }
+            if (p < n) s0 = Vector256.FusedMultiplyAdd(Vector256.Load(a + p), Vector256.Load(b + p), s0);
+            return Vector256.Sum(s0 + s1);
+        }
+
+        // y += alpha x over one head.
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private static void HeadAxpy(float* y, float alpha, float* x, int n)
+        {
+            if (!Vector256.IsHardwareAccelerated || n % 8 != 0) { Axpy(y, alpha, x, n); return; }
+            var a = Vector256.Create(alpha);
+            for (int p = 0; p < n; p += 8)
+                Vector256.Store(Vector256.FusedMultiplyAdd(a, Vector256.Load(x + p), Vector256.Load(y + p)), y + p);
         }
     }
 
@@ -243,9 +273,7 @@ public sealed unsafe partial class CpuDecoder : IDisposable
         this.caches = caches;
         cache = caches[0];
         this.pool = pool;
-        int rows = caches.Length;
-        rowSlot = new int[rows];
-        rowToken = new int[rows];
+        int slots = caches.Length;
         var cfg = model.Config;
         dim = cfg.HiddenSize;
         numHeads = cfg.NumAttentionHeads;
@@ -276,13 +304,13 @@ public sealed unsafe partial class CpuDecoder : IDisposable
             {
                 AttnNorm = Pointer(l.InputLayernorm.Weight),
                 MlpNorm = Pointer(l.PostAttentionLayernorm.Weight),
-                SlotKeys = new float*[rows],
-                SlotValues = new float*[rows],
+                SlotKeys = new float*[slots],
+                SlotValues = new float*[slots],
                 Q = Project(l.SelfAttn.QProj), K = Project(l.SelfAttn.KProj), V = Project(l.SelfAttn.VProj),
                 O = Project(l.SelfAttn.OProj),
                 Gate = Project(l.Mlp.GateProj), Up = Project(l.Mlp.UpProj), Down = Project(l.Mlp.DownProj),
             };
-            for (int slot = 0; slot < rows; slot++)
+            for (int slot = 0; slot < slots; slot++)
             {
                 layers[i].SlotKeys[slot] = Pointer(caches[slot].Keys(i));
                 layers[i].SlotValues[slot] = Pointer(caches[slot].Values(i));
@@ -303,6 +331,12 @@ public sealed unsafe partial class CpuDecoder : IDisposable
         // pinned object heap, so its address is fixed without a pin handle.
         int qd = numHeads * headDim, half = headDim / 2;
         var loraProjections = layers.SelectMany(l => new[] { l.Q, l.K, l.V, l.O, l.Gate, l.Up, l.Down }).Append(head).Where(p => p.R > 0).ToList();
+        // Rows per step: one per slot, and PrefillRowsChunk where a prompt is prefilled as rows (PrefillRows).
+        PrefillUnsupported = PrefillReason();
+        PrefillRowsUnsupported = loraProjections.Count > 0 ? "a projection has a LoRA adapter (a step of several rows has no adapter term)" : null;
+        int rows = CanPrefill || PrefillRowsUnsupported is not null ? slots : Math.Max(slots, PrefillRowsChunk);
+        rowSlot = new int[rows];
+        rowToken = new int[rows];
         long total = rows * (2L * dim + 2L * qd + 2L * f + vocab + (long)numHeads * cache.MaxTokens + 2L * half + 2L * numKvHeads * headDim) + loraProjections.Sum(p => (long)p.R);
         buffer = GC.AllocateUninitializedArray<float>(checked((int)total), pinned: true);
         float* next = (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(buffer));
@@ -334,7 +368,6 @@ public sealed unsafe partial class CpuDecoder : IDisposable
         attention = new AttentionJob(this);
         this.kNew = kNew;
         this.vNew = vNew;
-        PrefillUnsupported = PrefillReason();
     }
 
     private readonly float* kNew, vNew; // this token's k and v [NKV*HS] before they go into the cache
@@ -422,6 +455,17 @@ public sealed unsafe partial class CpuDecoder : IDisposable
         return new ReadOnlySpan<float>(logits, vocab);
     }
 
+    // The checks of both prefills: not disposed, the path applies (unsupported: why not), tokens in range and room for them.
+    private void CheckPrefill(scoped ReadOnlySpan<int> tokens, string? unsupported, string what)
+    {
+        ObjectDisposedException.ThrowIf(disposed, this);
+        if (unsupported is not null) throw new InvalidOperationException($"{what} does not apply: {unsupported}");
+        if (tokens.Length == 0) throw new ArgumentException("prefill needs at least one token", nameof(tokens));
+        foreach (int t in tokens)
+            if ((uint)t >= (uint)vocab) throw new ArgumentOutOfRangeException(nameof(tokens), t, $"token id out of range for a vocabulary of {vocab}");
+        CheckRoom(cache, tokens.Length);
+    }
+
     // Refuses `count` more tokens after what `c` holds when they do not fit the cache or the model's positions.
     private void CheckRoom(KvCache c, int count)
     {
@@ -430,16 +474,20 @@ public sealed unsafe partial class CpuDecoder : IDisposable
         if (end > model.Config.MaxPositionEmbeddings) throw new ArgumentException($"sequence of {end} tokens exceeds max_position_embeddings {model.Config.MaxPositionEmbeddings}");
     }
 
-    // One decoding step of n rows: row i runs token rowToken[i] at the next position of slot rowSlot[i] (distinct
-    // slots, checked by the caller), appends its keys and values to that slot's cache and leaves its logits in row
-    // i of the logits buffer. Every row's numbers are computed by the same code whatever n is.
-    private void Decode(int n)
+    // One decoding step of n rows: row i runs token rowToken[i] at the next position of slot rowSlot[i] (rows of
+    // the same slot at its next positions in row order), appends its keys and values to that slot's cache and
+    // leaves its logits in row i of the logits buffer. Every row's numbers are computed by the same code whatever
+    // n is. lastLogitsOnly: only the last row's logits, in row 0 (a prefill reads no others).
+    private void Decode(int n, bool lastLogitsOnly = false)
     {
         int half = headDim / 2, qd = numHeads * headDim, kvDim = numKvHeads * headDim, maxT = cache.MaxTokens;
         long attentionWork = 0;
         for (int i = 0; i < n; i++)
         {
+            // Rows of one slot (a prompt prefilled as rows) take its next positions in order.
             int token = rowToken[i], pos = caches[rowSlot[i]].Length;
+            for (int j = 0; j < i; j++)
+                if (rowSlot[j] == rowSlot[i]) pos++;
             float* xi = x + (long)i * dim;
             if (embedBlocks is not null) QuantizedDot.Expand(embedType, embedBlocks + token * embedRowBytes, xi, dim);
             else new ReadOnlySpan<float>(embed + (long)token * dim, dim).CopyTo(new Span<float>(xi, dim));
@@ -480,8 +528,16 @@ public sealed unsafe partial class CpuDecoder : IDisposable
             Run(mlpJobs[li], n);
             Run(downJobs[li], n);
         }
-        for (int i = 0; i < n; i++) RmsNorm(xb + (long)i * dim, x + (long)i * dim, finalNorm, dim, eps);
-        Run(headJob, n);
+        if (lastLogitsOnly)
+        {
+            RmsNorm(xb, x + (long)(n - 1) * dim, finalNorm, dim, eps);
+            Run(headJob, 1);
+        }
+        else
+        {
+            for (int i = 0; i < n; i++) RmsNorm(xb + (long)i * dim, x + (long)i * dim, finalNorm, dim, eps);
+            Run(headJob, n);
+        }
         for (int i = 0; i < n; i++) caches[rowSlot[i]].Length++;
     }
 

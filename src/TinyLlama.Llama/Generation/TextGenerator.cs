@@ -1,8 +1,9 @@
 // Autoregressive generation with a KV cache: prefill the prompt in one forward pass, then decode one
 // token per step, streaming each id to the caller as soon as it is chosen. Single-token steps run CpuDecoder
 // when it applies (f32 or block-quantized weights on the CPU), the same math without per-op overheads; prefill
-// runs the decoder's integer GEMM pass for Q4_0 models (CpuDecoder.Prefill.cs) and the modules otherwise (their
-// GEMMs reuse each weight across the prompt's tokens).
+// runs the decoder's integer GEMM pass for Q4_0 models (CpuDecoder.Prefill.cs), else the decoder's multi-row
+// steps over the prompt (CpuDecoder.PrefillRows: bit for bit the same as stepping token by token), and the
+// modules where the decoder does not apply (their GEMMs reuse each weight across the prompt's tokens).
 using TinyLlama.Autograd;
 using TinyLlama.Backends.Cpu;
 using TinyLlama.Model;
@@ -44,13 +45,15 @@ public static class TextGenerator
 
     /// <summary>
     /// Last-position logits [V] of <paramref name="ids"/> continuing the cached sequence, by the fastest path that
-    /// applies: the decoder's step for one token, its prefill for several (<see cref="CpuDecoder.CanPrefill"/>),
-    /// else the modules. Valid until the decoder's next call.
+    /// applies: the decoder's step for one token, its prefill for several (<see cref="CpuDecoder.CanPrefill"/>:
+    /// the integer GEMM for Q4_0; else <see cref="CpuDecoder.CanPrefillRows"/>: the prompt as the rows of
+    /// multi-row steps), else the modules. Valid until the decoder's next call.
     /// </summary>
     public static ReadOnlySpan<float> Forward(LlamaForCausalLM model, CpuDecoder? decoder, scoped ReadOnlySpan<int> ids, KvCache cache) =>
         decoder is null ? ModuleForward(model, ids.ToArray(), cache)
         : ids.Length == 1 ? decoder.Step(ids[0])
         : decoder.CanPrefill ? decoder.Prefill(ids)
+        : decoder.CanPrefillRows ? decoder.PrefillRows(ids)
         : ModuleForward(model, ids.ToArray(), cache);
 
     /// <summary>
