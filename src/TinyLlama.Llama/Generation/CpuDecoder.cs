@@ -141,6 +141,9 @@ public sealed unsafe partial class CpuDecoder : IDisposable
         /// <summary>Input rows of the next run (1 for a lone step).</summary>
         public int Count { get; set; } = 1;
 
+        /// <summary>Hands the chunks out last to first (the head alternates, see Decode).</summary>
+        public bool Backward { get; set; }
+
         /// <summary>Quantizes the input rows for the integer rows (before the rows run).</summary>
         public void QuantizeInput()
         {
@@ -150,7 +153,7 @@ public sealed unsafe partial class CpuDecoder : IDisposable
 
         public void Execute(int task)
         {
-            var (p, r0, r1, slot) = chunks[task];
+            var (p, r0, r1, slot) = chunks[Backward ? chunks.Length - 1 - task : task];
             if (!swiglu)
             {
                 Rows(p, inputs[slot], outputs[slot], r0, r1, accumulate, acts, Count);
@@ -528,6 +531,11 @@ public sealed unsafe partial class CpuDecoder : IDisposable
             Run(mlpJobs[li], n);
             Run(downJobs[li], n);
         }
+        // The head is the largest matrix and the last one a step reads, so its most recently read rows are the ones
+        // still in the last-level cache when the next step reaches it (stories15M: 37 MB of head and 24 MB of
+        // layers against a 32 MB L3). Reading it in the opposite order each step starts from those rows instead of
+        // from rows long evicted. Every row is computed the same way in either order.
+        headJob.Backward = !headJob.Backward;
         if (lastLogitsOnly)
         {
             RmsNorm(xb, x + (long)(n - 1) * dim, finalNorm, dim, eps);
