@@ -8,7 +8,8 @@
 //            or the OOM killer would end it (stdout lines written before are on the pipe: Console.Out
 //            flushes every write);
 //   enospc   throw the IOException a full disk gives ("No space left on device"), as a write would.
-// Without the variable Reach costs one static field read. The points (the constants below) are named in
+// Besides the save sequence, StepDone marks the end of each training step (to kill one rank of a
+// data-parallel run mid-run). Without the variable Reach costs one static field read. The points (the constants below) are named in
 // the order a checkpoint save reaches them; tests/TinyLlama.Tests/Cli/FaultInjectionTests.cs kills `sft`
 // at each of them and checks that resuming repeats the uninterrupted run bit for bit.
 using System.Diagnostics;
@@ -33,6 +34,9 @@ public static class FaultInjection
     /// <summary>The save is finished (the old copy deleted).</summary>
     public const string CheckpointSaved = "checkpoint-saved";
 
+    /// <summary>A training step is done (SftTrainer.TrainStep, before it returns): for killing one rank of a data-parallel run mid-run.</summary>
+    public const string StepDone = "step-done";
+
     /// <summary>Every point, in the order a checkpoint save reaches them.</summary>
     public static IReadOnlyList<string> Points { get; } = [AtomicWrite, CheckpointTempWritten, CheckpointOldMoved, CheckpointSwitched, CheckpointSaved];
 
@@ -51,7 +55,7 @@ public static class FaultInjection
         if (string.IsNullOrWhiteSpace(spec)) return;
         // A malformed value would silently test nothing: it fails the first save instead.
         if (faults is null)
-            throw new ArgumentException($"{Variable}={spec}: expected POINT:N[:kill|enospc], comma-separated, POINT one of {string.Join(", ", Points)}");
+            throw new ArgumentException($"{Variable}={spec}: expected POINT:N[:kill|enospc], comma-separated, POINT one of {string.Join(", ", Points)}, {StepDone}");
         int hit;
         lock (hits)
         {
@@ -79,7 +83,7 @@ public static class FaultInjection
         foreach (var item in spec.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
         {
             var parts = item.Split(':');
-            if (parts.Length is < 2 or > 3 || !Points.Contains(parts[0])
+            if (parts.Length is < 2 or > 3 || !(Points.Contains(parts[0]) || parts[0] == StepDone)
                 || !int.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out int n) || n < 1
                 || (parts.Length == 3 && parts[2] is not ("kill" or "enospc")))
                 return null;
