@@ -126,3 +126,56 @@ internal sealed class DataParallel(ICollective collective, MpiCollective? mpi, I
         mpi?.Dispose();
     }
 }
+
+/// <summary>
+/// `tinyllama mpi-selftest` (hidden): under mpirun, each MPI call of the binding once with values whose result is
+/// known (sums of rank-dependent values in f64 and f32, an all-gather of each rank's id, a broadcast from the
+/// last rank, a barrier); every rank checks its results and rank 0 prints them as one JSON line. A wrong result
+/// fails the job with one line naming the rank and the call.
+/// </summary>
+internal static class MpiSelfTestCommand
+{
+    public static Command Create()
+    {
+        var cmd = new Command("mpi-selftest", "Checks the MPI binding under mpirun (for tests).") { Hidden = true };
+        cmd.SetAction(parse =>
+        {
+            var output = parse.InvocationConfiguration.Output;
+            using var dp = new DataParallelSettings("mpi", 0, 0, false, TimeSpan.FromSeconds(60)).Start(Device.Cpu, parse.InvocationConfiguration.Error);
+            try
+            {
+                var c = dp.Collective;
+                int r = c.Rank, P = c.WorldSize;
+                Span<double> d = [r + 1.0, 0.5 * r];
+                c.AllReduceSum(d);
+                Expect(d[0] == P * (P + 1) / 2.0 && d[1] == 0.25 * P * (P - 1), "MPI_Allreduce (f64)", d[0]);
+                var f = new float[5];
+                for (int i = 0; i < f.Length; i++) f[i] = r * 10 + i;
+                c.AllReduceSumAsync(f, 1, 3).GetAwaiter().GetResult();
+                for (int i = 1; i < 4; i++) Expect(f[i] == 10f * P * (P - 1) / 2 + P * i, "MPI_Allreduce (f32, offset)", f[i]);
+                Expect(f[0] == r * 10 && f[4] == r * 10 + 4, "MPI_Allreduce (f32, outside the range)", f[0]);
+                var all = new byte[2 * P];
+                c.AllGather([(byte)r, (byte)(100 + r)], all);
+                for (int k = 0; k < P; k++) Expect(all[2 * k] == k && all[2 * k + 1] == 100 + k, "MPI_Allgather", all[2 * k]);
+                Span<byte> b = [(byte)(r + 7), (byte)r];
+                c.Broadcast(b, root: P - 1);
+                Expect(b[0] == P - 1 + 7 && b[1] == P - 1, "MPI_Bcast", b[0]);
+                c.Barrier();
+                if (r == 0)
+                    output.WriteLine(JsonLine.Format(("ranks", P), ("allreduce_f64", d[0]), ("allreduce_f32", (double)f[1]), ("allgather", string.Join(",", all)), ("broadcast", (int)b[0])));
+                return ExitCodes.Success;
+            }
+            catch (Exception e)
+            {
+                dp.Fail(e);
+                throw;
+            }
+        });
+        return cmd;
+    }
+
+    private static void Expect(bool ok, string call, double got)
+    {
+        if (!ok) throw new InvalidOperationException($"{call} returned a wrong result ({got.ToString(System.Globalization.CultureInfo.InvariantCulture)})");
+    }
+}
