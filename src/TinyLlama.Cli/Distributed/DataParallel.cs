@@ -131,15 +131,21 @@ internal sealed class DataParallel(ICollective collective, MpiCollective? mpi, I
 /// `tinyllama mpi-selftest` (hidden): under mpirun, each MPI call of the binding once with values whose result is
 /// known (sums of rank-dependent values in f64 and f32, an all-gather of each rank's id, a broadcast from the
 /// last rank, a barrier); every rank checks its results and rank 0 prints them as one JSON line. A wrong result
-/// fails the job with one line naming the rank and the call.
+/// fails the job with one line naming the rank and the call. With --allreduce-mb X it then times an f32
+/// all-reduce of X MB (after a barrier, so no rank waits for another: the transfer alone), median of --repeats.
 /// </summary>
 internal static class MpiSelfTestCommand
 {
     public static Command Create()
     {
-        var cmd = new Command("mpi-selftest", "Checks the MPI binding under mpirun (for tests).") { Hidden = true };
+        var megabytes = new Option<double>("--allreduce-mb") { Description = "Then time an f32 all-reduce of this many MB" };
+        var repeats = new Option<int>("--repeats") { Description = "Timed all-reduces (the median is printed)", DefaultValueFactory = _ => 5 };
+        var cmd = new Command("mpi-selftest", "Checks the MPI binding under mpirun (for tests).") { megabytes, repeats };
+        cmd.Hidden = true;
         cmd.SetAction(parse =>
         {
+            double mb = OptionRange.Check("--allreduce-mb", parse.GetValue(megabytes), 0, 1 << 14);
+            int n = OptionRange.Check("--repeats", parse.GetValue(repeats), 1, 1000);
             var output = parse.InvocationConfiguration.Output;
             using var dp = new DataParallelSettings("mpi", 0, 0, false, TimeSpan.FromSeconds(60)).Start(Device.Cpu, parse.InvocationConfiguration.Error);
             try
@@ -163,6 +169,20 @@ internal static class MpiSelfTestCommand
                 c.Barrier();
                 if (r == 0)
                     output.WriteLine(JsonLine.Format(("ranks", P), ("allreduce_f64", d[0]), ("allreduce_f32", (double)f[1]), ("allgather", string.Join(",", all)), ("broadcast", (int)b[0])));
+                if (mb > 0)
+                {
+                    var buffer = new float[(int)(mb * (1 << 20) / sizeof(float))];
+                    var seconds = new double[n];
+                    for (int i = 0; i < n; i++)
+                    {
+                        c.Barrier();
+                        long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
+                        c.AllReduceSumAsync(buffer, 0, buffer.Length).GetAwaiter().GetResult();
+                        seconds[i] = System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalSeconds;
+                    }
+                    Array.Sort(seconds);
+                    if (r == 0) output.WriteLine(JsonLine.Format(("allreduce_bytes", 4L * buffer.Length), ("median_s", seconds[n / 2]), ("gb_per_s", 4.0 * buffer.Length / seconds[n / 2] / 1e9)));
+                }
                 return ExitCodes.Success;
             }
             catch (Exception e)
