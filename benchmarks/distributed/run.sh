@@ -57,5 +57,6 @@ echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $(date -u 
 run single-b8 1 8
 run p2-bucket4 2 4 --bucket-mb 4
 run p2-bucket0 2 4 --bucket-mb 0
+run p2-bucket64 2 4 --bucket-mb 64
 run p2-zero1 2 4 --bucket-mb 4 --zero 1
 run p2-lora 2 4 --bucket-mb 4 --lora-rank 8 --lora-targets q,k,v,o

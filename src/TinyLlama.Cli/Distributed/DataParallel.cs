@@ -157,7 +157,7 @@ internal static class MpiSelfTestCommand
                 Expect(d[0] == P * (P + 1) / 2.0 && d[1] == 0.25 * P * (P - 1), "MPI_Allreduce (f64)", d[0]);
                 var f = new float[5];
                 for (int i = 0; i < f.Length; i++) f[i] = r * 10 + i;
-                c.AllReduceSumAsync(f, 1, 3).GetAwaiter().GetResult();
+                c.Wait(c.AllReduceSumAsync(f, 1, 3));
                 for (int i = 1; i < 4; i++) Expect(f[i] == 10f * P * (P - 1) / 2 + P * i, "MPI_Allreduce (f32, offset)", f[i]);
                 Expect(f[0] == r * 10 && f[4] == r * 10 + 4, "MPI_Allreduce (f32, outside the range)", f[0]);
                 var all = new byte[2 * P];
@@ -177,7 +177,7 @@ internal static class MpiSelfTestCommand
                     {
                         c.Barrier();
                         long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
-                        c.AllReduceSumAsync(buffer, 0, buffer.Length).GetAwaiter().GetResult();
+                        c.Wait(c.AllReduceSumAsync(buffer, 0, buffer.Length));
                         seconds[i] = System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalSeconds;
                     }
                     Array.Sort(seconds);

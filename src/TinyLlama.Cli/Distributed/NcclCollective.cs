@@ -100,6 +100,8 @@ internal sealed unsafe class NcclCollective : ICollective, IDisposable
 
     public Task AllReduceSumAsync(float[] values, int offset, int count) => mpi.AllReduceSumAsync(values, offset, count);
 
+    public void Wait(Task reduction) => mpi.Wait(reduction);
+
     public void AllGather(ReadOnlySpan<byte> mine, Span<byte> all) => mpi.AllGather(mine, all);
 
     public void Broadcast(Span<byte> values, int root) => mpi.Broadcast(values, root);

@@ -112,7 +112,7 @@ internal sealed class GradientBuckets : IDisposable
         armed = false;
         while (nextToLaunch < buckets.Length) Launch(buckets[nextToLaunch++]);
         long t0 = Stopwatch.GetTimestamp();
-        foreach (var b in buckets) b.Reduction!.GetAwaiter().GetResult();
+        foreach (var b in buckets) collective.Wait(b.Reduction!);
         double waited = Stopwatch.GetElapsedTime(t0).TotalSeconds;
         using (GradMode.NoGrad())
         {
@@ -134,7 +134,7 @@ internal sealed class GradientBuckets : IDisposable
         var buffer = new float[total];
         int at = 0;
         foreach (var g in gradients) if (g.DType == DType.F32) { HostCopy.Read(g, buffer.AsSpan(at, g.Numel)); at += g.Numel; }
-        collective.AllReduceSumAsync(buffer, 0, buffer.Length).GetAwaiter().GetResult();
+        collective.Wait(collective.AllReduceSumAsync(buffer, 0, buffer.Length));
         at = 0;
         using var _ = GradMode.NoGrad();
         foreach (var g in gradients)

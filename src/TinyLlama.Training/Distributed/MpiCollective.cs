@@ -7,6 +7,11 @@
 // the bucket travels: the overlap PyTorch's DistributedDataParallel gets from its reducer's NCCL stream.
 // Synchronous members queue their call and wait for it.
 //
+// Polling: a blocking MPI_Allreduce busy-polls the shared-memory transport until the other ranks arrive, which on
+// a machine with no core to spare takes the CPU from the backward pass it is meant to hide behind. So a bucket's
+// all-reduce is started with MPI_Iallreduce and progressed with MPI_Test: tightly for its first polls and
+// whenever a thread waits for it (Wait), otherwise once a millisecond, sleeping in between.
+//
 // Faults: a watchdog checks the running call once a second; a call that has waited longer than the timeout
 // for the other ranks (one died without mpirun noticing, or hangs) ends this process with one line, and mpirun
 // then ends the job. A rank that fails on its own calls Abort (MPI_Abort), which makes mpirun end every rank.
@@ -100,12 +105,34 @@ public sealed unsafe class MpiCollective : ICollective, IDisposable
     {
         ArgumentOutOfRangeException.ThrowIfNegative(offset);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(count, values.Length - offset);
-        return Enqueue("MPI_Allreduce", () =>
+        return Enqueue("MPI_Iallreduce", () =>
         {
             fixed (float* p = values)
-                for (int o = 0; o < count; o += MaxCount) api.AllReduceSum(p + offset + o, Math.Min(MaxCount, count - o), api.Float);
+            {
+                for (int o = 0; o < count; o += MaxCount)
+                {
+                    var request = api.StartAllReduceSum(p + offset + o, Math.Min(MaxCount, count - o), api.Float);
+                    for (int polls = 0; !api.Test(ref request); polls++)
+                    {
+                        if (polls < TightPolls || Volatile.Read(ref waiters) > 0) Thread.SpinWait(20);
+                        else Thread.Sleep(1);
+                    }
+                }
+            }
         }).Done.Task;
     }
+
+    /// <summary>Waits for a reduction of <see cref="AllReduceSumAsync"/>, which from now on is progressed without pause.</summary>
+    public void Wait(Task reduction)
+    {
+        Interlocked.Increment(ref waiters);
+        try { reduction.GetAwaiter().GetResult(); }
+        finally { Interlocked.Decrement(ref waiters); }
+    }
+
+    // MPI_Test calls in a row before the communication thread starts sleeping between them.
+    private const int TightPolls = 200;
+    private int waiters;
 
     /// <summary>Sums the gradients across ranks after the backward pass: f32 ones in pieces of a flat buffer, others one by one in f64.</summary>
     public void AllReduceGradients(IReadOnlyList<Tensor> gradients) => GradientBuckets.ReduceAll(this, gradients);

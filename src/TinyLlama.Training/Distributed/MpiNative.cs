@@ -68,6 +68,8 @@ internal static unsafe class MpiNative
         private readonly delegate* unmanaged<int> finalize;
         private readonly delegate* unmanaged<IntPtr, int*, int> commRank, commSize;
         private readonly delegate* unmanaged<void*, void*, int, IntPtr, IntPtr, IntPtr, int> allreduce;
+        private readonly delegate* unmanaged<void*, void*, int, IntPtr, IntPtr, IntPtr, IntPtr*, int> iallreduce;
+        private readonly delegate* unmanaged<IntPtr*, int*, void*, int> test;
         private readonly delegate* unmanaged<void*, int, IntPtr, void*, int, IntPtr, IntPtr, int> allgather;
         private readonly delegate* unmanaged<void*, int, IntPtr, int, IntPtr, int> bcast;
         private readonly delegate* unmanaged<IntPtr, int> barrier;
@@ -89,6 +91,8 @@ internal static unsafe class MpiNative
             commRank = (delegate* unmanaged<IntPtr, int*, int>)Get("MPI_Comm_rank");
             commSize = (delegate* unmanaged<IntPtr, int*, int>)Get("MPI_Comm_size");
             allreduce = (delegate* unmanaged<void*, void*, int, IntPtr, IntPtr, IntPtr, int>)Get("MPI_Allreduce");
+            iallreduce = (delegate* unmanaged<void*, void*, int, IntPtr, IntPtr, IntPtr, IntPtr*, int>)Get("MPI_Iallreduce");
+            test = (delegate* unmanaged<IntPtr*, int*, void*, int>)Get("MPI_Test");
             allgather = (delegate* unmanaged<void*, int, IntPtr, void*, int, IntPtr, IntPtr, int>)Get("MPI_Allgather");
             bcast = (delegate* unmanaged<void*, int, IntPtr, int, IntPtr, int>)Get("MPI_Bcast");
             barrier = (delegate* unmanaged<IntPtr, int>)Get("MPI_Barrier");
@@ -131,6 +135,22 @@ internal static unsafe class MpiNative
         /// <summary>In-place MPI_Allreduce(MPI_IN_PLACE, buffer, count, type, MPI_SUM, MPI_COMM_WORLD).</summary>
         public void AllReduceSum(void* buffer, int count, IntPtr type) =>
             Check(allreduce((void*)1, buffer, count, type, OpSum, CommWorld), "MPI_Allreduce");
+
+        /// <summary>In-place MPI_Iallreduce (MPI 3): starts the sum and returns its request (an MPI_Request, a pointer in Open MPI).</summary>
+        public IntPtr StartAllReduceSum(void* buffer, int count, IntPtr type)
+        {
+            IntPtr request;
+            Check(iallreduce((void*)1, buffer, count, type, OpSum, CommWorld, &request), "MPI_Iallreduce");
+            return request;
+        }
+
+        /// <summary>MPI_Test(&amp;request, &amp;flag, MPI_STATUS_IGNORE): progresses the request; true once it is complete (and freed).</summary>
+        public bool Test(ref IntPtr request)
+        {
+            int flag;
+            fixed (IntPtr* r = &request) Check(test(r, &flag, null), "MPI_Test");
+            return flag != 0;
+        }
 
         /// <summary>MPI_Allgather of <paramref name="count"/> elements per rank: rank r's block lands at r * count in recv.</summary>
         public void AllGather(void* send, void* recv, int count, IntPtr type) =>

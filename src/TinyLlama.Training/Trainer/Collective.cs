@@ -35,6 +35,9 @@ public interface ICollective
         return Task.CompletedTask;
     }
 
+    /// <summary>Waits for a reduction started by <see cref="AllReduceSumAsync"/> (an implementation may progress it faster once waited for).</summary>
+    void Wait(Task reduction) => reduction.GetAwaiter().GetResult();
+
     /// <summary>Every rank's <paramref name="mine"/> (all of one length n), rank r's at [r * n, (r + 1) * n) of <paramref name="all"/>.</summary>
     void AllGather(ReadOnlySpan<byte> mine, Span<byte> all)
     {
