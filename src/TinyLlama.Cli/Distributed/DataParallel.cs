@@ -69,14 +69,19 @@ internal sealed record DataParallelSettings(string Mode, long BucketBytes, int Z
     public DataParallel Start(Device device, TextWriter errors)
     {
         if (Mode == "none") return new DataParallel(SingleProcess.Instance, null, null, errors);
+        if (Mode == "nccl")
+        {
+            NcclCollective.Load();
+            if (device.Backend is not IlgpuBackend { Device.Kind: DeviceKind.Cuda })
+                throw new CliException($"--distributed nccl needs --device cuda[:N]; this run computes on {device}");
+        }
         MpiCollective mpi;
         try { mpi = MpiCollective.Start(Timeout, errors); }
         catch (DllNotFoundException e) { throw new CliException($"--distributed {Mode}: {e.Message}"); }
         if (Mode != "nccl") return new DataParallel(mpi, mpi, null, errors);
         try
         {
-            var nccl = new NcclCollective(mpi, device.Backend as IlgpuBackend
-                ?? throw new CliException($"--distributed nccl needs --device cuda[:N]; this run computes on {device}"));
+            var nccl = new NcclCollective(mpi, (IlgpuBackend)device.Backend);
             return new DataParallel(nccl, mpi, nccl, errors);
         }
         catch (Exception e)

@@ -50,8 +50,7 @@ internal sealed unsafe class NcclCollective : ICollective, IDisposable
             throw new CliException($"--distributed nccl needs --device cuda[:N]; this run computes on {backend.Device}");
         this.mpi = mpi;
         this.backend = backend;
-        if (!NativeLibrary.TryLoad(Library, out var nccl))
-            throw new CliException($"--distributed nccl: {Library} (NVIDIA's NCCL 2) could not be loaded; install it, or use --distributed mpi");
+        var nccl = Load();
         if (!NativeLibrary.TryLoad("libcuda.so.1", out var cuda))
             throw new CliException("--distributed nccl: libcuda.so.1 (the CUDA driver) could not be loaded");
         IntPtr Get(IntPtr lib, string name) => NativeLibrary.TryGetExport(lib, name, out var p) ? p
@@ -70,6 +69,11 @@ internal sealed unsafe class NcclCollective : ICollective, IDisposable
         Check(commInitRank(&c, mpi.WorldSize, id, mpi.Rank), "ncclCommInitRank");
         comm = c;
     }
+
+    /// <summary>Loads libnccl.so.2, or fails with one line: checked before MPI starts.</summary>
+    /// <exception cref="CliException">The library is not installed.</exception>
+    public static IntPtr Load() => NativeLibrary.TryLoad(Library, out var nccl) ? nccl
+        : throw new CliException($"--distributed nccl: {Library} (NVIDIA's NCCL 2) could not be loaded; install it, or use --distributed mpi");
 
     public int Rank => mpi.Rank;
 

@@ -4,12 +4,15 @@
 // - a sharded loader's P batches are, row for row, the batch of one loader with P times the batch size;
 // - the bucketed reduction launches buckets from inside backward, in reverse parameter order, and writes the
 //   sums back (checked with a stand-in collective whose "other rank" holds the same gradients: sum = 2 g);
-// - ZeRO stage 1 on one rank (the whole vector is its shard) takes AdamW's steps bit for bit.
+// - ZeRO stage 1 on one rank (the whole vector is its shard) takes AdamW's steps bit for bit;
+// - the sft verb's data-parallel flags: a bad value is a usage error, and --distributed nccl without libnccl (or,
+//   where it is installed, on the CPU) is one line.
 using TinyLlama.Optim;
 using TinyLlama.Tensors;
 using TinyLlama.Training.Data;
 using TinyLlama.Training.Distributed;
 using TinyLlama.Training.Trainer;
+using TinyLlama.Tests.Cli;
 using static TinyLlama.Tests.Training.DataTestUtil;
 
 namespace TinyLlama.Tests.Distributed;
@@ -132,5 +135,26 @@ public class DataParallelUnitTests
             Assert.Equal(adamw.State(i).V!.ToArray<float>(), v[i]!.ToArray<float>());
         }
         Assert.Equal(2L * 4 * (35 + 3), zero.StateBytes);
+    }
+
+    [Theory]
+    [InlineData("--distributed", "bogus")]
+    [InlineData("--zero", "2")]
+    [InlineData("--bucket-mb", "-1")]
+    [InlineData("--collective-timeout", "0")]
+    public void BadDataParallelFlagsAreUsageErrors(string flag, string value)
+    {
+        var (code, _, err) = CliRunner.Run("sft", "--model", "m", "--data", "d", "--format", "alpaca", "--out", "o", "--steps", "1", "--batch-size", "1", "--lr", "1e-3", flag, value);
+        Assert.Contains(flag, CliRunner.AssertOneLineError(2, code, err));
+    }
+
+    [SkippableFact]
+    public void NcclWithoutItsLibraryOrAGpuIsOneLine()
+    {
+        var dir = Infrastructure.SharedData.Require("tiny-random-llama");
+        using var outDir = new Formats.TempDir();
+        var (code, _, err) = CliRunner.Run("sft", "--model", dir, "--data", Path.Combine(dir, "sft_sample.json"), "--format", "alpaca", "--out", outDir.Path,
+            "--steps", "1", "--batch-size", "1", "--lr", "1e-3", "--distributed", "nccl");
+        Assert.Contains("--distributed nccl", CliRunner.AssertOneLineError(1, code, err));
     }
 }
