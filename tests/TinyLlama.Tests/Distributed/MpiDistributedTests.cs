@@ -5,7 +5,8 @@
 //   with and without ZeRO stage 1, every step checking (--check-replicas) that both ranks' all-reduced
 //   gradients are the same bits;
 // - a rank that fails ends the job with one line naming it; a rank SIGKILLed mid-run ends the job in bounded
-//   time, and resuming with P = 2 from the last checkpoint repeats the uninterrupted run's losses.
+//   time, and resuming with P = 2 from the last checkpoint repeats the uninterrupted run's losses; a rank that
+//   hangs (not dead, so mpirun does not notice) makes the other stop at --collective-timeout with one line.
 // Skipped with a clear message where mpirun is not on the PATH (CI installs Open MPI: .ci/run).
 using System.Diagnostics;
 using System.Text.Json;
@@ -197,5 +198,21 @@ public class MpiDistributedTests
         var lines = JsonLines(resumed.Out);
         Assert.Equal([3, 4, 5], lines.Select(l => l.GetProperty("step").GetInt32()));
         Assert.Equal(expected[2..], lines.Select(l => l.GetProperty("loss").GetDouble()).ToArray());
+    }
+
+    [SkippableFact]
+    public void ARankThatHangsIsStoppedByTheOthersCollectiveTimeout()
+    {
+        RequireMpirun();
+        using var dir = new TempDir();
+        var (model, data) = SftReliabilityTests.WriteModelAndData(dir);
+        // Rank 1 blocks for good after step 1; rank 0 waits in step 2's first collective until its 3 s watchdog fires.
+        var hang = new Dictionary<string, string> { [FaultInjection.Variable] = $"{FaultInjection.StepDone}:1:hang" };
+        var run = RunMpi([NoEnv, hang], Sft(model, data, dir.File("out"), 1, "--steps", "3", "--collective-timeout", "3"));
+        Assert.NotEqual(0, run.Code);
+        Assert.True(run.Seconds < 45, $"the hung job took {run.Seconds:F0} s");
+        var line = Assert.Single(run.Err.Split('\n'), l => l.StartsWith("tinyllama: ", StringComparison.Ordinal));
+        Assert.StartsWith("tinyllama: rank 0 of 2: MPI_Allreduce has waited", line);
+        Assert.Contains("--collective-timeout 3", line);
     }
 }
