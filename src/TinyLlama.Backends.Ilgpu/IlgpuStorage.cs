@@ -35,6 +35,13 @@ public sealed class IlgpuStorage : Storage, IDisposable
     internal ArrayView<byte> DeviceBytes =>
         (buffer ?? throw new ObjectDisposedException(nameof(IlgpuStorage), "this storage's device memory was released")).Memory.View.SubView(0, Bytes);
 
+    /// <summary>
+    /// The device address of the first element (a CUDA device pointer on the CUDA accelerator), for libraries that
+    /// take raw device buffers (NCCL's all-reduce). Valid while this storage is alive and not disposed.
+    /// </summary>
+    public IntPtr DevicePointer =>
+        (buffer ?? throw new ObjectDisposedException(nameof(IlgpuStorage), "this storage's device memory was released")).Memory.NativePtr;
+
     /// <summary>The elements as a view of <typeparamref name="T"/> (float, double, ushort for f16/bf16, int, byte).</summary>
     internal ArrayView<T> View<T>() where T : unmanaged => DeviceBytes.Cast<T>();
 

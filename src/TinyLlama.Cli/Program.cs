@@ -35,6 +35,7 @@ public static class Program
         root.Subcommands.Add(DemoCommand.Create());
         root.Subcommands.Add(CheckCommand.Create());
         root.Subcommands.Add(FuzzCommand.Create());
+        root.Subcommands.Add(Distributed.MpiSelfTestCommand.Create());
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {

@@ -29,6 +29,7 @@ internal static class DpoCommand
         cmd.Options.Add(rpo);
         cmd.SetAction(parse =>
         {
+            TinyLlama.Cli.Distributed.DataParallelFlags.RefuseUnderMpi("dpo");
             DpoOptions dpo;
             try
             {

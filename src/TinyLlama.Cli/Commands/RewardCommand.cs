@@ -33,6 +33,7 @@ internal static class RewardCommand
         flags.AddTo(cmd);
         cmd.SetAction(parse =>
         {
+            TinyLlama.Cli.Distributed.DataParallelFlags.RefuseUnderMpi("reward train");
             var run = flags.Load(parse);
             var output = parse.InvocationConfiguration.Output;
             var model = new RewardModel(run.Model, new Generator(run.Seed ^ 0x5C0E));

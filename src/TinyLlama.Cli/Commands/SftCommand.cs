@@ -1,7 +1,9 @@
 // `tinyllama sft`: supervised fine-tuning (Alpaca or ShareGPT data; full or LoRA; mixed precision;
 // distillation; exact resume). The output directory is a Hugging Face model directory, or a PEFT
 // adapter directory with LoRA, that every other verb loads. With --json: one line per optimizer step,
-// {"step": n, "loss": x, "lr": y, "tokens_per_second": z}.
+// {"step": n, "loss": x, "lr": y, "tokens_per_second": z}. Under `mpirun -n P` every rank trains on its share
+// of each global batch (Distributed/DataParallel.cs); rank 0 alone prints, checkpoints and writes the outputs,
+// and its JSON lines add the data-parallel figures (bytes all-reduced, optimizer state per rank, timings).
 using System.CommandLine;
 using System.Globalization;
 using TinyLlama.Formats;
@@ -11,6 +13,7 @@ using TinyLlama.Tensors;
 using TinyLlama.Tokenizers;
 using TinyLlama.Training.Data;
 using TinyLlama.Training.Lora;
+using TinyLlama.Cli.Distributed;
 using TinyLlama.Cli.Reporting;
 using TinyLlama.Training.Trainer;
 
@@ -34,6 +37,7 @@ internal static class SftCommand
         var epochs = new Option<double?>("--epochs") { Description = "Passes over the data (instead of --steps)" };
         var batchSize = new Option<int>("--batch-size") { Description = "Sequences per micro-batch", Required = true };
         var common = new TrainerFlags();
+        var parallel = new DataParallelFlags();
         var teacher = new Option<string?>("--teacher") { Description = "A teacher model for knowledge distillation" };
         var distillT = new Option<double>("--distill-temperature") { Description = "Softmax temperature of the distillation term", DefaultValueFactory = _ => 2.0 };
         var distillW = new Option<double>("--distill-weight") { Description = "Weight of the distillation term (the rest is cross-entropy)", DefaultValueFactory = _ => 0.5 };
@@ -46,6 +50,7 @@ internal static class SftCommand
             model, tokenizer, data, format, outDir, steps, epochs, batchSize, teacher, distillT, distillW, evalEvery, checkpointing, json, checkTensors,
         };
         common.AddTo(cmd);
+        parallel.AddTo(cmd);
         cmd.SetAction(parse =>
         {
             // ---- validate flags before touching any file ----
@@ -65,6 +70,7 @@ internal static class SftCommand
             if (!SftDataset.TryParseFormat(parse.GetValue(format)!, out _)) throw new CliException($"--format: expected alpaca or sharegpt, got '{parse.GetValue(format)}'", isUsage: true);
             double valFrac = settings.ValFraction;
             int rank = settings.LoraRank;
+            var parallelSettings = parallel.Parse(parse);
 
             var output = parse.InvocationConfiguration.Output;
             bool asJson = parse.GetValue(json);
@@ -72,110 +78,147 @@ internal static class SftCommand
             var sources = ParseDataSources(parse.GetValue(data)!);
             var dataPath = sources[0].Path;
 
-            // ---- model, tokenizer, data ----
+            // ---- model, tokenizer, data (every rank loads the model) ----
             var device = DeviceOption.Resolve(parse);
-            var files = new ModelFiles { CheckTensors = parse.GetValue(checkTensors) }; // the teacher's weights too
-            var lm = ModelCommands.LoadModel(modelPath, files, device);
-            var blockTypes = lm.Parameters().Where(p => p.DType.IsQuantized()).Select(p => p.DType.Name()).Distinct().ToList();
-            if (rank <= 0 && blockTypes.Count > 0)
-                throw new CliException($"--model: {modelPath} holds {string.Join(" and ", blockTypes)} weights, which full fine-tuning cannot update; train LoRA adapters over them with --lora-rank R, or start from a float model");
-            if (rank > 0 && lm.NamedModules().Any(e => e.Value is TinyLlama.NN.LoraLinear))
-                throw new CliException($"--model: {modelPath} is a LoRA adapter, and --lora-rank {rank} would put a second adapter on its layers; train over its base model, or merge it first (tinyllama quantize --model {modelPath} --out merged.gguf --type f32) and train over the merged file", isUsage: true);
-            var tok = ModelCommands.LoadTokenizer(modelPath, parse.GetValue(tokenizer), files);
-            if (rank > lm.Config.HiddenSize)
-                throw new CliException($"--lora-rank {rank} is larger than the model's hidden size {lm.Config.HiddenSize} (a rank above a layer's width adds no capacity)", isUsage: true);
-            int maxLen = settings.MaxLengthFor(lm.Config.MaxPositionEmbeddings);
-            ulong s = settings.Seed;
-            var datasets = sources.Select(src => SftDataset.Load(src.Path, parse.GetValue(format)!, tok, maxLen)).ToList();
-            // Validation is held out from each source before mixing, so no record is in both sets.
-            var trainParts = new List<IReadOnlyList<SftExample>>();
-            var valParts = new List<SftExample>();
-            foreach (var ds in datasets)
+            using var dp = parallelSettings.Start(device, parse.InvocationConfiguration.Error);
+            if (!dp.IsRoot) output = TextWriter.Null;
+            try
             {
-                if (valFrac > 0)
+                var files = new ModelFiles { CheckTensors = parse.GetValue(checkTensors) }; // the teacher's weights too
+                var lm = ModelCommands.LoadModel(modelPath, files, device);
+                var blockTypes = lm.Parameters().Where(p => p.DType.IsQuantized()).Select(p => p.DType.Name()).Distinct().ToList();
+                if (rank <= 0 && blockTypes.Count > 0)
+                    throw new CliException($"--model: {modelPath} holds {string.Join(" and ", blockTypes)} weights, which full fine-tuning cannot update; train LoRA adapters over them with --lora-rank R, or start from a float model");
+                if (rank > 0 && lm.NamedModules().Any(e => e.Value is TinyLlama.NN.LoraLinear))
+                    throw new CliException($"--model: {modelPath} is a LoRA adapter, and --lora-rank {rank} would put a second adapter on its layers; train over its base model, or merge it first (tinyllama quantize --model {modelPath} --out merged.gguf --type f32) and train over the merged file", isUsage: true);
+                var tok = ModelCommands.LoadTokenizer(modelPath, parse.GetValue(tokenizer), files);
+                if (rank > lm.Config.HiddenSize)
+                    throw new CliException($"--lora-rank {rank} is larger than the model's hidden size {lm.Config.HiddenSize} (a rank above a layer's width adds no capacity)", isUsage: true);
+                int maxLen = settings.MaxLengthFor(lm.Config.MaxPositionEmbeddings);
+                ulong s = settings.Seed;
+                var datasets = sources.Select(src => SftDataset.Load(src.Path, parse.GetValue(format)!, tok, maxLen)).ToList();
+                // Validation is held out from each source before mixing, so no record is in both sets.
+                var trainParts = new List<IReadOnlyList<SftExample>>();
+                var valParts = new List<SftExample>();
+                foreach (var ds in datasets)
                 {
-                    var (tr, va) = SftDataset.SplitValidation(ds.Examples, valFrac, s);
-                    trainParts.Add(tr);
-                    valParts.AddRange(va);
+                    if (valFrac > 0)
+                    {
+                        var (tr, va) = SftDataset.SplitValidation(ds.Examples, valFrac, s);
+                        trainParts.Add(tr);
+                        valParts.AddRange(va);
+                    }
+                    else trainParts.Add(ds.Examples);
                 }
-                else trainParts.Add(ds.Examples);
-            }
-            IReadOnlyList<SftExample> trainSet = trainParts[0], valSet = valParts;
-            if (sources.Count > 1)
-            {
-                var mixture = new DatasetMixture();
-                for (int i = 0; i < sources.Count; i++) mixture.Add(trainParts[i], sources[i].Weight, Path.GetFileName(sources[i].Path));
-                trainSet = mixture.Build(s);
-            }
-            var dataset = datasets[0];
-            if (trainSet.Count == 0) throw new CliException($"{dataPath}: no training examples");
-            double stepCount = nSteps ?? Math.Ceiling(nEpochs!.Value * trainSet.Count / ((double)b * k));
-            if (stepCount > int.MaxValue)
-                throw new CliException(string.Create(CultureInfo.InvariantCulture, $"--epochs {nEpochs} over {trainSet.Count} examples makes {stepCount:G4} steps, more than {int.MaxValue}"), isUsage: true);
-            int totalSteps = (int)stepCount;
-            CheckStepMemory(trainSet, b, k, maxLen, lm.Config.VocabSize);
-            int padId = SftDataLoader.InputPadId(tok);
-            var loader = new SftDataLoader(trainSet, b, settings.Shuffle, s, padId, maxLen);
+                IReadOnlyList<SftExample> trainSet = trainParts[0], valSet = valParts;
+                if (sources.Count > 1)
+                {
+                    var mixture = new DatasetMixture();
+                    for (int i = 0; i < sources.Count; i++) mixture.Add(trainParts[i], sources[i].Weight, Path.GetFileName(sources[i].Path));
+                    trainSet = mixture.Build(s);
+                }
+                var dataset = datasets[0];
+                if (trainSet.Count == 0) throw new CliException($"{dataPath}: no training examples");
+                double stepCount = nSteps ?? Math.Ceiling(nEpochs!.Value * trainSet.Count / ((double)b * k * dp.WorldSize));
+                if (stepCount > int.MaxValue)
+                    throw new CliException(string.Create(CultureInfo.InvariantCulture, $"--epochs {nEpochs} over {trainSet.Count} examples makes {stepCount:G4} steps, more than {int.MaxValue}"), isUsage: true);
+                int totalSteps = (int)stepCount;
+                CheckStepMemory(trainSet, b, k, maxLen, lm.Config.VocabSize);
+                int padId = SftDataLoader.InputPadId(tok);
+                var loader = new SftDataLoader(trainSet, b, settings.Shuffle, s, padId, maxLen);
+                if (dp.WorldSize > 1) loader.Shard(dp.Rank, dp.WorldSize);
 
-            // ---- LoRA, loss, trainer ----
-            var rng = new Generator(s ^ 0x10CA);
-            var lora = settings.Lora();
-            if (lora is not null) TinyLlama.Training.Lora.Lora.Apply(lm, lora, rng);
-            lm.GradientCheckpointing = parse.GetValue(checkpointing);
-            lm.CheckpointRng = rng;
-            ITrainingLoss loss = new CrossEntropyLoss();
-            if (parse.GetValue(teacher) is string teacherPath)
-                loss = new DistillationLoss(ModelCommands.LoadModel(teacherPath, files, device, flag: "--teacher"), temperature, distillWeight);
-            var trainer = new SftTrainer(lm, loader, settings.Options(totalSteps), loss, rng: rng);
-            var outPath = parse.GetValue(outDir)!;
-            Directory.CreateDirectory(outPath);
-            var checkpoints = new RunCheckpoints(trainer, outPath);
-            var checkpointDir = checkpoints.Dir;
-            void Save() => checkpoints.Save();
-            if (settings.Resume is string resumeDir) checkpoints.Resume(resumeDir);
-            if (!asJson)
-                output.WriteLine($"{string.Join("; ", datasets.Select(d => d.Summary()))}; {trainSet.Count} train / {valSet.Count} validation examples; {trainer.Trainable.Sum(p => (long)p.Param.Numel):N0} trainable parameters; {totalSteps} steps");
+                // ---- LoRA, loss, trainer ----
+                var rng = new Generator(s ^ 0x10CA);
+                var lora = settings.Lora();
+                if (lora is not null) TinyLlama.Training.Lora.Lora.Apply(lm, lora, rng);
+                lm.GradientCheckpointing = parse.GetValue(checkpointing);
+                lm.CheckpointRng = rng;
+                ITrainingLoss loss = new CrossEntropyLoss();
+                if (parse.GetValue(teacher) is string teacherPath)
+                    loss = new DistillationLoss(ModelCommands.LoadModel(teacherPath, files, device, flag: "--teacher"), temperature, distillWeight);
+                var trainer = new SftTrainer(lm, loader, parallelSettings.Apply(settings.Options(totalSteps)), loss, dp.Collective, rng);
+                var outPath = parse.GetValue(outDir)!;
+                if (dp.IsRoot) Directory.CreateDirectory(outPath);
+                var checkpoints = new RunCheckpoints(trainer, outPath);
+                var checkpointDir = checkpoints.Dir;
+                void Save() => checkpoints.Save();
+                if (settings.Resume is string resumeDir) checkpoints.Resume(resumeDir);
+                if (!asJson)
+                    output.WriteLine($"{string.Join("; ", datasets.Select(d => d.Summary()))}; {trainSet.Count} train / {valSet.Count} validation examples; {trainer.Trainable.Sum(p => (long)p.Param.Numel):N0} trainable parameters; {totalSteps} steps");
+                if (!asJson && dp.WorldSize > 1)
+                    output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                        $"data parallel: {dp.WorldSize} ranks x batch {b} x {k} accumulation = {dp.WorldSize * b * k} sequences per step; {trainer.AllReducedBytesPerStep / 1e6:F2} MB all-reduced per step; AdamW state {trainer.OptimizerStateBytes / 1e6:F2} MB per rank{(parallelSettings.ZeroStage == 1 ? " (ZeRO stage 1)" : "")}"));
 
-            // ---- the loop ----
-            var progress = asJson ? null : new ProgressLine(output, totalSteps);
-            while (trainer.Step < totalSteps)
-            {
-                StepLog log;
-                try { log = trainer.TrainStep(); }
-                catch (TrainingDivergedException diverged) { throw Diverged(diverged.Message, checkpoints.Last); }
-                if (asJson)
-                    output.WriteLine(JsonLine.Format(("step", log.Step), ("loss", log.Loss), ("lr", log.Lr), ("tokens_per_second", Math.Round(log.TokensPerSecond, 2))));
-                else progress!.Report(log);
-                if (valSet.Count > 0 && evalInterval > 0 && log.Step % evalInterval == 0)
+                // ---- the loop ----
+                var progress = asJson ? null : new ProgressLine(output, totalSteps);
+                while (trainer.Step < totalSteps)
+                {
+                    StepLog log;
+                    try { log = trainer.TrainStep(); }
+                    catch (TrainingDivergedException diverged) { throw Diverged(diverged.Message, checkpoints.Last); }
+                    if (asJson && dp.WorldSize > 1)
+                        output.WriteLine(ParallelJsonLine(log, trainer));
+                    else if (asJson)
+                        output.WriteLine(JsonLine.Format(("step", log.Step), ("loss", log.Loss), ("lr", log.Lr), ("tokens_per_second", Math.Round(log.TokensPerSecond, 2))));
+                    else progress!.Report(log);
+                    if (valSet.Count > 0 && evalInterval > 0 && log.Step % evalInterval == 0)
+                    {
+                        var (vl, ppl) = trainer.Evaluate(valSet, b, padId, maxLen);
+                        if (!double.IsFinite(vl)) throw Diverged(new TrainingDivergedException(log.Step, "validation loss", vl).Message, checkpoints.Last);
+                        trainer.ValidationHistory.Add((log.Step, vl));
+                        if (!asJson) output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"step {log.Step}: validation loss {vl:F4}, perplexity {ppl:F2}"));
+                    }
+                    if (saveInterval > 0 && log.Step % saveInterval == 0 && log.Step < totalSteps)
+                        Save();
+                }
+                progress?.Done();
+                if (valSet.Count > 0 && (evalInterval <= 0 || trainer.Step % evalInterval != 0))
                 {
                     var (vl, ppl) = trainer.Evaluate(valSet, b, padId, maxLen);
-                    if (!double.IsFinite(vl)) throw Diverged(new TrainingDivergedException(log.Step, "validation loss", vl).Message, checkpoints.Last);
-                    trainer.ValidationHistory.Add((log.Step, vl));
-                    if (!asJson) output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"step {log.Step}: validation loss {vl:F4}, perplexity {ppl:F2}"));
+                    if (!double.IsFinite(vl)) throw Diverged(new TrainingDivergedException(trainer.Step, "validation loss", vl).Message, checkpoints.Last);
+                    trainer.ValidationHistory.Add((trainer.Step, vl));
+                    if (!asJson) output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"final validation loss {vl:F4}, perplexity {ppl:F2}"));
                 }
-                if (saveInterval > 0 && log.Step % saveInterval == 0 && log.Step < totalSteps)
-                    Save();
-            }
-            progress?.Done();
-            if (valSet.Count > 0 && (evalInterval <= 0 || trainer.Step % evalInterval != 0))
-            {
-                var (vl, ppl) = trainer.Evaluate(valSet, b, padId, maxLen);
-                if (!double.IsFinite(vl)) throw Diverged(new TrainingDivergedException(trainer.Step, "validation loss", vl).Message, checkpoints.Last);
-                trainer.ValidationHistory.Add((trainer.Step, vl));
-                if (!asJson) output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"final validation loss {vl:F4}, perplexity {ppl:F2}"));
-            }
 
-            // ---- outputs ----
-            Save();
-            SaveResult(outPath, modelPath, lm, lora, parse.GetValue(tokenizer));
-            LossCurve.Save(Path.Combine(outPath, "loss.png"), trainer.History.Select(h => (h.Step, h.Loss)).ToList(), trainer.ValidationHistory, $"sft {Path.GetFileName(Path.GetFullPath(dataPath))}");
-            if (!asJson) output.WriteLine($"wrote {(lora is null ? "model" : "LoRA adapter")} to {outPath} (resumable checkpoint in {checkpointDir}, loss curve in loss.png)");
-            return ExitCodes.Success;
+                // ---- outputs ----
+                Save();
+                if (!dp.IsRoot) return ExitCodes.Success;
+                SaveResult(outPath, modelPath, lm, lora, parse.GetValue(tokenizer));
+                LossCurve.Save(Path.Combine(outPath, "loss.png"), trainer.History.Select(h => (h.Step, h.Loss)).ToList(), trainer.ValidationHistory, $"sft {Path.GetFileName(Path.GetFullPath(dataPath))}");
+                if (!asJson) output.WriteLine($"wrote {(lora is null ? "model" : "LoRA adapter")} to {outPath} (resumable checkpoint in {checkpointDir}, loss curve in loss.png)");
+                return ExitCodes.Success;
+            }
+            catch (Exception e)
+            {
+                dp.Fail(e); // under MPI: one line naming the rank, and the job ends
+                throw;
+            }
         });
         return cmd;
     }
 
     private const int MaxBatch = TrainerFlags.MaxBatch;
+
+    // A step's JSON line on rank 0 of several: the usual fields, then bytes all-reduced, AdamW state bytes on
+    // this rank, the backward / all-reduce / exposed (not hidden by backward) seconds, and the gradient hash.
+    private static string ParallelJsonLine(StepLog log, SftTrainer trainer)
+    {
+        var c = trainer.LastCommunication;
+        var fields = new List<(string, object)>
+        {
+            ("step", log.Step), ("loss", log.Loss), ("lr", log.Lr), ("tokens_per_second", Math.Round(log.TokensPerSecond, 2)),
+            ("allreduce_bytes", trainer.AllReducedBytesPerStep), ("optimizer_state_bytes", trainer.OptimizerStateBytes),
+        };
+        if (c is not null)
+        {
+            fields.Add(("backward_s", Math.Round(c.BackwardSeconds, 6)));
+            if (double.IsFinite(c.AllReduceSeconds)) fields.Add(("allreduce_s", Math.Round(c.AllReduceSeconds, 6)));
+            fields.Add(("exposed_allreduce_s", Math.Round(c.ExposedSeconds, 6)));
+        }
+        if (trainer.LastGradientHash is ulong hash) fields.Add(("grad_hash", hash.ToString("x16", CultureInfo.InvariantCulture)));
+        return JsonLine.Format([.. fields]);
+    }
     private const double MaxEpochs = 1e6;
 
     /// <summary>

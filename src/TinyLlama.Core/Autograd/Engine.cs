@@ -1,5 +1,7 @@
 // Reverse-mode autograd: order the graph topologically (iterative DFS, so deep models do not overflow
 // the stack), then walk it backwards once, summing gradients where a tensor fans out (micrograd's `+=`).
+// A leaf's gradient is final for the pass once it is accumulated (every use of it has been added in), which
+// is when its post-accumulate-grad hooks run: data-parallel training starts reducing it there.
 using TinyLlama.Tensors;
 
 namespace TinyLlama.Autograd;
@@ -76,11 +78,15 @@ public static class Engine
         }
     }
 
-    /// <summary>Leaf gradients accumulate across backward calls, into a buffer the leaf owns.</summary>
+    /// <summary>
+    /// Leaf gradients accumulate across backward calls, into a buffer the leaf owns; then the leaf's
+    /// post-accumulate-grad hooks run (see Tensor.RegisterPostAccumulateGradHook).
+    /// </summary>
     private static void Accumulate(Tensor t, Tensor g)
     {
         if (t.Grad is null) t.Grad = g.Clone();
         else t.Grad.Add_(g);
+        t.PostAccumulateGradHooks?.Invoke(t);
     }
 
     /// <summary>Tensors reachable from root through grad_fn inputs, each after all of its inputs.</summary>

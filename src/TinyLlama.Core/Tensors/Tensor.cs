@@ -118,6 +118,29 @@ public sealed partial class Tensor
     /// <summary>Keeps the gradient of a non-leaf tensor in <see cref="Grad"/> after backward.</summary>
     public void RetainGrad() => RetainsGrad = true;
 
+    // The post-accumulate-grad hooks (null when none: the common case costs one null check per leaf).
+    internal Action<Tensor>? PostAccumulateGradHooks;
+
+    /// <summary>
+    /// Calls <paramref name="hook"/> with this leaf each time a backward pass has accumulated into its
+    /// <see cref="Grad"/> (PyTorch's <c>register_post_accumulate_grad_hook</c>): a backward adds the
+    /// contributions of every use of the leaf first, so the hook sees the gradient that pass leaves. It runs on
+    /// the thread running the backward; data-parallel training starts a gradient all-reduce from it while the
+    /// backward goes on. Dispose the returned handle to remove the hook.
+    /// </summary>
+    public IDisposable RegisterPostAccumulateGradHook(Action<Tensor> hook)
+    {
+        ArgumentNullException.ThrowIfNull(hook);
+        if (!IsLeaf) throw new InvalidOperationException("post-accumulate-grad hooks go on leaf tensors");
+        PostAccumulateGradHooks += hook;
+        return new HookHandle(this, hook);
+    }
+
+    private sealed class HookHandle(Tensor owner, Action<Tensor> hook) : IDisposable
+    {
+        public void Dispose() => owner.PostAccumulateGradHooks -= hook;
+    }
+
     /// <summary>Clears <see cref="Grad"/>.</summary>
     public void ZeroGrad() => Grad = null;
 

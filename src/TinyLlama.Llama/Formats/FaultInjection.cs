@@ -7,8 +7,10 @@
 //   kill     SIGKILL this process on the spot (the default): no finally block, no flush, as a power cut
 //            or the OOM killer would end it (stdout lines written before are on the pipe: Console.Out
 //            flushes every write);
-//   enospc   throw the IOException a full disk gives ("No space left on device"), as a write would.
-// Without the variable Reach costs one static field read. The points (the constants below) are named in
+//   enospc   throw the IOException a full disk gives ("No space left on device"), as a write would;
+//   hang     block the calling thread for good, as a deadlock would (the data-parallel watchdog's test).
+// Besides the save sequence, StepDone marks the end of each training step (to kill one rank of a
+// data-parallel run mid-run). Without the variable Reach costs one static field read. The points (the constants below) are named in
 // the order a checkpoint save reaches them; tests/TinyLlama.Tests/Cli/FaultInjectionTests.cs kills `sft`
 // at each of them and checks that resuming repeats the uninterrupted run bit for bit.
 using System.Diagnostics;
@@ -33,10 +35,13 @@ public static class FaultInjection
     /// <summary>The save is finished (the old copy deleted).</summary>
     public const string CheckpointSaved = "checkpoint-saved";
 
+    /// <summary>A training step is done (SftTrainer.TrainStep, before it returns): for killing one rank of a data-parallel run mid-run.</summary>
+    public const string StepDone = "step-done";
+
     /// <summary>Every point, in the order a checkpoint save reaches them.</summary>
     public static IReadOnlyList<string> Points { get; } = [AtomicWrite, CheckpointTempWritten, CheckpointOldMoved, CheckpointSwitched, CheckpointSaved];
 
-    private sealed record Fault(string Point, int Hit, bool Kill);
+    private sealed record Fault(string Point, int Hit, string Action);
 
     private static readonly string? spec = Environment.GetEnvironmentVariable(Variable);
     private static readonly Fault[]? faults = Parse(spec);
@@ -51,7 +56,7 @@ public static class FaultInjection
         if (string.IsNullOrWhiteSpace(spec)) return;
         // A malformed value would silently test nothing: it fails the first save instead.
         if (faults is null)
-            throw new ArgumentException($"{Variable}={spec}: expected POINT:N[:kill|enospc], comma-separated, POINT one of {string.Join(", ", Points)}");
+            throw new ArgumentException($"{Variable}={spec}: expected POINT:N[:kill|enospc|hang], comma-separated, POINT one of {string.Join(", ", Points)}, {StepDone}");
         int hit;
         lock (hits)
         {
@@ -61,7 +66,8 @@ public static class FaultInjection
         foreach (var f in faults)
         {
             if (f.Point != point || f.Hit != hit) continue;
-            if (f.Kill)
+            if (f.Action == "hang") Thread.Sleep(Timeout.Infinite);
+            if (f.Action == "kill")
             {
                 using var self = Process.GetCurrentProcess();
                 self.Kill(); // SIGKILL on Unix
@@ -79,11 +85,11 @@ public static class FaultInjection
         foreach (var item in spec.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
         {
             var parts = item.Split(':');
-            if (parts.Length is < 2 or > 3 || !Points.Contains(parts[0])
+            if (parts.Length is < 2 or > 3 || !(Points.Contains(parts[0]) || parts[0] == StepDone)
                 || !int.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out int n) || n < 1
-                || (parts.Length == 3 && parts[2] is not ("kill" or "enospc")))
+                || (parts.Length == 3 && parts[2] is not ("kill" or "enospc" or "hang")))
                 return null;
-            result.Add(new Fault(parts[0], n, parts.Length == 2 || parts[2] == "kill"));
+            result.Add(new Fault(parts[0], n, parts.Length == 2 ? "kill" : parts[2]));
         }
         return result.ToArray();
     }

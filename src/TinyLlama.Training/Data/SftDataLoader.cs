@@ -17,6 +17,11 @@
 // Fisher-Yates from a Generator seeded with (seed, e), so the permutation is a pure function of the
 // seed and the epoch: the whole loader state is (epoch, position, seed, shuffle), resume is exact and
 // the checkpoint stays a few bytes however large the data set is.
+//
+// Data parallelism (Shard): rank r of P draws the P x B examples a single process with batch size P x B
+// would take and keeps rows [r B, (r + 1) B), so the P ranks together see exactly the records of the
+// single-process global batch, disjointly, and every rank's loader stays at the same position (a checkpoint
+// written by rank 0 resumes every rank).
 using System.Text;
 using System.Text.Json;
 using TinyLlama.Tensors;
@@ -121,6 +126,7 @@ public sealed class SftDataLoader
     private readonly IReadOnlyList<SftExample> examples;
     private readonly int batchSize, padId, maxLength;
     private readonly ExampleOrder order;
+    private int shardRank, shardCount = 1;
 
     /// <summary>Completed passes over the data (the epoch the next example comes from).</summary>
     public int Epoch => order.Epoch;
@@ -173,12 +179,34 @@ public sealed class SftDataLoader
     /// <summary>The input padding id for a tokenizer: its pad id, or 0 where it has none (Llama's is -1), as the constructor does.</summary>
     public static int InputPadId(LlamaTokenizer tokenizer) => Math.Max(tokenizer.PadId, 0);
 
-    /// <summary>The next B examples as a batch (advancing <see cref="Position"/>, and <see cref="Epoch"/> at the wrap).</summary>
+    /// <summary>
+    /// The next B examples as a batch (advancing <see cref="Position"/>, and <see cref="Epoch"/> at the wrap);
+    /// with a <see cref="Shard"/>, this rank's B of the next P x B.
+    /// </summary>
     public SftBatch Next()
     {
         var rows = new SftExample[batchSize];
-        for (int b = 0; b < batchSize; b++) rows[b] = examples[order.Next()];
+        for (int i = 0; i < shardCount * batchSize; i++)
+        {
+            int index = order.Next();
+            int b = i - shardRank * batchSize;
+            if (b >= 0 && b < batchSize) rows[b] = examples[index];
+        }
         return Collate(rows, padId, maxLength);
+    }
+
+    /// <summary>
+    /// Makes this loader rank <paramref name="rank"/>'s share of <paramref name="count"/> data-parallel ranks:
+    /// each batch is rows [rank B, (rank + 1) B) of the P x B examples that follow, so the ranks' batches
+    /// together are the batch of one process with batch size P x B.
+    /// </summary>
+    public void Shard(int rank, int count)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(count, 1);
+        if (rank < 0 || rank >= count) throw new ArgumentOutOfRangeException(nameof(rank), $"rank {rank} is not in [0, {count})");
+        if ((long)count * batchSize > int.MaxValue) throw new ArgumentException($"{count} ranks x batch size {batchSize} is too large a global batch");
+        shardRank = rank;
+        shardCount = count;
     }
 
     /// <summary>The position, to save in a checkpoint.</summary>

@@ -34,17 +34,22 @@ public sealed partial class SftTrainer
     /// <summary>
     /// Writes everything needed to resume into <paramref name="dir"/>, atomically: the files go to a
     /// temporary sibling directory that then replaces the old checkpoint (see <see cref="CheckpointDirectory"/>),
-    /// so an interrupted or failed save leaves the previous checkpoint intact and loadable.
+    /// so an interrupted or failed save leaves the previous checkpoint intact and loadable. With several ranks
+    /// every rank calls it (ZeRO stage 1 gathers the moments) and rank 0 alone writes.
     /// </summary>
     public void SaveCheckpoint(string dir)
     {
+        // With ZeRO stage 1 the moments are gathered from every rank first (every rank calls this); with
+        // several ranks only rank 0 writes, as the ranks hold the same state.
+        var (zeroM, zeroV) = zero?.GatherState() ?? default;
+        if (collective.Rank != 0) return;
         CheckpointDirectory.Commit(dir, CheckpointFiles, tmp =>
         {
             Safetensors.Save(Path.Combine(tmp, ParamsFile), trainable.ToDictionary(p => p.Name, p => p.Param.Detach()));
             var moments = new Dictionary<string, Tensor>();
             for (int i = 0; i < trainable.Count; i++)
             {
-                var (m, v) = optimizer.State(i);
+                var (m, v) = zero is null ? optimizer.State(i) : (zeroM[i], zeroV[i]);
                 if (m is not null) moments["m." + trainable[i].Name] = m;
                 if (v is not null) moments["v." + trainable[i].Name] = v;
             }
@@ -52,7 +57,7 @@ public sealed partial class SftTrainer
             var state = new JsonObject
             {
                 ["step"] = Step,
-                ["optimizer_step"] = optimizer.StepCount,
+                ["optimizer_step"] = zero?.StepCount ?? optimizer.StepCount,
                 ["compute_dtype"] = options.ComputeDType.Name(),
                 ["loss_scale"] = scaler?.Scale ?? 1.0,
                 ["scaler_good_steps"] = scaler?.GoodSteps ?? 0,
@@ -124,7 +129,8 @@ public sealed partial class SftTrainer
                 m2[i] = momentsFile.Get("v." + trainable[i].Name).Clone();
             }
         }
-        optimizer.SetState(state.OptimizerStep, m1, m2);
+        if (zero is null) optimizer.SetState(state.OptimizerStep, m1, m2);
+        else zero.SetState(state.OptimizerStep, m1, m2);
         Step = state.Step;
         scaler?.Restore(state.LossScale, state.ScalerGoodSteps);
         if (rng is not null) rng.SetState(state.Rng!);

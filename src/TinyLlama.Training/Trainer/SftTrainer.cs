@@ -3,6 +3,9 @@
 //   for each of K micro-batches:  (sum of item losses * scale / N).Backward()   (N = items in the step:
 //                                                                              target tokens, or pairs)
 //   all-reduce gradients (data-parallel seam) -> unscale (f16) -> skip on overflow -> clip -> AdamW
+// With several ranks (ICollective.WorldSize > 1) the last micro-batch's backward reduces the gradients in
+// buckets as they become final (Distributed/GradientBuckets.cs), and with ZeroStage 1 each rank keeps AdamW's
+// moments for its shard of the parameters only (Distributed/ZeroAdamW.cs); every rank takes the same step.
 // A step whose loss or (outside f16 loss scaling) gradient norm is NaN or infinite throws
 // TrainingDivergedException: such a step has already poisoned the weights, so the run must stop before
 // anything saves them, and the last checkpoint written stays the last good one.
@@ -44,6 +47,12 @@ public sealed record SftOptions
     public double Beta1 { get; init; } = 0.9;
     public double Beta2 { get; init; } = 0.999;
     public double Eps { get; init; } = 1e-8;
+    /// <summary>With several ranks: gradient bytes per all-reduce bucket, launched during backward (0 = one all-reduce after backward).</summary>
+    public long BucketBytes { get; init; } = 4L << 20;
+    /// <summary>With several ranks: 1 shards AdamW's moments across the ranks (ZeRO stage 1); 0 keeps them whole on every rank.</summary>
+    public int ZeroStage { get; init; }
+    /// <summary>With several ranks: hash the all-reduced gradients every step and stop if any rank's differ.</summary>
+    public bool CheckReplicas { get; init; }
 
     /// <summary>
     /// Throws an <see cref="ArgumentException"/> naming the first setting outside its range: Steps, Warmup &gt;= 0;
@@ -61,6 +70,8 @@ public sealed record SftOptions
         Check(Beta1 is >= 0 and < 1, "beta1", "in [0, 1)", Beta1);
         Check(Beta2 is >= 0 and < 1, "beta2", "in [0, 1)", Beta2);
         Check(double.IsFinite(Eps) && Eps > 0, "eps", "a finite number > 0", Eps);
+        Check(BucketBytes >= 0, "bucket size", ">= 0", BucketBytes);
+        Check(ZeroStage is 0 or 1, "zero stage", "0 or 1", ZeroStage);
         if (ComputeDType is not (DType.F32 or DType.BF16 or DType.F16))
             throw new ArgumentException($"compute dtype must be f32, bf16 or f16, not {ComputeDType.Name()}");
     }
@@ -87,6 +98,12 @@ public sealed class TrainingDivergedException(int step, string quantity, double 
     /// <summary>The value (NaN or an infinity).</summary>
     public double Value { get; } = value;
 }
+
+/// <summary>Where a data-parallel step's time went.</summary>
+/// <param name="BackwardSeconds">Wall time of the step's backward passes (the bucketed all-reduces run during the last).</param>
+/// <param name="AllReduceSeconds">Time the communication thread spent inside MPI calls for the step's gradients (NaN when unknown).</param>
+/// <param name="ExposedSeconds">Time the step waited for the all-reduce after backward: the part not hidden behind it.</param>
+public sealed record CommunicationTimes(double BackwardSeconds, double AllReduceSeconds, double ExposedSeconds);
 
 /// <summary>What one optimizer step did.</summary>
 /// <param name="Step">1-based step number.</param>
@@ -118,6 +135,8 @@ public sealed partial class SftTrainer
     private readonly AdamW optimizer;
     private readonly LrSchedule schedule;
     private readonly DynamicLossScaler? scaler;
+    private readonly Distributed.GradientBuckets? buckets;
+    private readonly Distributed.ZeroAdamW? zero;
 
     /// <summary>
     /// A trainer for the parameters of <paramref name="model"/> that require grad; <paramref name="rng"/>
@@ -147,6 +166,12 @@ public sealed partial class SftTrainer
         optimizer = new AdamW(trainable.Select(p => p.Param), options.Lr, options.Beta1, options.Beta2, options.Eps, options.WeightDecay);
         schedule = new LrSchedule(options.Schedule, options.Lr, options.Warmup, options.Steps);
         if (options.ComputeDType == DType.F16) scaler = new DynamicLossScaler();
+        if (this.collective.WorldSize > 1)
+        {
+            var parameters = trainable.Select(p => p.Param).ToList();
+            if (options.BucketBytes > 0) buckets = new Distributed.GradientBuckets(this.collective, parameters, options.BucketBytes);
+            if (options.ZeroStage == 1) zero = new Distributed.ZeroAdamW(parameters, this.collective, options.Beta1, options.Beta2, options.Eps, options.WeightDecay);
+        }
         model.Train();
     }
 
@@ -161,6 +186,18 @@ public sealed partial class SftTrainer
 
     /// <summary>The trained parameters with their names.</summary>
     public IReadOnlyList<(string Name, Tensor Param)> Trainable => trainable;
+
+    /// <summary>Bytes of AdamW state (first and second moments) this rank holds: its shard under ZeRO stage 1.</summary>
+    public long OptimizerStateBytes => zero?.StateBytes ?? 2L * trainable.Sum(p => (long)p.Param.Numel * (p.Param.DType == DType.F64 ? 8 : 4));
+
+    /// <summary>Bytes of gradients all-reduced per step (0 with one rank).</summary>
+    public long AllReducedBytesPerStep => collective.WorldSize == 1 ? 0 : buckets?.BytesPerStep ?? trainable.Sum(p => (long)p.Param.Numel * (p.Param.DType == DType.F32 ? 4 : 8));
+
+    /// <summary>Where the last step's time went with several ranks (null with one).</summary>
+    public CommunicationTimes? LastCommunication { get; private set; }
+
+    /// <summary>With <see cref="SftOptions.CheckReplicas"/>: the hash of the last step's all-reduced gradients, the same on every rank.</summary>
+    public ulong? LastGradientHash { get; private set; }
 
     /// <summary>The current f16 loss scale (1 when not scaling).</summary>
     public double LossScale => scaler?.Scale ?? 1.0;
@@ -193,6 +230,7 @@ public sealed partial class SftTrainer
         // The summed loss stays where it was computed until the end of the step: reading it here would make
         // the host wait for the device between the forward and the backward pass.
         Tensor? lossSum = null, metricSums = null;
+        double backwardSeconds = 0;
         foreach (var batch in batches)
         {
             ObjectiveOutput output;
@@ -204,10 +242,28 @@ public sealed partial class SftTrainer
                 lossSum = lossSum is null ? s.Detach() : lossSum + s.Detach();
                 if (output.MetricSums is Tensor m) metricSums = metricSums is null ? m.Detach() : metricSums + m.Detach();
             }
+            // Only the last micro-batch's backward reduces, as its gradients are the step's (DDP's no_sync).
+            if (ReferenceEquals(batch, batches[^1])) buckets?.Arm();
+            long b0 = Stopwatch.GetTimestamp();
             (s * (scale / targets)).Backward();
+            backwardSeconds += Stopwatch.GetElapsedTime(b0).TotalSeconds;
         }
         var parameters = trainable.Select(p => p.Param).ToList();
-        collective.AllReduceGradients(parameters.Where(p => p.Grad is not null).Select(p => p.Grad!).ToList());
+        if (collective.WorldSize > 1)
+        {
+            long r0 = Stopwatch.GetTimestamp();
+            double waited;
+            if (buckets is not null) waited = buckets.Finish();
+            else
+            {
+                collective.AllReduceGradients(parameters.Where(p => p.Grad is not null).Select(p => p.Grad!).ToList());
+                waited = Stopwatch.GetElapsedTime(r0).TotalSeconds;
+            }
+            double busy = collective is Distributed.MpiCollective mpi ? mpi.TakeBusySeconds() : double.NaN;
+            LastCommunication = new CommunicationTimes(backwardSeconds, busy, waited);
+            if (options.CheckReplicas) LastGradientHash = CheckReplicas(parameters);
+        }
+        else collective.AllReduceGradients(parameters.Where(p => p.Grad is not null).Select(p => p.Grad!).ToList());
 
         bool skipped = false;
         double gradNorm = double.NaN;
@@ -226,7 +282,12 @@ public sealed partial class SftTrainer
             {
                 if (options.GradClip > 0) normOnDevice = GradClip.ClipGradNormOnDevice(parameters, options.GradClip);
                 else if (scaler is null) normOnDevice = GradClip.GlobalNormOnDevice(parameters); // to notice divergence
-                optimizer.Step();
+                if (zero is null) optimizer.Step();
+                else
+                {
+                    zero.Lr = lr;
+                    zero.Step();
+                }
             }
         }
         // Everything of the step is enqueued; the host now reads what it reports.
@@ -244,7 +305,29 @@ public sealed partial class SftTrainer
         var log = new StepLog(Step, meanLoss, lr, tokens / Math.Max(seconds, 1e-9), gradNorm, skipped);
         if (metrics is not null) log = log with { Metrics = metrics };
         History.Add(log);
+        FaultInjection.Reach(FaultInjection.StepDone, $"step {Step}");
         return log;
+    }
+
+    // FNV-1a over the bytes of every reduced gradient, all-gathered: the ranks must hold the same bits.
+    private ulong CheckReplicas(List<Tensor> parameters)
+    {
+        ulong hash = 14695981039346656037UL;
+        foreach (var p in parameters)
+        {
+            if (p.Grad is null) continue;
+            foreach (byte x in System.Runtime.InteropServices.MemoryMarshal.AsBytes(p.Grad.ToArray<float>().AsSpan()))
+                hash = (hash ^ x) * 1099511628211UL;
+        }
+        var all = new byte[8 * collective.WorldSize];
+        collective.AllGather(BitConverter.GetBytes(hash), all);
+        for (int r = 0; r < collective.WorldSize; r++)
+        {
+            ulong other = BitConverter.ToUInt64(all, 8 * r);
+            if (other != hash)
+                throw new InvalidOperationException($"step {Step + 1}: the all-reduced gradients differ across ranks (rank {collective.Rank}: {hash:x16}, rank {r}: {other:x16})");
+        }
+        return hash;
     }
 
     // The objective's metric sums, all-reduced and divided by the step's item count (null when it has none).
