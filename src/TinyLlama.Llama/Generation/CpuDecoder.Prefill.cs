@@ -86,7 +86,7 @@ public sealed unsafe partial class CpuDecoder
         private readonly CpuDecoder d;
         private readonly float[] buffer;
         public readonly float* X, Xb, Q, K, V, Att, G, U, Tmp;   // [T, C], [T, C], [T, QD], [T, KVD] x2, [T, QD], [T, F] x2, [T, C]
-        public readonly float* Cos, Sin;                           // [maxTokens, HS/2] RoPE tables by position
+        public readonly float* Cos, Sin;                           // [maxTokens, HS/2] RoPE tables by position (the decoder's)
         public readonly float* KeysT;                              // this layer's cached keys in blocks of 8, transposed: [NKV, KeyBlocks, HS, 8]
         public readonly int KeyBlocks;
         public readonly Q8_0Rows InC = new(), InQ = new(), InF = new();
@@ -107,7 +107,7 @@ public sealed unsafe partial class CpuDecoder
             F = cfg.IntermediateSize;
             Half = d.headDim / 2;
             KeyBlocks = (d.cache.MaxTokens + 7) / 8;
-            long total = (long)capacity * (3L * Dim + 2L * Qd + 2L * Kvd + 2L * F) + 2L * d.cache.MaxTokens * Half + (long)d.numKvHeads * KeyBlocks * 8 * d.headDim;
+            long total = (long)capacity * (3L * Dim + 2L * Qd + 2L * Kvd + 2L * F) + (long)d.numKvHeads * KeyBlocks * 8 * d.headDim;
             buffer = GC.AllocateUninitializedArray<float>(checked((int)total), pinned: true);
             float* next = (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(buffer));
             float* Take(long n) { float* p = next; next += n; return p; }
@@ -115,12 +115,8 @@ public sealed unsafe partial class CpuDecoder
             Q = Take((long)capacity * Qd); Att = Take((long)capacity * Qd);
             K = Take((long)capacity * Kvd); V = Take((long)capacity * Kvd);
             G = Take((long)capacity * F); U = Take((long)capacity * F);
-            Cos = Take((long)d.cache.MaxTokens * Half); Sin = Take((long)d.cache.MaxTokens * Half);
+            Cos = d.ropeCos; Sin = d.ropeSin;
             KeysT = Take((long)d.numKvHeads * KeyBlocks * 8 * d.headDim);
-            // RoPE tables for every position the cache holds, from the definition the modules use (Functional.RopeTables).
-            var (cos, sin) = Functional.RopeTables(d.invFreq, 0, d.cache.MaxTokens);
-            cos.ToArray<float>().CopyTo(new Span<float>(Cos, d.cache.MaxTokens * Half));
-            sin.ToArray<float>().CopyTo(new Span<float>(Sin, d.cache.MaxTokens * Half));
             rows = new RowJob(this, d);
             gemm = new GemmJob(d.pool.Threads);
             attention = new AttentionPrefillJob(this, d);

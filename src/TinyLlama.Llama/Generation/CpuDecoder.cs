@@ -263,6 +263,7 @@ public sealed unsafe partial class CpuDecoder : IDisposable
     private readonly double[] invFreq;
     private readonly float[] buffer;            // every activation below, in one pinned array
     private readonly float* x, xb, q, att, gate, up, logits, scores, cos, sin; // S rows each (see the constructor)
+    private readonly float* ropeCos, ropeSin;  // RoPE's cos and sin for every cache position [maxTokens, HS/2]
     private readonly int[] rowSlot, rowToken;   // the slot and token of each row of the running step
     private readonly MatVecJob[] qkvJobs, oJobs, mlpJobs, downJobs;
     private readonly MatVecJob headJob;
@@ -340,13 +341,19 @@ public sealed unsafe partial class CpuDecoder : IDisposable
         int rows = CanPrefill || PrefillRowsUnsupported is not null ? slots : Math.Max(slots, PrefillRowsChunk);
         rowSlot = new int[rows];
         rowToken = new int[rows];
-        long total = rows * (2L * dim + 2L * qd + 2L * f + vocab + (long)numHeads * cache.MaxTokens + 2L * half + 2L * numKvHeads * headDim) + loraProjections.Sum(p => (long)p.R);
+        long total = rows * (2L * dim + 2L * qd + 2L * f + vocab + (long)numHeads * cache.MaxTokens + 2L * half + 2L * numKvHeads * headDim) + loraProjections.Sum(p => (long)p.R) + 2L * cache.MaxTokens * half;
         buffer = GC.AllocateUninitializedArray<float>(checked((int)total), pinned: true);
         float* next = (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(buffer));
         float* Take(long n) { float* p = next; next += n; return p; }
         x = Take((long)rows * dim); xb = Take((long)rows * dim); q = Take((long)rows * qd); att = Take((long)rows * qd);
         gate = Take((long)rows * f); up = Take((long)rows * f); logits = Take((long)rows * vocab);
         scores = Take((long)rows * numHeads * cache.MaxTokens); cos = Take((long)rows * half); sin = Take((long)rows * half);
+        // RoPE tables for every position the cache holds, from the definition the modules use (Functional.RopeTables).
+        ropeCos = Take((long)cache.MaxTokens * half);
+        ropeSin = Take((long)cache.MaxTokens * half);
+        var (ropeCosTable, ropeSinTable) = Functional.RopeTables(invFreq, 0, cache.MaxTokens);
+        ropeCosTable.ToArray<float>().CopyTo(new Span<float>(ropeCos, cache.MaxTokens * half));
+        ropeSinTable.ToArray<float>().CopyTo(new Span<float>(ropeSin, cache.MaxTokens * half));
         foreach (var p in loraProjections) p.U = Take(p.R);
         float* kNew = Take((long)rows * numKvHeads * headDim), vNew = Take((long)rows * numKvHeads * headDim);
 
@@ -494,13 +501,8 @@ public sealed unsafe partial class CpuDecoder : IDisposable
             float* xi = x + (long)i * dim;
             if (embedBlocks is not null) QuantizedDot.Expand(embedType, embedBlocks + token * embedRowBytes, xi, dim);
             else new ReadOnlySpan<float>(embed + (long)token * dim, dim).CopyTo(new Span<float>(xi, dim));
-            // RoPE angles in f64, rounded to f32, exactly as RotaryEmbedding tabulates them.
-            for (int j = 0; j < invFreq.Length; j++)
-            {
-                double angle = pos * invFreq[j];
-                cos[i * half + j] = (float)Math.Cos(angle);
-                sin[i * half + j] = (float)Math.Sin(angle);
-            }
+            new ReadOnlySpan<float>(ropeCos + (long)pos * half, half).CopyTo(new Span<float>(cos + i * half, half));
+            new ReadOnlySpan<float>(ropeSin + (long)pos * half, half).CopyTo(new Span<float>(sin + i * half, half));
             attention.Positions[i] = pos + 1;
             attentionWork += (long)(pos + 1) * kvDim;
         }
@@ -629,7 +631,8 @@ public sealed unsafe partial class CpuDecoder : IDisposable
     // y[i, r] (=|+=) dot(W[r, :k], x[i, :k]) for r in [r0, r1) and the n rows of x [n, k] (y's rows ldy apart).
     //
     // Each weight row is read from memory once and then used for every row of x from cache, three rows of x per
-    // pass (BlockDot3: twelve accumulators, as many as AVX2's sixteen registers hold with the loads). When x is
+    // pass (BlockDot3: twelve accumulators, as many as AVX2's sixteen registers hold with the loads) and the last
+    // two or four as passes of two (BlockDot2), so only a lone row runs a one-row pass. When x is
     // larger than L1 (n k floats over XBlockBytes), the rows of x go in blocks that fit it and the weight rows in
     // tiles that fit L2 (TileBytes), so a tile comes from memory for the first block and from L2 for the others.
     // Every (weight row, x row) pair is summed in exactly one order, whichever pass, block or tile computes it and
@@ -655,7 +658,12 @@ public sealed unsafe partial class CpuDecoder : IDisposable
                     float* wr = w + (long)r * k;
                     int i = i0;
                     if (Vector256.IsHardwareAccelerated)
-                        for (; i + 3 <= i1; i += 3) BlockDot3(wr, k, xIn + (long)i * k, y + i * ldy + r, ldy, accumulate);
+                    {
+                        // Passes of three rows of x, then two (four left go as 2 + 2, not 3 + 1): a one-row pass
+                        // reloads the weight row for a single FMA per load pair.
+                        for (; i1 - i >= 3 && i1 - i != 4; i += 3) BlockDot3(wr, k, xIn + (long)i * k, y + i * ldy + r, ldy, accumulate);
+                        for (; i1 - i >= 2; i += 2) BlockDot2(wr, k, xIn + (long)i * k, y + i * ldy + r, ldy, accumulate);
+                    }
                     for (; i < i1; i++)
                     {
                         float t = BlockDot(wr, xIn + (long)i * k, k);
@@ -731,6 +739,44 @@ public sealed unsafe partial class CpuDecoder : IDisposable
         }
         if (accumulate) { ta += y[0]; tb += y[ldy]; tc += y[2 * ldy]; }
         y[0] = ta; y[ldy] = tb; y[2 * ldy] = tc;
+    }
+
+    // BlockDot3 for two rows of x (x0, x0 + k): eight accumulators, the same order per pair.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void BlockDot2(float* w, int k, float* x0, float* y, long ldy, bool accumulate)
+    {
+        float* x1 = x0 + k;
+        Vector256<float> a0 = Vector256<float>.Zero, a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        int p = 0;
+        for (; p + 32 <= k; p += 32)
+        {
+            var w0 = Vector256.Load(w + p);
+            a0 = Vector256.FusedMultiplyAdd(Vector256.Load(x0 + p), w0, a0);
+            b0 = Vector256.FusedMultiplyAdd(Vector256.Load(x1 + p), w0, b0);
+            var w1 = Vector256.Load(w + p + 8);
+            a1 = Vector256.FusedMultiplyAdd(Vector256.Load(x0 + p + 8), w1, a1);
+            b1 = Vector256.FusedMultiplyAdd(Vector256.Load(x1 + p + 8), w1, b1);
+            var w2 = Vector256.Load(w + p + 16);
+            a2 = Vector256.FusedMultiplyAdd(Vector256.Load(x0 + p + 16), w2, a2);
+            b2 = Vector256.FusedMultiplyAdd(Vector256.Load(x1 + p + 16), w2, b2);
+            var w3 = Vector256.Load(w + p + 24);
+            a3 = Vector256.FusedMultiplyAdd(Vector256.Load(x0 + p + 24), w3, a3);
+            b3 = Vector256.FusedMultiplyAdd(Vector256.Load(x1 + p + 24), w3, b3);
+        }
+        for (; p + 8 <= k; p += 8)
+        {
+            var w0 = Vector256.Load(w + p);
+            a0 = Vector256.FusedMultiplyAdd(Vector256.Load(x0 + p), w0, a0);
+            b0 = Vector256.FusedMultiplyAdd(Vector256.Load(x1 + p), w0, b0);
+        }
+        float ta = Vector256.Sum((a0 + a1) + (a2 + a3)), tb = Vector256.Sum((b0 + b1) + (b2 + b3));
+        for (; p < k; p++)
+        {
+            ta += x0[p] * w[p];
+            tb += x1[p] * w[p];
+        }
+        if (accumulate) { ta += y[0]; tb += y[ldy]; }
+        y[0] = ta; y[ldy] = tb;
     }
 
     // y[r] (=|+=) dot(dequantize(row r of p's blocks), x) for r in [r0, r1): the weights stay in their blocks.
