@@ -242,19 +242,38 @@ public sealed class BatchScheduler : IDisposable
                 }
             }
 
-            // Joining requests: prefill alone into their slot, then sample their first token.
-            foreach (var job in admitted)
+            // Joining requests: prefilled together into their slots (one prompt's refusal, e.g. too long for the
+            // context, sends them through one at a time, so it fails that request alone), then each samples its
+            // first token.
+            foreach (var job in admitted) decoder.Reset(job.Slot);
+            float[][]? firsts = null;
+            if (admitted.Count > 1)
             {
-                decoder.Reset(job.Slot);
-                float[] first;
                 try
                 {
-                    first = decoder.Prefill(job.Slot, job.Request.Prompt);
+                    firsts = decoder.Prefill([.. admitted.Select(j => j.Slot)], [.. admitted.Select(j => j.Request.Prompt)]);
                 }
                 catch (Exception e) when (e is ArgumentException or InvalidOperationException or InvalidDataException)
                 {
-                    Finish(job, e);
-                    continue;
+                    foreach (var job in admitted) decoder.Reset(job.Slot);
+                }
+            }
+            for (int a = 0; a < admitted.Count; a++)
+            {
+                var job = admitted[a];
+                float[] first;
+                if (firsts is not null) first = firsts[a];
+                else
+                {
+                    try
+                    {
+                        first = decoder.Prefill(job.Slot, job.Request.Prompt);
+                    }
+                    catch (Exception e) when (e is ArgumentException or InvalidOperationException or InvalidDataException)
+                    {
+                        Finish(job, e);
+                        continue;
+                    }
                 }
                 Advance(job, first);
             }

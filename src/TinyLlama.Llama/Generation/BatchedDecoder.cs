@@ -125,6 +125,34 @@ public sealed class BatchedDecoder : IDisposable
     }
 
     /// <summary>
+    /// Runs <paramref name="prompts"/>[i] after what slot <paramref name="slots"/>[i] holds, for requests joining
+    /// together, and returns each one's last logits [V]. On the CPU decoder path (models whose prompts prefill as
+    /// rows) the prompts share multi-row steps, each weight read once per chunk of rows whoever's they are, and
+    /// every prompt's logits are what <see cref="Prefill(int, IReadOnlyList{int})"/> alone gives, bit for bit;
+    /// otherwise the prompts run one after another through it.
+    /// </summary>
+    public float[][] Prefill(IReadOnlyList<int> slots, IReadOnlyList<IReadOnlyList<int>> prompts)
+    {
+        ArgumentNullException.ThrowIfNull(slots);
+        ArgumentNullException.ThrowIfNull(prompts);
+        if (slots.Count != prompts.Count) throw new ArgumentException($"{slots.Count} slots but {prompts.Count} prompts");
+        if (cpu is null || !cpu.CanPrefillRows || slots.Count < 2)
+            return [.. slots.Select((slot, i) => Prefill(slot, prompts[i]))];
+        int vocab = VocabSize;
+        for (int i = 0; i < slots.Count; i++)
+        {
+            var ids = prompts[i];
+            ArgumentNullException.ThrowIfNull(ids);
+            if (ids.Count == 0) throw new ArgumentException("prefill needs at least one token");
+            if (caches[slots[i]].Length + ids.Count > ContextSize)
+                throw new ArgumentException($"{caches[slots[i]].Length + ids.Count} tokens exceed the context size of {ContextSize}");
+        }
+        var all = new float[slots.Count * vocab];
+        cpu.PrefillSlots([.. slots], prompts, all);
+        return [.. Enumerable.Range(0, slots.Count).Select(i => all.AsSpan(i * vocab, vocab).ToArray())];
+    }
+
+    /// <summary>
     /// One step: token <paramref name="tokens"/>[i] continues slot <paramref name="slots"/>[i] (distinct slots,
     /// each with room for one more token); writes the next-token logits of each into row i of
     /// <paramref name="logits"/> [n, V].

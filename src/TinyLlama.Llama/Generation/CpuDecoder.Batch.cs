@@ -99,9 +99,63 @@ public sealed unsafe partial class CpuDecoder
                 rowSlot[i] = bound;
                 rowToken[i] = tokens[start + i];
             }
-            Decode(n, lastLogitsOnly: true);
+            logitRow[0] = n - 1;
+            Decode(n, logitRow, start + n == tokens.Length ? 1 : 0);
         }
         return new ReadOnlySpan<float>(logits, vocab);
+    }
+
+    /// <summary>
+    /// Prefills several slots together (requests joining at one step): <paramref name="prompts"/>[i] continues
+    /// slot <paramref name="slots"/>[i] (distinct slots). The prompts' tokens run as the rows of shared multi-row
+    /// steps, in order, so each token's numbers are those of <see cref="Step(int)"/> on its own slot bit for bit
+    /// (as in <see cref="PrefillRows"/>); row i of <paramref name="lastLogits"/> [count, V] receives the logits
+    /// after prompt i's last token. Only where <see cref="CanPrefillRows"/>.
+    /// </summary>
+    internal void PrefillSlots(ReadOnlySpan<int> slots, IReadOnlyList<IReadOnlyList<int>> prompts, Span<float> lastLogits)
+    {
+        ObjectDisposedException.ThrowIf(disposed, this);
+        if (PrefillRowsUnsupported is { } why) throw new InvalidOperationException($"prefill as rows does not apply: {why}");
+        int count = slots.Length;
+        if (prompts.Count != count) throw new ArgumentException($"{count} slots but {prompts.Count} prompts");
+        if (lastLogits.Length < (long)count * vocab) throw new ArgumentException($"logits for {count} prompts need {(long)count * vocab} floats, got {lastLogits.Length}");
+        for (int i = 0; i < count; i++)
+        {
+            int s = slots[i];
+            if ((uint)s >= (uint)caches.Length) throw new ArgumentOutOfRangeException(nameof(slots), s, $"slot out of range [0, {caches.Length})");
+            for (int j = 0; j < i; j++)
+                if (slots[j] == s) throw new ArgumentException($"slot {s} appears twice in one prefill");
+            if (prompts[i].Count == 0) throw new ArgumentException("prefill needs at least one token", nameof(prompts));
+            foreach (int t in prompts[i])
+                if ((uint)t >= (uint)vocab) throw new ArgumentOutOfRangeException(nameof(prompts), t, $"token id out of range for a vocabulary of {vocab}");
+            CheckRoom(caches[s], prompts[i].Count);
+        }
+        int chunk = rowSlot.Length, n = 0, wanted = 0;
+        Span<int> owner = stackalloc int[chunk]; // the prompt whose last token is each wanted row
+        void Flush(Span<float> output, Span<int> owners)
+        {
+            Decode(n, logitRow, wanted);
+            for (int w = 0; w < wanted; w++)
+                new ReadOnlySpan<float>(logits + (long)w * vocab, vocab).CopyTo(output.Slice(owners[w] * vocab, vocab));
+            n = 0;
+            wanted = 0;
+        }
+        for (int i = 0; i < count; i++)
+        {
+            var prompt = prompts[i];
+            for (int t = 0; t < prompt.Count; t++)
+            {
+                rowSlot[n] = slots[i];
+                rowToken[n] = prompt[t];
+                if (t == prompt.Count - 1)
+                {
+                    logitRow[wanted] = n;
+                    owner[wanted++] = i;
+                }
+                if (++n == chunk) Flush(lastLogits, owner);
+            }
+        }
+        if (n > 0) Flush(lastLogits, owner);
     }
 
     /// <summary>

@@ -265,6 +265,7 @@ public sealed unsafe partial class CpuDecoder : IDisposable
     private readonly float* x, xb, q, att, gate, up, logits, scores, cos, sin; // S rows each (see the constructor)
     private readonly float* ropeCos, ropeSin;  // RoPE's cos and sin for every cache position [maxTokens, HS/2]
     private readonly int[] rowSlot, rowToken;   // the slot and token of each row of the running step
+    private readonly int[] logitRow;            // the rows whose logits a prefill step keeps (Decode)
     private readonly MatVecJob[] qkvJobs, oJobs, mlpJobs, downJobs;
     private readonly MatVecJob headJob;
     private readonly AttentionJob attention;
@@ -341,6 +342,7 @@ public sealed unsafe partial class CpuDecoder : IDisposable
         int rows = CanPrefill || PrefillRowsUnsupported is not null ? slots : Math.Max(slots, PrefillRowsChunk);
         rowSlot = new int[rows];
         rowToken = new int[rows];
+        logitRow = new int[rows];
         long total = rows * (2L * dim + 2L * qd + 2L * f + vocab + (long)numHeads * cache.MaxTokens + 2L * half + 2L * numKvHeads * headDim) + loraProjections.Sum(p => (long)p.R) + 2L * cache.MaxTokens * half;
         buffer = GC.AllocateUninitializedArray<float>(checked((int)total), pinned: true);
         float* next = (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(buffer));
@@ -487,8 +489,9 @@ public sealed unsafe partial class CpuDecoder : IDisposable
     // One decoding step of n rows: row i runs token rowToken[i] at the next position of slot rowSlot[i] (rows of
     // the same slot at its next positions in row order), appends its keys and values to that slot's cache and
     // leaves its logits in row i of the logits buffer. Every row's numbers are computed by the same code whatever
-    // n is. lastLogitsOnly: only the last row's logits, in row 0 (a prefill reads no others).
-    private void Decode(int n, bool lastLogitsOnly = false)
+    // n is. logitRows: when given, only the logits of rows logitRows[0..logitCount) (ascending), in rows
+    // 0..logitCount of the logits buffer (a prefill reads no others; none at all for a chunk that ends no prompt).
+    private void Decode(int n, int[]? logitRows = null, int logitCount = 0)
     {
         int half = headDim / 2, qd = numHeads * headDim, kvDim = numKvHeads * headDim, maxT = cache.MaxTokens;
         long attentionWork = 0;
@@ -538,10 +541,10 @@ public sealed unsafe partial class CpuDecoder : IDisposable
         // layers against a 32 MB L3). Reading it in the opposite order each step starts from those rows instead of
         // from rows long evicted. Every row is computed the same way in either order.
         headJob.Backward = !headJob.Backward;
-        if (lastLogitsOnly)
+        if (logitRows is not null)
         {
-            RmsNorm(xb, x + (long)(n - 1) * dim, finalNorm, dim, eps);
-            Run(headJob, 1);
+            for (int j = 0; j < logitCount; j++) RmsNorm(xb + (long)j * dim, x + (long)logitRows[j] * dim, finalNorm, dim, eps);
+            if (logitCount > 0) Run(headJob, logitCount);
         }
         else
         {

@@ -59,6 +59,36 @@ public class CpuDecoderPrefillRowsTests
             Assert.Equal(steps.Step(ids[t]).ToArray(), rows.Step(ids[t]).ToArray());
     }
 
+    [Theory]
+    [InlineData(3)]  // a decoder of 3 slots: chunks of PrefillRowsChunk (16) rows
+    [InlineData(20)] // more slots than that: chunks of 20 rows
+    public void PrefillSlotsGivesEachSlotWhatStepByStepGives(int slotCount)
+    {
+        var (model, activations) = Build("f32");
+        model.Eval();
+        using var noGrad = GradMode.NoGrad();
+        // Prompts of 5, 20 and 9 tokens: 34 rows, so chunks end inside prompts and a chunk ends no prompt.
+        int[][] prompts = [CpuDecoderTests.Ids(5, 53, 40), CpuDecoderTests.Ids(20, 53, 41), CpuDecoderTests.Ids(9, 53, 42)];
+        int[] slots = [2, 0, 1];
+        var caches = Enumerable.Range(0, slotCount).Select(_ => model.NewCache(1, 32)).ToList();
+        using var decoder = CpuDecoder.TryCreateSlots(model, caches, out var why, new SpinPool(2), activations);
+        Assert.True(decoder is not null, why);
+        var logits = new float[3 * 53];
+        decoder.PrefillSlots(slots, prompts, logits);
+        for (int i = 0; i < 3; i++)
+        {
+            var cache = model.NewCache(1, 32);
+            using var lone = CpuDecoder.TryCreate(model, cache, out _, new SpinPool(2), activations)!;
+            float[] expected = [];
+            foreach (int id in prompts[i]) expected = lone.Step(id).ToArray();
+            Assert.Equal(expected, logits.AsSpan(i * 53, 53).ToArray());
+            Assert.Equal(prompts[i].Length, caches[slots[i]].Length);
+            for (int layer = 0; layer < model.Config.NumHiddenLayers; layer++)
+                Assert.Equal(cache.Keys(layer).ToArray<float>(), caches[slots[i]].Keys(layer).ToArray<float>());
+        }
+        Assert.Throws<ArgumentException>(() => decoder.PrefillSlots([0, 0], [[1], [2]], new float[2 * 53]));
+    }
+
     [Fact]
     public void GenerationPrefillsByRowsAndMatchesTokenByTokenDecoding()
     {
