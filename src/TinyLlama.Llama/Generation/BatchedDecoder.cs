@@ -111,14 +111,8 @@ public sealed class BatchedDecoder : IDisposable
     /// </summary>
     public float[] Prefill(int slot, IReadOnlyList<int> ids)
     {
-        ArgumentNullException.ThrowIfNull(ids);
-        if (ids.Count == 0) throw new ArgumentException("prefill needs at least one token");
+        CheckPrompt(slot, ids);
         var cache = caches[slot];
-        if (cache.Length + ids.Count > ContextSize)
-            throw new ArgumentException($"{cache.Length + ids.Count} tokens exceed the context size of {ContextSize}");
-        int vocab = VocabSize;
-        foreach (int id in ids)
-            if ((uint)id >= (uint)vocab) throw new ArgumentException($"token id {id} is out of range for a vocabulary of {vocab}");
         if (cpu is null) return TextGenerator.ModuleForward(model, [.. ids], cache, activations);
         cpu.Bind(slot);
         return TextGenerator.Forward(model, cpu, [.. ids], cache).ToArray();
@@ -139,17 +133,22 @@ public sealed class BatchedDecoder : IDisposable
         if (cpu is null || !cpu.CanPrefillRows || slots.Count < 2)
             return [.. slots.Select((slot, i) => Prefill(slot, prompts[i]))];
         int vocab = VocabSize;
-        for (int i = 0; i < slots.Count; i++)
-        {
-            var ids = prompts[i];
-            ArgumentNullException.ThrowIfNull(ids);
-            if (ids.Count == 0) throw new ArgumentException("prefill needs at least one token");
-            if (caches[slots[i]].Length + ids.Count > ContextSize)
-                throw new ArgumentException($"{caches[slots[i]].Length + ids.Count} tokens exceed the context size of {ContextSize}");
-        }
+        for (int i = 0; i < slots.Count; i++) CheckPrompt(slots[i], prompts[i]);
         var all = new float[slots.Count * vocab];
         cpu.PrefillSlots([.. slots], prompts, all);
         return [.. Enumerable.Range(0, slots.Count).Select(i => all.AsSpan(i * vocab, vocab).ToArray())];
+    }
+
+    // A prompt for slot: at least one token, each in the vocabulary, and room for all of them in its cache.
+    private void CheckPrompt(int slot, IReadOnlyList<int> ids)
+    {
+        ArgumentNullException.ThrowIfNull(ids);
+        if (ids.Count == 0) throw new ArgumentException("prefill needs at least one token");
+        if (caches[slot].Length + ids.Count > ContextSize)
+            throw new ArgumentException($"{caches[slot].Length + ids.Count} tokens exceed the context size of {ContextSize}");
+        int vocab = VocabSize;
+        foreach (int id in ids)
+            if ((uint)id >= (uint)vocab) throw new ArgumentException($"token id {id} is out of range for a vocabulary of {vocab}");
     }
 
     /// <summary>

@@ -51,23 +51,12 @@ public sealed unsafe partial class CpuDecoder
         return null;
     }
 
-    /// <summary>Number of slots (caches) this decoder runs.</summary>
-    internal int Slots => caches.Length;
-
-    /// <summary>The cache of <paramref name="slot"/>.</summary>
-    internal KvCache Cache(int slot) => caches[slot];
-
     /// <summary>Makes <see cref="Step(int)"/> and <see cref="Prefill"/> run on <paramref name="slot"/>'s cache.</summary>
     internal void Bind(int slot)
     {
         if ((uint)slot >= (uint)caches.Length) throw new ArgumentOutOfRangeException(nameof(slot), slot, $"slot out of range [0, {caches.Length})");
         bound = slot;
         cache = caches[slot];
-        foreach (var l in layers)
-        {
-            l.Keys = l.SlotKeys[slot];
-            l.Values = l.SlotValues[slot];
-        }
     }
 
     /// <summary>Most prompt tokens one <see cref="PrefillRows"/> step holds (longer prompts run in chunks of this many).</summary>

@@ -27,7 +27,6 @@ using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using TinyLlama.Backends.Cpu;
-using TinyLlama.Tensors;
 
 namespace TinyLlama.Generation;
 
@@ -86,7 +85,6 @@ public sealed unsafe partial class CpuDecoder
         private readonly CpuDecoder d;
         private readonly float[] buffer;
         public readonly float* X, Xb, Q, K, V, Att, G, U, Tmp;   // [T, C], [T, C], [T, QD], [T, KVD] x2, [T, QD], [T, F] x2, [T, C]
-        public readonly float* Cos, Sin;                           // [maxTokens, HS/2] RoPE tables by position (the decoder's)
         public readonly float* KeysT;                              // this layer's cached keys in blocks of 8, transposed: [NKV, KeyBlocks, HS, 8]
         public readonly int KeyBlocks;
         public readonly Q8_0Rows InC = new(), InQ = new(), InF = new();
@@ -115,7 +113,6 @@ public sealed unsafe partial class CpuDecoder
             Q = Take((long)capacity * Qd); Att = Take((long)capacity * Qd);
             K = Take((long)capacity * Kvd); V = Take((long)capacity * Kvd);
             G = Take((long)capacity * F); U = Take((long)capacity * F);
-            Cos = d.ropeCos; Sin = d.ropeSin;
             KeysT = Take((long)d.numKvHeads * KeyBlocks * 8 * d.headDim);
             rows = new RowJob(this, d);
             gemm = new GemmJob(d.pool.Threads);
@@ -238,7 +235,7 @@ public sealed unsafe partial class CpuDecoder
                     for (int r = r0; r < r1; r++)
                     {
                         int g = r / perHead, kb = r % perHead, count = Math.Min(8, seq - 8 * kb);
-                        float* src = Layer!.Keys + ((long)g * maxKeys + 8L * kb) * hsT;
+                        float* src = Layer!.SlotKeys[d.bound] + ((long)g * maxKeys + 8L * kb) * hsT;
                         float* dst = s.KeysT + ((long)g * s.KeyBlocks + kb) * 8 * hsT;
                         for (int i = 0; i < 8; i++)
                         {
@@ -254,14 +251,14 @@ public sealed unsafe partial class CpuDecoder
                     for (int r = r0; r < r1; r++)
                     {
                         int pos = s.P0 + r;
-                        float* cos = s.Cos + (long)pos * s.Half, sin = s.Sin + (long)pos * s.Half;
+                        float* cos = d.ropeCos + (long)pos * s.Half, sin = d.ropeSin + (long)pos * s.Half;
                         float* q = s.Q + (long)r * s.Qd, k = s.K + (long)r * s.Kvd, v = s.V + (long)r * s.Kvd;
                         for (int h = 0; h < d.numHeads; h++) Rope(q + h * hs, cos, sin, hs);
                         for (int g = 0; g < d.numKvHeads; g++)
                         {
                             Rope(k + g * hs, cos, sin, hs);
-                            new ReadOnlySpan<float>(k + g * hs, hs).CopyTo(new Span<float>(Layer!.Keys + ((long)g * maxT + pos) * hs, hs));
-                            new ReadOnlySpan<float>(v + g * hs, hs).CopyTo(new Span<float>(Layer.Values + ((long)g * maxT + pos) * hs, hs));
+                            new ReadOnlySpan<float>(k + g * hs, hs).CopyTo(new Span<float>(Layer!.SlotKeys[d.bound] + ((long)g * maxT + pos) * hs, hs));
+                            new ReadOnlySpan<float>(v + g * hs, hs).CopyTo(new Span<float>(Layer.SlotValues[d.bound] + ((long)g * maxT + pos) * hs, hs));
                         }
                     }
                     break;
@@ -342,7 +339,7 @@ public sealed unsafe partial class CpuDecoder
         {
             int h = task % d.numHeads, b = task / d.numHeads;
             int hs = d.headDim, maxT = d.cache.MaxTokens, g = h / (d.numHeads / d.numKvHeads);
-            float* keys = layer.Keys + (long)g * maxT * hs, values = layer.Values + (long)g * maxT * hs;
+            float* keys = layer.SlotKeys[d.bound] + (long)g * maxT * hs, values = layer.SlotValues[d.bound] + (long)g * maxT * hs;
             float scale = 1f / MathF.Sqrt(hs);
             int r0 = first + b * QueryBlock, r1 = Math.Min(s.Count, r0 + QueryBlock);
             int n = s.P0 + r1, stride = (n + 7) & ~7;            // keys the block's last query sees, rounded up to 8

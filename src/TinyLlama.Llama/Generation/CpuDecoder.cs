@@ -85,8 +85,8 @@ public sealed unsafe partial class CpuDecoder : IDisposable
 
     private sealed class Layer
     {
-        public float* AttnNorm, MlpNorm, Keys, Values; // norms [C]; the bound slot's cache (NKV, maxTokens, HS)
-        public float*[] SlotKeys = null!, SlotValues = null!; // every slot's cache
+        public float* AttnNorm, MlpNorm;                      // norms [C]
+        public float*[] SlotKeys = null!, SlotValues = null!; // every slot's cache (NKV, maxTokens, HS)
         public Projection Q = null!, K = null!, V = null!, O = null!, Gate = null!, Up = null!, Down = null!;
     }
 
@@ -262,7 +262,7 @@ public sealed unsafe partial class CpuDecoder : IDisposable
     private readonly float eps;
     private readonly double[] invFreq;
     private readonly float[] buffer;            // every activation below, in one pinned array
-    private readonly float* x, xb, q, att, gate, up, logits, scores, cos, sin; // S rows each (see the constructor)
+    private readonly float* x, xb, q, att, gate, up, logits, scores; // S rows each (see the constructor)
     private readonly float* ropeCos, ropeSin;  // RoPE's cos and sin for every cache position [maxTokens, HS/2]
     private readonly int[] rowSlot, rowToken;   // the slot and token of each row of the running step
     private readonly int[] logitRow;            // the rows whose logits a prefill step keeps (Decode)
@@ -320,8 +320,6 @@ public sealed unsafe partial class CpuDecoder : IDisposable
                 layers[i].SlotKeys[slot] = Pointer(caches[slot].Keys(i));
                 layers[i].SlotValues[slot] = Pointer(caches[slot].Values(i));
             }
-            layers[i].Keys = layers[i].SlotKeys[0];
-            layers[i].Values = layers[i].SlotValues[0];
         }
         head = model.LmHead is { } lmHead ? Project(lmHead)
             : new Projection
@@ -331,7 +329,7 @@ public sealed unsafe partial class CpuDecoder : IDisposable
             };
 
         // Activations, S rows of each (one per slot; row 0 alone in a lone step): x, xb [S, C]; q, att [S, NH*HS];
-        // gate, up [S, F]; logits [S, V]; scores [S, NH, maxTokens]; cos, sin [S, HS/2]; this step's k, v
+        // gate, up [S, F]; logits [S, V]; scores [S, NH, maxTokens]; this step's k, v
         // [S, NKV*HS]; and one u [r] per LoRA projection (LoRA only in a lone decoder). The array lives on the
         // pinned object heap, so its address is fixed without a pin handle.
         int qd = numHeads * headDim, half = headDim / 2;
@@ -343,13 +341,13 @@ public sealed unsafe partial class CpuDecoder : IDisposable
         rowSlot = new int[rows];
         rowToken = new int[rows];
         logitRow = new int[rows];
-        long total = rows * (2L * dim + 2L * qd + 2L * f + vocab + (long)numHeads * cache.MaxTokens + 2L * half + 2L * numKvHeads * headDim) + loraProjections.Sum(p => (long)p.R) + 2L * cache.MaxTokens * half;
+        long total = rows * (2L * dim + 2L * qd + 2L * f + vocab + (long)numHeads * cache.MaxTokens + 2L * numKvHeads * headDim) + loraProjections.Sum(p => (long)p.R) + 2L * cache.MaxTokens * half;
         buffer = GC.AllocateUninitializedArray<float>(checked((int)total), pinned: true);
         float* next = (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(buffer));
         float* Take(long n) { float* p = next; next += n; return p; }
         x = Take((long)rows * dim); xb = Take((long)rows * dim); q = Take((long)rows * qd); att = Take((long)rows * qd);
         gate = Take((long)rows * f); up = Take((long)rows * f); logits = Take((long)rows * vocab);
-        scores = Take((long)rows * numHeads * cache.MaxTokens); cos = Take((long)rows * half); sin = Take((long)rows * half);
+        scores = Take((long)rows * numHeads * cache.MaxTokens);
         // RoPE tables for every position the cache holds, from the definition the modules use (Functional.RopeTables).
         ropeCos = Take((long)cache.MaxTokens * half);
         ropeSin = Take((long)cache.MaxTokens * half);
@@ -504,8 +502,6 @@ public sealed unsafe partial class CpuDecoder : IDisposable
             float* xi = x + (long)i * dim;
             if (embedBlocks is not null) QuantizedDot.Expand(embedType, embedBlocks + token * embedRowBytes, xi, dim);
             else new ReadOnlySpan<float>(embed + (long)token * dim, dim).CopyTo(new Span<float>(xi, dim));
-            new ReadOnlySpan<float>(ropeCos + (long)pos * half, half).CopyTo(new Span<float>(cos + i * half, half));
-            new ReadOnlySpan<float>(ropeSin + (long)pos * half, half).CopyTo(new Span<float>(sin + i * half, half));
             attention.Positions[i] = pos + 1;
             attentionWork += (long)(pos + 1) * kvDim;
         }
@@ -517,7 +513,7 @@ public sealed unsafe partial class CpuDecoder : IDisposable
             for (int i = 0; i < n; i++)
             {
                 int pos = attention.Positions[i] - 1;
-                float* qi = q + (long)i * qd, ki = kNew + (long)i * kvDim, vi = vNew + (long)i * kvDim, ci = cos + i * half, si = sin + i * half;
+                float* qi = q + (long)i * qd, ki = kNew + (long)i * kvDim, vi = vNew + (long)i * kvDim, ci = ropeCos + (long)pos * half, si = ropeSin + (long)pos * half;
                 float* keys = l.SlotKeys[rowSlot[i]], values = l.SlotValues[rowSlot[i]];
                 for (int h = 0; h < numHeads; h++) Rope(qi + h * headDim, ci, si, headDim);
                 for (int g = 0; g < numKvHeads; g++)
