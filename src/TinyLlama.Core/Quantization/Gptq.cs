@@ -431,6 +431,9 @@ public static class Gptq
         return u;
     }
 
+    // Four units in the last place of 1 (2^-52), per term of the sum.
+    private const double PivotTolerance = 4.0 / (1L << 52);
+
     /// <summary>
     /// Replaces the lower triangle of a [K, K] (row-major, symmetric) by L, L L^T = a (the upper triangle is
     /// left as it was); throws unless a is positive definite.
@@ -440,8 +443,12 @@ public static class Gptq
         for (int j = 0; j < k; j++)
         {
             var lj = new ReadOnlySpan<double>(a, j * k, j);
-            double s = a[j * k + j] - TensorPrimitives.Dot(lj, lj);
-            if (!(s > 0))
+            double diagonal = a[j * k + j];
+            double s = diagonal - TensorPrimitives.Dot(lj, lj);
+            // A pivot of a singular matrix is zero only in exact arithmetic: computed, it is the cancellation
+            // residue of the sum above, of the order of k ulps of the diagonal and of either sign (which sign
+            // depends on the summation order, so on the SIMD width). A pivot that small is treated as zero.
+            if (!(s > PivotTolerance * k * diagonal))
                 throw new ArgumentException($"gptq: the Hessian is not positive definite even after dampening (pivot {j + 1} of {k} is {s:g3}); use more calibration data or a larger damp");
             double ljj = Math.Sqrt(s);
             a[j * k + j] = ljj;
