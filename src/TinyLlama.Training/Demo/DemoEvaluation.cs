@@ -74,6 +74,36 @@ public static class DemoEvaluation
     public static DemoScore EvaluateCompletion(LlamaForCausalLM model, LlamaTokenizer tokenizer, IReadOnlyList<DemoTask> tasks, int maxTokens) =>
         Score(model, tasks, task => Complete(model, tokenizer, task, maxTokens), null);
 
+    /// <summary>Whether the model's greedy answer to each of <paramref name="tasks"/> is right, in order.</summary>
+    public static bool[] Correct(LlamaForCausalLM model, LlamaTokenizer tokenizer, IReadOnlyList<DemoTask> tasks, int maxTokens)
+    {
+        var correct = new bool[tasks.Count];
+        int i = 0;
+        Evaluate(model, tokenizer, tasks, maxTokens, (task, answer) => correct[i++] = answer == task.Answer);
+        return correct;
+    }
+
+    /// <summary>
+    /// Compares two models' answers to the same items, paired (McNemar's test): <c>Gained</c> items only the
+    /// candidate gets right, <c>Lost</c> items only the baseline does, and whether the candidate is better at the
+    /// 5% level: (|gained - lost| - 1)^2 / (gained + lost) &gt; 3.841 (chi-square with one degree of freedom and
+    /// continuity correction) with more gained than lost. Items both get right or both get wrong say nothing
+    /// about which is better, so 4 gained and 0 lost is a clear win and 40 gained and 36 lost is not.
+    /// </summary>
+    public static (int Gained, int Lost, bool Better) Compare(IReadOnlyList<bool> baseline, IReadOnlyList<bool> candidate)
+    {
+        if (baseline.Count != candidate.Count) throw new ArgumentException($"{baseline.Count} baseline answers against {candidate.Count} candidate answers");
+        int gained = 0, lost = 0;
+        for (int i = 0; i < baseline.Count; i++)
+        {
+            if (candidate[i] && !baseline[i]) gained++;
+            if (baseline[i] && !candidate[i]) lost++;
+        }
+        double d = Math.Abs(gained - lost) - 1;
+        bool better = gained > lost && d * d / (gained + lost) > 3.841;
+        return (gained, lost, better);
+    }
+
     private static DemoScore Score(LlamaForCausalLM model, IReadOnlyList<DemoTask> tasks, Func<DemoTask, string> ask, Action<DemoTask, string>? onAnswer)
     {
         bool wasTraining = model.Training;

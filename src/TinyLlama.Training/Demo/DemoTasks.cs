@@ -44,6 +44,13 @@ public sealed record DemoTask(string Family, string Item, string Instruction, st
     public string ItemKey => Family + "|" + Item;
 
     /// <summary>
+    /// The family and the input as an Alpaca record shows them (the two format kinds share one: "format|c a t"):
+    /// what <see cref="DemoDataset.InputKey"/> finds for any record of this item, to keep held-out items out of
+    /// generated training data.
+    /// </summary>
+    public string InputKey => Family + "|" + Input;
+
+    /// <summary>
     /// The Alpaca output: the answer after one space. The prompt ends in "### Response:" and the output
     /// follows it directly, so the space makes the answer's first character the same token ("▁t") as in
     /// the pre-training sentences; <see cref="DemoEvaluation"/> trims it before comparing.
@@ -93,6 +100,49 @@ public sealed record DemoDataset(IReadOnlyList<DemoTask> Train, IReadOnlyList<De
             }
         }
         return new DemoDataset(train, test);
+    }
+
+    /// <summary>
+    /// Up to <paramref name="perFamily"/> distinct items of each family that are neither training nor test items
+    /// (nor in <paramref name="excluded"/>, by <see cref="DemoTask.ItemKey"/>), drawn from a generator seeded with
+    /// <paramref name="seed"/>: held-out items beyond the test set, where a family's item space has them. The
+    /// arithmetic family's 480 items are all training or test items, so it gets none; a family stops after
+    /// 50 draws per item asked for, so a small space ends the search instead of looping.
+    /// </summary>
+    public IReadOnlyList<DemoTask> FreshItems(ulong seed, int perFamily, IReadOnlySet<string>? excluded = null)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(perFamily);
+        var taken = new HashSet<string>(Train.Select(t => t.ItemKey).Concat(Test.Select(t => t.ItemKey)), StringComparer.Ordinal);
+        if (excluded is not null) taken.UnionWith(excluded);
+        var rng = new Generator(seed);
+        var fresh = new List<DemoTask>();
+        foreach (var family in Families)
+        {
+            int found = 0;
+            for (long draws = 0; found < perFamily && draws < 50L * perFamily; draws++)
+            {
+                var task = NewTask(family, rng);
+                if (!taken.Add(task.ItemKey)) continue;
+                fresh.Add(task);
+                found++;
+            }
+        }
+        return fresh;
+    }
+
+    /// <summary>The <see cref="DemoTask.InputKey"/> of a record with this instruction and input (the family found by <see cref="FamilyOf"/>).</summary>
+    public static string InputKey(string instruction, string input) => FamilyOf(instruction) + "|" + input.Trim();
+
+    /// <summary>
+    /// The family an instruction belongs to ("format" for both of its kinds), or null for an instruction none of
+    /// the families uses.
+    /// </summary>
+    public static string? FamilyOf(string instruction)
+    {
+        string trimmed = instruction.Trim();
+        foreach (var (kind, wordings) in InstructionWordings)
+            if (wordings.Contains(trimmed, StringComparer.Ordinal)) return kind is "capitals" or "commas" ? "format" : kind;
+        return null;
     }
 
     /// <summary>One random item of a family.</summary>

@@ -7,7 +7,9 @@
 //   3. blacklisted: the instruction holds, as whole words and in any case, one of Alpaca's keywords for
 //      what a text model cannot do (image, graph, picture, file, map, draw, plot, go to, video, audio,
 //      music, flowchart, diagram and their plurals);
-//   4. duplicate: the same (instruction, input) as a seed or a record already kept;
+//   4. duplicate: the same (instruction, input) as a seed or a record already kept; held out: one of the
+//      evaluation items (SelfInstructFilterOptions.HeldOut; decontamination, as instruction-tuning data is
+//      cleaned of benchmark items), whatever its output;
 //   5. too similar: ROUGE-L of the instruction against any instruction in the pool (seeds and kept) >= 0.7;
 //   6. with a verifier: rejected when it finds the output wrong, unverifiable when it cannot check (a
 //      verifier means "keep only verified records").
@@ -32,6 +34,8 @@ public enum CandidateVerdict
     Blacklisted,
     /// <summary>The same instruction and input as a record in the pool.</summary>
     Duplicate,
+    /// <summary>An evaluation item (<see cref="SelfInstructFilterOptions.HeldOut"/>): removed so no test item is trained on.</summary>
+    HeldOut,
     /// <summary>ROUGE-L against an instruction in the pool at or over the threshold.</summary>
     TooSimilar,
     /// <summary>The verifier found the output wrong.</summary>
@@ -58,6 +62,11 @@ public sealed record SelfInstructFilterOptions
     public IReadOnlyList<string> Blacklist { get; init; } = AlpacaBlacklist;
     /// <summary>Whether filters 2, 3 and 5 (which judge the instruction) run.</summary>
     public bool CheckInstruction { get; init; } = true;
+    /// <summary>
+    /// Decontamination: true for a record that is one of the evaluation items (its instruction and input), which
+    /// is removed however right its output is, so that no held-out item reaches the training data. Null: none.
+    /// </summary>
+    public Func<InstructionRecord, bool>? HeldOut { get; init; }
 
     /// <summary>Throws an <see cref="ArgumentException"/> naming the first bad setting.</summary>
     public void Validate()
@@ -71,16 +80,16 @@ public sealed record SelfInstructFilterOptions
 
 /// <summary>How many candidates each filter removed, and how many were kept.</summary>
 public sealed record SelfInstructReport(int Candidates, int Kept, int Malformed, int TooShort, int TooLong, int Blacklisted,
-    int Duplicates, int TooSimilar, int VerifierRejected, int Unverifiable)
+    int Duplicates, int TooSimilar, int VerifierRejected, int Unverifiable, int HeldOut = 0)
 {
     /// <summary>Candidates removed by any filter.</summary>
-    public int Removed => Malformed + TooShort + TooLong + Blacklisted + Duplicates + TooSimilar + VerifierRejected + Unverifiable;
+    public int Removed => Malformed + TooShort + TooLong + Blacklisted + Duplicates + HeldOut + TooSimilar + VerifierRejected + Unverifiable;
 
     /// <summary>Each filter's name (as the command line prints it) and count, in filter order.</summary>
     public IReadOnlyList<(string Filter, int Removed)> ByFilter =>
     [
         ("malformed", Malformed), ("too_short", TooShort), ("too_long", TooLong), ("blacklisted", Blacklisted),
-        ("duplicate", Duplicates), ("rouge_l", TooSimilar), ("verifier_rejected", VerifierRejected), ("unverifiable", Unverifiable),
+        ("duplicate", Duplicates), ("held_out", HeldOut), ("rouge_l", TooSimilar), ("verifier_rejected", VerifierRejected), ("unverifiable", Unverifiable),
     ];
 }
 
@@ -111,7 +120,7 @@ public sealed class SelfInstructFilter
     /// <summary>Counts so far.</summary>
     public SelfInstructReport Report => new(counts.Sum(), Count(CandidateVerdict.Kept), Count(CandidateVerdict.Malformed),
         Count(CandidateVerdict.TooShort), Count(CandidateVerdict.TooLong), Count(CandidateVerdict.Blacklisted), Count(CandidateVerdict.Duplicate),
-        Count(CandidateVerdict.TooSimilar), Count(CandidateVerdict.VerifierRejected), Count(CandidateVerdict.Unverifiable));
+        Count(CandidateVerdict.TooSimilar), Count(CandidateVerdict.VerifierRejected), Count(CandidateVerdict.Unverifiable), Count(CandidateVerdict.HeldOut));
 
     /// <summary>Runs the filters on one candidate (null: it did not parse), counts the verdict, and adds a kept candidate to the pool.</summary>
     public CandidateVerdict Consider(InstructionRecord? candidate)
@@ -133,6 +142,7 @@ public sealed class SelfInstructFilter
             if (blacklist is not null && blacklist.IsMatch(c.Instruction)) return CandidateVerdict.Blacklisted;
         }
         if (seen.Contains(Key(c))) return CandidateVerdict.Duplicate;
+        if (options.HeldOut?.Invoke(c) == true) return CandidateVerdict.HeldOut;
         if (options.CheckInstruction && instructions.MaxFMeasure(c.Instruction) >= options.RougeLThreshold) return CandidateVerdict.TooSimilar;
         if (verifier is not null)
         {

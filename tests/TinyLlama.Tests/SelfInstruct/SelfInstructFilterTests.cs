@@ -53,6 +53,22 @@ public class SelfInstructFilterTests
     }
 
     [Fact]
+    public void HeldOutItemsAreRemovedHoweverRightTheirOutput()
+    {
+        var heldOut = new HashSet<string> { "d o g", "3 1 2" };
+        var verifier = new TableVerifier(new() { ["right"] = true, ["wrong"] = false });
+        var filter = new SelfInstructFilter(new SelfInstructFilterOptions { HeldOut = r => heldOut.Contains(r.Input.Trim()) }, verifier, Seeds);
+        Assert.Equal(CandidateVerdict.HeldOut, filter.Consider(Task("Reverse the letters of a word.", "d o g", "right")));
+        Assert.Equal(CandidateVerdict.HeldOut, filter.Consider(Task("Sort these digits please.", "3 1 2 ", "wrong")));   // before the verifier
+        Assert.Equal(CandidateVerdict.Duplicate, filter.Consider(Task("Reverse the letters of the word.", "c a t", "right"))); // a seed's, not held out
+        Assert.Equal(CandidateVerdict.Kept, filter.Consider(Task("Sort these digits please.", "3 2 1", "right")));
+        var r = filter.Report;
+        Assert.Equal((2, 1, 1), (r.HeldOut, r.Duplicates, r.Kept));
+        Assert.Equal(r.Candidates, r.Kept + r.Removed);
+        Assert.Contains(("held_out", 2), r.ByFilter);
+    }
+
+    [Fact]
     public void RougeThresholdIsInclusiveAtTheBoundary()
     {
         // "a b c d" against "a b c e": LCS 3 of 4 and 4, F = 0.75.

@@ -117,6 +117,65 @@ public class DemoTests
     }
 
     [Fact]
+    public void FreshItemsAreDistinctDeterministicAndInNoTrainingOrTestSet()
+    {
+        var data = DemoDataset.Generate(7, 8000, 40);
+        var excluded = new HashSet<string>(StringComparer.Ordinal) { data.FreshItems(3, 1)[0].ItemKey };
+        var fresh = data.FreshItems(3, 300, excluded);
+        Assert.Equal(fresh, data.FreshItems(3, 300, excluded));
+        Assert.Equal(fresh.Count, fresh.Select(t => t.ItemKey).Distinct().Count());
+        var taken = data.Train.Concat(data.Test).Select(t => t.ItemKey).Concat(excluded).ToHashSet();
+        Assert.DoesNotContain(fresh, t => taken.Contains(t.ItemKey));
+        // Every family but arithmetic has room for 300 more; arithmetic's 480 items are all drawn by 8,000 training
+        // draws and 40 test items, so the bounded search ends with none rather than looping.
+        foreach (var family in DemoDataset.Families.Where(f => f != "arithmetic"))
+            Assert.Equal(300, fresh.Count(t => t.Family == family));
+        Assert.Equal(480, data.Train.Concat(data.Test).Where(t => t.Family == "arithmetic").Select(t => t.ItemKey).Distinct().Count());
+        Assert.DoesNotContain(fresh, t => t.Family == "arithmetic");
+    }
+
+    [Fact]
+    public void EveryInstructionWordingNamesItsFamilyAndARecordFindsItsItem()
+    {
+        foreach (var family in DemoDataset.Families)
+        {
+            var rng = new TinyLlama.Tensors.Generator(5);
+            for (int i = 0; i < 60; i++)
+            {
+                var task = DemoDataset.NewTask(family, rng);
+                Assert.Equal(family, DemoDataset.FamilyOf(task.Instruction));
+                Assert.Equal(family, DemoDataset.FamilyOf("  " + task.Instruction + " "));
+                Assert.Equal(task.InputKey, DemoDataset.InputKey(task.Instruction, task.Input + " "));
+            }
+        }
+        Assert.Null(DemoDataset.FamilyOf("Write a poem."));
+    }
+
+    // McNemar's paired test with continuity correction, against values worked by hand: only the discordant items
+    // count; (|b - c| - 1)^2 / (b + c) must exceed 3.841 (chi-square, 1 degree of freedom, 5%).
+    [Theory]
+    [InlineData(4, 0, false)]   // (4 - 1)^2 / 4 = 2.25
+    [InlineData(5, 0, false)]   // 16 / 5 = 3.2
+    [InlineData(6, 0, true)]    // 25 / 6 = 4.17
+    [InlineData(12, 4, false)]  // 49 / 16 = 3.06
+    [InlineData(13, 3, true)]   // 81 / 16 = 5.06
+    [InlineData(40, 36, false)] // 9 / 76 = 0.12
+    [InlineData(0, 6, false)]   // 25 / 6, but worse
+    public void PairedComparisonCountsOnlyDiscordantItems(int gained, int lost, bool expected)
+    {
+        var baseline = new List<bool>();
+        var candidate = new List<bool>();
+        void Add(bool b, bool c, int n) { for (int i = 0; i < n; i++) { baseline.Add(b); candidate.Add(c); } }
+        Add(true, true, 500);
+        Add(false, false, 17);
+        Add(false, true, gained);
+        Add(true, false, lost);
+        var (g, l, better) = DemoEvaluation.Compare(baseline, candidate);
+        Assert.Equal((gained, lost), (g, l));
+        Assert.Equal(expected, better);
+    }
+
+    [Fact]
     public void TasksAreSelfConsistent()
     {
         var data = DemoDataset.Generate(3, 100, 10);

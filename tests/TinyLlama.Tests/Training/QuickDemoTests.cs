@@ -42,6 +42,8 @@ public class QuickDemoTests(QuickDemoTests.QuickDemo quick) : IClassFixture<Quic
     /// position, so no verdict is inconsistent, and DPO's wins minus losses is its correct answers minus the
     /// tuned model's). Whether DPO helps is the full run's claim (README), not the quick run's.
     /// </summary>
+    private static int Int(Match m, int group) => int.Parse(m.Groups[group].Value, CultureInfo.InvariantCulture);
+
     [Fact]
     public void PreferenceStageRunsOverTheQuickDemo()
     {
@@ -53,12 +55,28 @@ public class QuickDemoTests(QuickDemoTests.QuickDemo quick) : IClassFixture<Quic
         int candidates = int.Parse(si.Groups[1].Value, CultureInfo.InvariantCulture), kept = int.Parse(si.Groups[2].Value, CultureInfo.InvariantCulture);
         int removed = Regex.Matches(si.Groups[3].Value, @"(\d+)").Sum(m => int.Parse(m.Value, CultureInfo.InvariantCulture));
         Assert.Equal(candidates, kept + removed);
-        var pairs = Regex.Match(output, @"answered (\d+) training prompts greedily, (\d+) right; .*: (\d+) got a right answer .*, (\d+) none\.");
+        var pairs = Regex.Match(output, @"answered (\d+) distinct training prompts \((\d+) from the training set, (\d+) fresh\) greedily, (\d+) right; .*: (\d+) got a right answer .*, (\d+) none\.");
         Assert.True(pairs.Success, output);
-        int[] p = Enumerable.Range(1, 4).Select(i => int.Parse(pairs.Groups[i].Value, CultureInfo.InvariantCulture)).ToArray();
-        Assert.Equal(p[0], p[1] + p[2] + p[3]);
-        Assert.True(p[2] >= 4, output);
+        int[] p = Enumerable.Range(1, 6).Select(i => int.Parse(pairs.Groups[i].Value, CultureInfo.InvariantCulture)).ToArray();
+        Assert.Equal(p[0], p[1] + p[2]);
+        Assert.True(p[2] > 0, output);
+        Assert.Equal(p[0], p[3] + p[4] + p[5]);
+        Assert.True(p[4] >= 4, output);
+        // Held-out items: the test set and fresh items.
+        Assert.Matches(@"of the \d+ test items and \d+/\d+ [\d.]+% of \d+ fresh held-out items", output);
         Assert.Matches(@"DPO \(beta 0\.1, RPO alpha 1, .*reward margin -?[\d.]+, pair accuracy \d+%", output);
+        // Checkpoints against step 0 (the tuned model) on the validation items: each score is step 0's plus the items
+        // gained minus those lost; the kept one is the best of those McNemar's test calls better, or step 0 if none is.
+        var start = Regex.Match(output, @"Kept step (\d+)(?:, the tuned model \((\d+)/\d+ on the validation items|: validation exact match (\d+)/\d+ at step 0, (\d+)/\d+ there)");
+        Assert.True(start.Success, output);
+        int keptStep = int.Parse(start.Groups[1].Value, CultureInfo.InvariantCulture);
+        int startScore = int.Parse(start.Groups[keptStep == 0 ? 2 : 3].Value, CultureInfo.InvariantCulture);
+        var checkpoints = Regex.Matches(output, @"step (\d+): validation (\d+)/\d+ \(\+(\d+) -(\d+) against step 0(, better by McNemar's test)?\)")
+            .Select(m => (Step: Int(m, 1), Score: Int(m, 2), Gained: Int(m, 3), Lost: Int(m, 4), Better: m.Groups[5].Success)).ToList();
+        Assert.Equal([10, 20], checkpoints.Select(c => c.Step));
+        Assert.All(checkpoints, c => Assert.Equal(startScore + c.Gained - c.Lost, c.Score));
+        var better = checkpoints.Where(c => c.Better).ToList();
+        Assert.Equal(better.Count == 0 ? 0 : better.OrderByDescending(c => c.Score).ThenBy(c => c.Step).First().Step, keptStep);
         Assert.Matches(@"held-out pair accuracy \d+% on \d+ pairs", output);
         var scores = Regex.Match(output, @"Exact match next to it: tuned (\d+)/(\d+) [\d.]+%, DPO (\d+)/\d+");
         Assert.True(scores.Success, output);
