@@ -95,11 +95,13 @@ internal static class DemoPreferencesStage
         output.WriteLine();
 
         // Held-out items: the run's 200 test items, and fresh ones (in no training text) where a family's item space
-        // has them, so that a change of under 1% shows; the fresh items for mining pairs are disjoint from them.
-        var fresh = data.FreshItems(seed ^ 0xF4E5, stage.FreshEvalPerFamily + stage.FreshMinePerFamily);
-        var freshEval = DemoDataset.Families.SelectMany(f => fresh.Where(t => t.Family == f).Take(stage.FreshEvalPerFamily)).ToList();
-        var freshMine = DemoDataset.Families.SelectMany(f => fresh.Where(t => t.Family == f).Skip(stage.FreshEvalPerFamily)).ToList();
-        var validation = data.FreshItems(seed ^ 0x7A11, stage.FreshValidationPerFamily, fresh.Select(t => t.ItemKey).ToHashSet(StringComparer.Ordinal));
+        // has them, so that a change of under 1% shows. Then validation items apart from those, then mining prompts
+        // apart from both, each set drawn from its own seed so that one set's size does not change the others.
+        var freshEval = data.FreshItems(seed ^ 0xF4E5, stage.FreshEvalPerFamily);
+        var taken = freshEval.Select(t => t.ItemKey).ToHashSet(StringComparer.Ordinal);
+        var validation = data.FreshItems(seed ^ 0x7A11, stage.FreshValidationPerFamily, taken);
+        taken.UnionWith(validation.Select(t => t.ItemKey));
+        var freshMine = data.FreshItems(seed ^ 0x313E, stage.FreshMinePerFamily, taken);
         var heldOut = data.Test.Concat(freshEval).ToList();
         var heldOutInputs = heldOut.Select(t => t.InputKey).ToHashSet(StringComparer.Ordinal);
 
