@@ -12,8 +12,9 @@
 //      mostly arithmetic facts, its mistakes on new items (format, sort) are what generalises. DPO (Rafailov et
 //      al. 2023) with a fresh LoRA adapter over the tuned model with its adapter merged, so the reference
 //      (adapters off) is exactly the tuned model; checkpoints every DpoCheckpointEvery steps are scored on
-//      validation items (fresh, apart from both) and the best is kept, the tuned model itself counting as step 0,
-//      so the settings are chosen on data the held-out score never sees. A reward model (the tuned model's trunk
+//      validation items (fresh, apart from both), and one replaces the tuned model (step 0) only when McNemar's
+//      paired test calls it better there, the best such one being kept, so the settings are chosen on data the
+//      held-out score never sees. A reward model (the tuned model's trunk
 //      with LoRA and a scalar head) trained on the same pairs, its accuracy on held-out pairs.
 //   3. Judge: the DPO model's held-out answers against the tuned model's, judged pairwise in both orders
 //      (Vicuna / MT-bench) by the exact-match checker and by the reward model.
@@ -50,7 +51,7 @@ internal sealed record DemoPreferenceSettings
     public int MineSamples { get; init; } = 8;
     public double MineTemperature { get; init; } = 1.0;
     public required int DpoSteps { get; init; }
-    /// <summary>DPO steps between checkpoints scored on the validation items (the best is kept, the tuned model counting as step 0).</summary>
+    /// <summary>DPO steps between checkpoints scored on the validation items (see the file header for which one is kept).</summary>
     public required int DpoCheckpointEvery { get; init; }
     public int DpoBatch { get; init; } = 8;
     public double DpoLr { get; init; } = 2e-4;
@@ -167,7 +168,7 @@ internal static class DemoPreferencesStage
         // (DemoEvaluation.Compare), and then the best such checkpoint is kept (the earliest of equals): one or two
         // items either way are what a different rounding order also moves, and do not count as DPO helping.
         var start = DemoEvaluation.Correct(policy, tok, validation, maxTokens);
-        int bestStep = 0, bestValidation = start.Count(c => c);
+        int startScore = start.Count(c => c), bestStep = 0, bestValidation = startScore;
         (int Gained, int Lost, bool Better) bestCompare = (0, 0, false);
         var bestWeights = Trainable(policy);
         while (dpoTrainer.Step < stage.DpoSteps)
@@ -182,8 +183,8 @@ internal static class DemoPreferencesStage
         }
         policy.LoadStateDict(bestWeights, strict: false);
         output.WriteLine(bestStep == 0
-            ? $"   Kept step 0, the tuned model ({start.Count(c => c)}/{validation.Count} on the validation items, fresh, apart from the held-out and mining ones): no checkpoint was better by McNemar's test."
-            : $"   Kept step {bestStep}: validation exact match {start.Count(c => c)}/{validation.Count} at step 0, {bestValidation}/{validation.Count} there (+{bestCompare.Gained} -{bestCompare.Lost}; {validation.Count} fresh items apart from the held-out and mining ones).");
+            ? $"   Kept step 0, the tuned model ({startScore}/{validation.Count} on the validation items, fresh, apart from the held-out and mining ones): no checkpoint was better by McNemar's test."
+            : $"   Kept step {bestStep}: validation exact match {startScore}/{validation.Count} at step 0, {bestValidation}/{validation.Count} there (+{bestCompare.Gained} -{bestCompare.Lost}; {validation.Count} fresh items apart from the held-out and mining ones).");
         var last = dpoTrainer.History.TakeLast(Math.Max(1, stage.DpoSteps / 10)).ToList();
         double Metric(string name) => last.Average(h => h.Metrics is { } m && m.TryGetValue(name, out var v) ? v : double.NaN);
         var dpoAnswers = new List<string>();
@@ -254,8 +255,7 @@ internal static class DemoPreferencesStage
 
     // Copies of the trainable parameters (the adapters), by name, to restore a checkpoint with LoadStateDict.
     private static Dictionary<string, Tensor> Trainable(LlamaForCausalLM model) =>
-        model.NamedParameters().Where(p => p.Value.RequiresGrad)
-            .ToDictionary(p => p.Name, p => Tensor.FromArray(p.Value.ToArray<float>(), [.. p.Value.Shape]));
+        model.NamedParameters().Where(p => p.Value.RequiresGrad).ToDictionary(p => p.Name, p => p.Value.Detach().Clone());
 
     private static string Pair(HeldOutScore s, string family) =>
         string.Create(CultureInfo.InvariantCulture, $"{s.Test.Family(family).Correct}/{s.Test.Family(family).Total} {s.Fresh.Family(family).Correct}/{s.Fresh.Family(family).Total}");
