@@ -331,7 +331,9 @@ public sealed unsafe partial class CpuDecoder : IDisposable
         // Activations, S rows of each (one per slot; row 0 alone in a lone step): x, xb [S, C]; q, att [S, NH*HS];
         // gate, up [S, F]; logits [S, V]; scores [S, NH, maxTokens]; this step's k, v
         // [S, NKV*HS]; and one u [r] per LoRA projection (LoRA only in a lone decoder). The array lives on the
-        // pinned object heap, so its address is fixed without a pin handle.
+        // pinned object heap, so its address is fixed without a pin handle. Each buffer starts on a 64-byte line:
+        // the eight-row pass (BlockDot8) loads 64 bytes of x per row at a time, and on Zen 5 a step of eight rows
+        // took 2-3 times as long with x 24 bytes off a line (every load split across two lines) as with x on one.
         int qd = numHeads * headDim, half = headDim / 2;
         var loraProjections = layers.SelectMany(l => new[] { l.Q, l.K, l.V, l.O, l.Gate, l.Up, l.Down }).Append(head).Where(p => p.R > 0).ToList();
         // Rows per step: one per slot, and PrefillRowsChunk where a prompt is prefilled as rows (PrefillRows).
@@ -342,9 +344,18 @@ public sealed unsafe partial class CpuDecoder : IDisposable
         rowToken = new int[rows];
         logitRow = new int[rows];
         long total = rows * (2L * dim + 2L * qd + 2L * f + vocab + (long)numHeads * cache.MaxTokens + 2L * numKvHeads * headDim) + loraProjections.Sum(p => (long)p.R) + 2L * cache.MaxTokens * half;
+        const int LineFloats = 16, Buffers = 12;
+        total += (long)LineFloats * (Buffers + loraProjections.Count + 1); // room to start each buffer on a line
         buffer = GC.AllocateUninitializedArray<float>(checked((int)total), pinned: true);
         float* next = (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(buffer));
-        float* Take(long n) { float* p = next; next += n; return p; }
+        float* end = next + total;
+        float* Take(long n)
+        {
+            float* p = (float*)(((nuint)next + LineFloats * sizeof(float) - 1) & ~(nuint)(LineFloats * sizeof(float) - 1));
+            next = p + n;
+            if (next > end) throw new InvalidOperationException("CpuDecoder: activation buffers overrun"); // a miscount here, not input
+            return p;
+        }
         x = Take((long)rows * dim); xb = Take((long)rows * dim); q = Take((long)rows * qd); att = Take((long)rows * qd);
         gate = Take((long)rows * f); up = Take((long)rows * f); logits = Take((long)rows * vocab);
         scores = Take((long)rows * numHeads * cache.MaxTokens);
@@ -629,11 +640,15 @@ public sealed unsafe partial class CpuDecoder : IDisposable
 
     // y[i, r] (=|+=) dot(W[r, :k], x[i, :k]) for r in [r0, r1) and the n rows of x [n, k] (y's rows ldy apart).
     //
-    // Each weight row is read from memory once and then used for every row of x from cache, three rows of x per
-    // pass (BlockDot3: twelve accumulators, as many as AVX2's sixteen registers hold with the loads) and the last
-    // two or four as passes of two (BlockDot2), so only a lone row runs a one-row pass. When x is
-    // larger than L1 (n k floats over XBlockBytes), the rows of x go in blocks that fit it and the weight rows in
-    // tiles that fit L2 (TileBytes), so a tile comes from memory for the first block and from L2 for the others.
+    // Each weight row is read from memory once and then used for every row of x from cache. With AVX-512, eight
+    // rows of x go in one pass (BlockDot8: sixteen 512-bit accumulators, each holding two of BlockDot's 256-bit
+    // ones lane for lane); the rest, and everything with AVX2 only, go three rows per pass (BlockDot3: twelve
+    // accumulators, as many as AVX2's sixteen registers hold with the loads) and the last two or four as passes of
+    // two (BlockDot2), so only a lone row runs a one-row pass. A pass is bound by its accumulators' dependent FMA
+    // chains, not by loads or memory: on Zen 5, eight rows over the 32000 x 288 head took 2.2 ms in passes of
+    // 3 + 3 + 2 and 1.25 ms in one pass of eight (one row: 0.85 ms; benchmarks/RESULTS.md). When x is larger than
+    // L1 (n k floats over XBlockBytes), the rows of x go in blocks that fit it and the weight rows in tiles that
+    // fit L2 (TileBytes), so a tile comes from memory for the first block and from L2 for the others.
     // Every (weight row, x row) pair is summed in exactly one order, whichever pass, block or tile computes it and
     // whatever n is (four accumulators over 32-float strides, the 8-float tail into the first, then the scalar
     // tail), so a row's result does not depend on the other rows: a lone decoding step (n = 1) and a batched one
@@ -642,9 +657,13 @@ public sealed unsafe partial class CpuDecoder : IDisposable
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void Rows(float* w, int k, float* xIn, int n, float* y, long ldy, int r0, int r1, bool accumulate)
     {
-        const long XBlockBytes = 16 * 1024, TileBytes = 96 * 1024;
+        const long TileBytes = 96 * 1024;
         if (r0 >= r1 || n <= 0) return;
-        int block = (long)n * k * sizeof(float) <= XBlockBytes ? n : (int)Math.Max(3, XBlockBytes / (k * (long)sizeof(float)) / 3 * 3);
+        bool eights = Vector512.IsHardwareAccelerated && n >= 8;
+        // Blocks of x rows: a multiple of the widest pass's rows (at least one pass), within XBlockBytes.
+        long xBlockBytes = eights ? 32 * 1024 : 16 * 1024;
+        int pass = eights ? 8 : 3;
+        int block = (long)n * k * sizeof(float) <= xBlockBytes ? n : (int)Math.Max(pass, xBlockBytes / (k * (long)sizeof(float)) / pass * pass);
         int tile = block == n ? r1 - r0 : (int)Math.Clamp(TileBytes / (k * (long)sizeof(float)), 1, r1 - r0);
         for (int t0 = r0; t0 < r1; t0 += tile)
         {
@@ -656,6 +675,8 @@ public sealed unsafe partial class CpuDecoder : IDisposable
                 {
                     float* wr = w + (long)r * k;
                     int i = i0;
+                    if (eights)
+                        for (; i1 - i >= 8; i += 8) BlockDot8(wr, k, xIn + (long)i * k, y + i * ldy + r, ldy, accumulate);
                     if (Vector256.IsHardwareAccelerated)
                     {
                         // Passes of three rows of x, then two (four left go as 2 + 2, not 3 + 1): a one-row pass
@@ -692,6 +713,58 @@ public sealed unsafe partial class CpuDecoder : IDisposable
         float t = Vector256.Sum((s0 + s1) + (s2 + s3));
         for (; p < k; p++) t += xIn[p] * w[p];
         return t;
+    }
+
+    // BlockDot of one weight row with eight rows of x (x0, x0 + k, ..., x0 + 7k) in one pass, with AVX-512. Pair j's
+    // accumulators a(2j) and a(2j+1) hold BlockDot's s0 | s1 and s2 | s3 (low | high 256-bit halves), so each lane
+    // sums the same products in the same order; the 8-float tail and the sum then run on the halves as BlockDot's do.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void BlockDot8(float* w, int k, float* x0, float* y, long ldy, bool accumulate)
+    {
+        Vector512<float> a0 = Vector512<float>.Zero, a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0, a12 = a0, a13 = a0, a14 = a0, a15 = a0;
+        long k1 = k, k2 = 2L * k, k3 = 3L * k, k4 = 4L * k, k5 = 5L * k, k6 = 6L * k, k7 = 7L * k;
+        int p = 0;
+        for (; p + 32 <= k; p += 32)
+        {
+            var w0 = Vector512.Load(w + p);
+            var w1 = Vector512.Load(w + p + 16);
+            float* xp = x0 + p;
+            a0 = Vector512.FusedMultiplyAdd(Vector512.Load(xp), w0, a0);
+            a1 = Vector512.FusedMultiplyAdd(Vector512.Load(xp + 16), w1, a1);
+            a2 = Vector512.FusedMultiplyAdd(Vector512.Load(xp + k1), w0, a2);
+            a3 = Vector512.FusedMultiplyAdd(Vector512.Load(xp + k1 + 16), w1, a3);
+            a4 = Vector512.FusedMultiplyAdd(Vector512.Load(xp + k2), w0, a4);
+            a5 = Vector512.FusedMultiplyAdd(Vector512.Load(xp + k2 + 16), w1, a5);
+            a6 = Vector512.FusedMultiplyAdd(Vector512.Load(xp + k3), w0, a6);
+            a7 = Vector512.FusedMultiplyAdd(Vector512.Load(xp + k3 + 16), w1, a7);
+            a8 = Vector512.FusedMultiplyAdd(Vector512.Load(xp + k4), w0, a8);
+            a9 = Vector512.FusedMultiplyAdd(Vector512.Load(xp + k4 + 16), w1, a9);
+            a10 = Vector512.FusedMultiplyAdd(Vector512.Load(xp + k5), w0, a10);
+            a11 = Vector512.FusedMultiplyAdd(Vector512.Load(xp + k5 + 16), w1, a11);
+            a12 = Vector512.FusedMultiplyAdd(Vector512.Load(xp + k6), w0, a12);
+            a13 = Vector512.FusedMultiplyAdd(Vector512.Load(xp + k6 + 16), w1, a13);
+            a14 = Vector512.FusedMultiplyAdd(Vector512.Load(xp + k7), w0, a14);
+            a15 = Vector512.FusedMultiplyAdd(Vector512.Load(xp + k7 + 16), w1, a15);
+        }
+        Finish8(w, k, p, x0, y, accumulate, a0, a1);
+        Finish8(w, k, p, x0 + k1, y + ldy, accumulate, a2, a3);
+        Finish8(w, k, p, x0 + k2, y + 2 * ldy, accumulate, a4, a5);
+        Finish8(w, k, p, x0 + k3, y + 3 * ldy, accumulate, a6, a7);
+        Finish8(w, k, p, x0 + k4, y + 4 * ldy, accumulate, a8, a9);
+        Finish8(w, k, p, x0 + k5, y + 5 * ldy, accumulate, a10, a11);
+        Finish8(w, k, p, x0 + k6, y + 6 * ldy, accumulate, a12, a13);
+        Finish8(w, k, p, x0 + k7, y + 7 * ldy, accumulate, a14, a15);
+    }
+
+    // One pair of BlockDot8 from p on: BlockDot's tail and sum over the four 256-bit halves.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Finish8(float* w, int k, int p, float* x, float* y, bool accumulate, Vector512<float> lo, Vector512<float> hi)
+    {
+        Vector256<float> s0 = lo.GetLower(), s1 = lo.GetUpper(), s2 = hi.GetLower(), s3 = hi.GetUpper();
+        for (; p + 8 <= k; p += 8) s0 = Vector256.FusedMultiplyAdd(Vector256.Load(x + p), Vector256.Load(w + p), s0);
+        float t = Vector256.Sum((s0 + s1) + (s2 + s3));
+        for (; p < k; p++) t += x[p] * w[p];
+        *y = accumulate ? *y + t : t;
     }
 
     // BlockDot of one weight row with three rows of x (x0, x0 + k, x0 + 2k) in one pass: each pair keeps its own

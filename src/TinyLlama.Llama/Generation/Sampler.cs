@@ -62,6 +62,14 @@ public sealed class Sampler
     {
         CheckFinite(logits);
         int v = logits.Length;
+        // Greedy without a penalty: the argmax of the floats themselves (the widening below is exact, so this is the
+        // same token), vectorised; a batched server samples every row of every step, so this runs per token.
+        if (options.Temperature == 0 && (options.RepetitionPenalty == 1.0 || previous is null))
+        {
+            if (v == 0) return 0;
+            // IndexOfMax ranks +0 above -0; the first index holding the maximum's value (-0 == +0) is the loop's answer.
+            return logits.IndexOf(logits[System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits)]);
+        }
         if (scratch.Length != v) { scratch = new double[v]; order = new int[v]; }
         var x = scratch;
         for (int i = 0; i < v; i++) x[i] = logits[i];

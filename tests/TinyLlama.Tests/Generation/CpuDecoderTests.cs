@@ -77,6 +77,21 @@ public class CpuDecoderTests
         AssertSameLogits(model, Ids(150, 301, 8), prefill: 120, new SpinPool(1));
     }
 
+    // Head sizes around attention's 8- and 16-float vector steps: 8, 16, 24, 40, 48 and 72 floats.
+    [Theory]
+    [InlineData(8)]
+    [InlineData(16)]
+    [InlineData(24)]
+    [InlineData(40)]
+    [InlineData(48)]
+    [InlineData(72)]
+    public void EveryHeadSizeMatchesTheModules(int headSize)
+    {
+        var model = new LlamaForCausalLM(LlamaTests.Tiny(vocab: 61, hidden: 2 * headSize, heads: 2, kvHeads: 1, ffn: 50), new Generator((ulong)headSize));
+        model.Eval();
+        AssertSameLogits(model, Ids(40, 61, (ulong)headSize), prefill: 3, new SpinPool(1));
+    }
+
     [Fact]
     public void LoraAdaptersMatchTheModules()
     {
