@@ -52,21 +52,34 @@ public sealed class ServerBusyException(string message) : InvalidOperationExcept
 public sealed class GenerationStream : IAsyncEnumerable<GenerationUpdate>
 {
     private readonly ChannelReader<GenerationUpdate> reader;
+    private readonly Action abandon;
 
-    internal GenerationStream(ChannelReader<GenerationUpdate> reader, int promptTokens)
+    internal GenerationStream(ChannelReader<GenerationUpdate> reader, int promptTokens, Action abandon)
     {
         this.reader = reader;
+        this.abandon = abandon;
         PromptTokens = promptTokens;
     }
 
     /// <summary>Prompt ids.</summary>
     public int PromptTokens { get; }
 
-    /// <summary>Reads the updates; cancelling <paramref name="cancellationToken"/> stops reading (cancel the submit token to free the slot).</summary>
+    /// <summary>
+    /// Reads the updates. A reader that stops before the last update (cancelling <paramref name="cancellationToken"/>,
+    /// an exception, or leaving the loop, as a server does when a write to a client that went away fails) cancels the
+    /// generation, which frees its slot at the next step: nobody is left to read what it would produce.
+    /// </summary>
     public async IAsyncEnumerator<GenerationUpdate> GetAsyncEnumerator(CancellationToken cancellationToken = default)
     {
-        while (await reader.WaitToReadAsync(cancellationToken).ConfigureAwait(false))
-            while (reader.TryRead(out var update)) yield return update;
+        try
+        {
+            while (await reader.WaitToReadAsync(cancellationToken).ConfigureAwait(false))
+                while (reader.TryRead(out var update)) yield return update;
+        }
+        finally
+        {
+            if (!reader.Completion.IsCompleted) abandon();
+        }
     }
 }
 
@@ -74,13 +87,35 @@ public sealed class GenerationStream : IAsyncEnumerable<GenerationUpdate>
 public sealed class BatchScheduler : IDisposable
 {
     // One request, from submission to its last update. Fields other than Cancelled belong to the loop.
-    private sealed class Job(GenerationRequest request, Channel<GenerationUpdate> output, Sampler sampler, TokenStreamDecoder decoder, CancellationToken cancel)
+    // Cancel: the submit token, or the stream's reader stopping early (Abandon), whichever comes first.
+    private sealed class Job
     {
-        public readonly GenerationRequest Request = request;
-        public readonly Channel<GenerationUpdate> Output = output;
-        public readonly Sampler Sampler = sampler;
-        public readonly TokenStreamDecoder Decoder = decoder;
-        public readonly CancellationToken Cancel = cancel;
+        private readonly CancellationTokenSource source;
+        public readonly GenerationRequest Request;
+        public readonly Channel<GenerationUpdate> Output;
+        public readonly Sampler Sampler;
+        public readonly TokenStreamDecoder Decoder;
+        public readonly CancellationToken Cancel;
+
+        public Job(GenerationRequest request, Channel<GenerationUpdate> output, Sampler sampler, TokenStreamDecoder decoder, CancellationToken submitted)
+        {
+            Request = request;
+            Output = output;
+            Sampler = sampler;
+            Decoder = decoder;
+            source = CancellationTokenSource.CreateLinkedTokenSource(submitted);
+            Cancel = source.Token;
+        }
+
+        public void Abandon()
+        {
+            try { source.Cancel(); }
+            catch (ObjectDisposedException) { } // it had already finished
+        }
+
+        // Once it has finished: unlinks its source from the submit token.
+        public void Release() => source.Dispose();
+
         public readonly System.Text.StringBuilder Pending = new();
         public StopTextFilter Filter = null!;
         public CancellationTokenRegistration Registration;
@@ -142,7 +177,7 @@ public sealed class BatchScheduler : IDisposable
     /// Queues <paramref name="request"/>. Throws an ArgumentException for a bad request (a prompt longer than the
     /// context, an id outside the vocabulary, bad sampling settings) and <see cref="ServerBusyException"/> when the
     /// queue is full. Cancelling <paramref name="cancellationToken"/> (a client that went away) frees its slot at the
-    /// next step.
+    /// next step, and so does a reader of the returned stream that stops before its last update.
     /// </summary>
     public GenerationStream Submit(GenerationRequest request, CancellationToken cancellationToken = default)
     {
@@ -165,11 +200,11 @@ public sealed class BatchScheduler : IDisposable
             if (queue.Count >= Options.QueueCapacity + slots.Count(s => s is null)) // free slots take waiters at the next step
                 throw new ServerBusyException($"all {slots.Length} slots are busy and {queue.Count} requests are waiting (the queue holds {Options.QueueCapacity})");
             // Wakes the loop so a cancelled request leaves at once, even one still waiting.
-            job.Registration = cancellationToken.Register(() => { lock (gate) Monitor.PulseAll(gate); });
+            job.Registration = job.Cancel.Register(() => { lock (gate) Monitor.PulseAll(gate); });
             queue.Enqueue(job);
             Monitor.PulseAll(gate);
         }
-        return new GenerationStream(output.Reader, n);
+        return new GenerationStream(output.Reader, n, job.Abandon);
     }
 
     /// <summary>Stops slot admission until the returned scope is disposed (tests: a deterministic full queue).</summary>
@@ -372,5 +407,6 @@ public sealed class BatchScheduler : IDisposable
         if (error is OperationCanceledException) Interlocked.Increment(ref cancelled);
         job.Registration.Unregister(); // not Dispose: that waits for a running callback, which may wait for the gate we hold
         job.Output.Writer.TryComplete(error);
+        job.Release();
     }
 }

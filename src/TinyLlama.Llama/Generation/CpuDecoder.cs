@@ -161,13 +161,20 @@ public sealed unsafe partial class CpuDecoder : IDisposable
             }
             Rows(Slots[0], inputs[0], outputs[0], r0, r1, false, acts, Count);
             Rows(Slots[1], inputs[1], outputs[1], r0, r1, false, acts, Count);
+            // g = silu(g) * u = (sigmoid(g) g) u, vectorised in pieces, as the modules (CpuBackend.SwiGlu) compute it: a scalar
+            // exp per value cost about as much as the products at eight rows and more (a prefill's rows).
+            Span<float> sig = stackalloc float[256];
             for (int row = 0; row < Count; row++)
             {
                 float* g = outputs[0] + (long)row * Slots[0].Out, u = outputs[1] + (long)row * Slots[1].Out;
-                for (int i = r0; i < r1; i++)
+                for (int i = r0; i < r1; i += sig.Length)
                 {
-                    float a = g[i];
-                    g[i] = a / (1f + MathF.Exp(-a)) * u[i];
+                    int len = Math.Min(sig.Length, r1 - i);
+                    var gs = new Span<float>(g + i, len);
+                    var t = sig[..len];
+                    System.Numerics.Tensors.TensorPrimitives.Sigmoid(gs, t);
+                    System.Numerics.Tensors.TensorPrimitives.Multiply(t, gs, t);
+                    System.Numerics.Tensors.TensorPrimitives.Multiply(t, new ReadOnlySpan<float>(u + i, len), gs);
                 }
             }
         }

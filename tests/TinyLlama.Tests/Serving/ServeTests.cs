@@ -404,6 +404,37 @@ public class ServeTests
         Assert.Equal(2, next.Value.Usage.OutputTokenCount);
     }
 
+    // The other way a client goes away: the server's write to it fails and the server stops reading the stream, with
+    // no cancellation token involved. A reader that leaves before the last update cancels the generation; without
+    // that the slot stayed busy until the answer was complete (seconds here), and whether the server test above saw
+    // a cancellation depended on which of the two it noticed first.
+    [Theory]
+    [InlineData(false)] // the reader leaves the loop
+    [InlineData(true)]  // the reader throws
+    public async Task AReaderThatStopsEarlyFreesItsSlot(bool throws)
+    {
+        await using var server = await Server.Start(parallel: 1, maxPos: 4096, context: 4096, hidden: 128);
+        var stream = server.Scheduler.Submit(new GenerationRequest(server.Template.EncodeConversation([], "go on"), null, SamplingOptions.Greedy));
+        try
+        {
+            await foreach (var update in stream)
+            {
+                Assert.Null(update.FinishReason);
+                if (throws) throw new IOException("the client went away");
+                break;
+            }
+        }
+        catch (IOException) when (throws) { }
+        await WaitFor(() => server.Scheduler.ActiveRequests == 0);
+        Assert.Equal(1, server.Scheduler.CancelledRequests);
+        // A stream read to its end is not a cancellation.
+        var answer = server.Scheduler.Submit(new GenerationRequest(server.Template.EncodeConversation([], "hi"), 3, SamplingOptions.Greedy));
+        int updates = 0;
+        await foreach (var update in answer) updates++;
+        Assert.True(updates >= 1);
+        Assert.Equal(1, server.Scheduler.CancelledRequests);
+    }
+
     [Fact]
     public async Task ModelsHealthAndTheChatPage()
     {
