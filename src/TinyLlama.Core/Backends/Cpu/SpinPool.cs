@@ -4,8 +4,12 @@
 // microseconds each time and more when the threads went to sleep in between: at ~30 calls per token
 // that alone caps decoding at a few hundred tokens per second. Here, as in llama.cpp's thread pool,
 // the workers stay awake between jobs: each spins on a job counter for a while (SpinMicroseconds)
-// after finishing, so the next job starts within a fraction of a microsecond, and only then blocks on
-// a monitor so an idle process burns no CPU.
+// after finishing, so the next job starts within a microsecond, and only then blocks on a monitor so
+// an idle process burns no CPU. The spin yields the core between checks (SpinWait: sched_yield on
+// Linux) to any other thread that is ready to run: spinning in place instead (Thread.SpinWait alone)
+// took the cores from the threads doing the work whenever there were more busy threads than cores;
+// two `bench generate` processes on this 2-core VM then decoded 19 tokens/s each, against ~740 for
+// one alone (benchmarks/RESULTS.md, session 10).
 //
 // A job is an IPoolJob with `tasks` independent pieces; the caller's thread works too, and every
 // thread takes the next piece with one interlocked increment until none is left. Run returns when all
@@ -121,11 +125,12 @@ public sealed class SpinPool : IDisposable
         {
             // Spin for a while, then block until Run bumps the generation.
             long deadline = System.Diagnostics.Stopwatch.GetTimestamp() + SpinMicroseconds * System.Diagnostics.Stopwatch.Frequency / 1_000_000;
+            var spin = new SpinWait();
             while (Volatile.Read(ref generation) == seen)
             {
                 if (System.Diagnostics.Stopwatch.GetTimestamp() < deadline)
                 {
-                    Thread.SpinWait(32);
+                    spin.SpinOnce(sleep1Threshold: -1);
                     continue;
                 }
                 lock (gate)
