@@ -219,14 +219,7 @@ public sealed unsafe partial class CpuDecoder
                     // g = silu(g) * u = sigmoid(g) * g * u, vectorized (a scalar exp per value cost more than the GEMM's row).
                     var sig = swiglu is { } held && held.Length >= s.F ? held : swiglu = new float[s.F];
                     for (int r = r0; r < r1; r++)
-                    {
-                        var gs = new Span<float>(s.G + (long)r * s.F, s.F);
-                        var us = new ReadOnlySpan<float>(s.U + (long)r * s.F, s.F);
-                        var t = sig.AsSpan(0, s.F);
-                        TensorPrimitives.Sigmoid(gs, t);
-                        TensorPrimitives.Multiply(t, gs, t);
-                        TensorPrimitives.Multiply(t, us, gs);
-                    }
+                        SwiGlu(new Span<float>(s.G + (long)r * s.F, s.F), new ReadOnlySpan<float>(s.U + (long)r * s.F, s.F), sig.AsSpan(0, s.F));
                     Target!.QuantizeRows(s.G + (long)First * s.F, s.F, r0 - First, r1 - First);
                     break;
                 case RowOp.TransposeKeys:

@@ -161,21 +161,12 @@ public sealed unsafe partial class CpuDecoder : IDisposable
             }
             Rows(Slots[0], inputs[0], outputs[0], r0, r1, false, acts, Count);
             Rows(Slots[1], inputs[1], outputs[1], r0, r1, false, acts, Count);
-            // g = silu(g) * u = (sigmoid(g) g) u, vectorised in pieces, as the modules (CpuBackend.SwiGlu) compute it: a scalar
-            // exp per value cost about as much as the products at eight rows and more (a prefill's rows).
-            Span<float> sig = stackalloc float[256];
+            // A scalar exp per value cost about as much as the products at eight rows and more (a prefill's rows).
+            Span<float> scratch = stackalloc float[256];
             for (int row = 0; row < Count; row++)
             {
                 float* g = outputs[0] + (long)row * Slots[0].Out, u = outputs[1] + (long)row * Slots[1].Out;
-                for (int i = r0; i < r1; i += sig.Length)
-                {
-                    int len = Math.Min(sig.Length, r1 - i);
-                    var gs = new Span<float>(g + i, len);
-                    var t = sig[..len];
-                    System.Numerics.Tensors.TensorPrimitives.Sigmoid(gs, t);
-                    System.Numerics.Tensors.TensorPrimitives.Multiply(t, gs, t);
-                    System.Numerics.Tensors.TensorPrimitives.Multiply(t, new ReadOnlySpan<float>(u + i, len), gs);
-                }
+                SwiGlu(new Span<float>(g + r0, r1 - r0), new ReadOnlySpan<float>(u + r0, r1 - r0), scratch);
             }
         }
 
@@ -192,6 +183,21 @@ public sealed unsafe partial class CpuDecoder : IDisposable
             if (pieces > 1) pieces = (pieces + threads - 1) / threads * threads;
             int step = ((rows + pieces - 1) / pieces + align - 1) / align * align;
             for (int r = 0; r < rows; r += step) yield return (r, Math.Min(rows, r + step));
+        }
+    }
+
+    // g = silu(g) * u = (sigmoid(g) g) u in place, vectorised in pieces of scratch's length, with the operations of the
+    // modules (CpuBackend.SwiGlu). The rows job (MatVecJob) and the Q4_0 prefill (Prefiller) both gate through it.
+    internal static void SwiGlu(Span<float> g, ReadOnlySpan<float> u, Span<float> scratch)
+    {
+        for (int i = 0; i < g.Length; i += scratch.Length)
+        {
+            int len = Math.Min(scratch.Length, g.Length - i);
+            var gs = g.Slice(i, len);
+            var t = scratch[..len];
+            System.Numerics.Tensors.TensorPrimitives.Sigmoid(gs, t);
+            System.Numerics.Tensors.TensorPrimitives.Multiply(t, gs, t);
+            System.Numerics.Tensors.TensorPrimitives.Multiply(t, u.Slice(i, len), gs);
         }
     }
 
@@ -716,9 +722,17 @@ public sealed unsafe partial class CpuDecoder : IDisposable
             s2 = Vector256.FusedMultiplyAdd(Vector256.Load(xIn + p + 16), Vector256.Load(w + p + 16), s2);
             s3 = Vector256.FusedMultiplyAdd(Vector256.Load(xIn + p + 24), Vector256.Load(w + p + 24), s3);
         }
-        for (; p + 8 <= k; p += 8) s0 = Vector256.FusedMultiplyAdd(Vector256.Load(xIn + p), Vector256.Load(w + p), s0);
+        return DotTail(w, xIn, p, k, s0, s1, s2, s3);
+    }
+
+    // The end of BlockDot's order from p on (p a multiple of 32 past the 32-float strides): the 8-float tail into s0,
+    // the sum (s0 + s1) + (s2 + s3) across lanes, then the scalar tail. BlockDot8 ends each of its pairs here too.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float DotTail(float* w, float* x, int p, int k, Vector256<float> s0, Vector256<float> s1, Vector256<float> s2, Vector256<float> s3)
+    {
+        for (; p + 8 <= k; p += 8) s0 = Vector256.FusedMultiplyAdd(Vector256.Load(x + p), Vector256.Load(w + p), s0);
         float t = Vector256.Sum((s0 + s1) + (s2 + s3));
-        for (; p < k; p++) t += xIn[p] * w[p];
+        for (; p < k; p++) t += x[p] * w[p];
         return t;
     }
 
@@ -763,14 +777,11 @@ public sealed unsafe partial class CpuDecoder : IDisposable
         Finish8(w, k, p, x0 + k7, y + 7 * ldy, accumulate, a14, a15);
     }
 
-    // One pair of BlockDot8 from p on: BlockDot's tail and sum over the four 256-bit halves.
+    // One pair of BlockDot8 from p on: BlockDot's tail and sum (DotTail) over the four 256-bit halves.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Finish8(float* w, int k, int p, float* x, float* y, bool accumulate, Vector512<float> lo, Vector512<float> hi)
     {
-        Vector256<float> s0 = lo.GetLower(), s1 = lo.GetUpper(), s2 = hi.GetLower(), s3 = hi.GetUpper();
-        for (; p + 8 <= k; p += 8) s0 = Vector256.FusedMultiplyAdd(Vector256.Load(x + p), Vector256.Load(w + p), s0);
-        float t = Vector256.Sum((s0 + s1) + (s2 + s3));
-        for (; p < k; p++) t += x[p] * w[p];
+        float t = DotTail(w, x, p, k, lo.GetLower(), lo.GetUpper(), hi.GetLower(), hi.GetUpper());
         *y = accumulate ? *y + t : t;
     }
 
