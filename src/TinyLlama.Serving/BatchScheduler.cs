@@ -129,7 +129,7 @@ public sealed class BatchScheduler : IDisposable
     private readonly Job?[] slots;
     private readonly object gate = new(); // a Monitor: the loop waits on it for work
     private readonly Thread loop;
-    private int holds;
+    private int holds, stepHolds;
     private long cancelled;
     private bool disposed;
 
@@ -211,16 +211,31 @@ public sealed class BatchScheduler : IDisposable
     internal IDisposable HoldAdmission()
     {
         lock (gate) holds++;
-        return new Release(this);
+        return new Release(this, steps: false);
     }
 
-    private sealed class Release(BatchScheduler owner) : IDisposable
+    /// <summary>
+    /// Stops decoding steps until the returned scope is disposed; requests still join (prefill, first token) and
+    /// cancelled ones still leave (tests: a request that is certainly still running when its client goes away).
+    /// </summary>
+    internal IDisposable HoldSteps()
+    {
+        lock (gate) stepHolds++;
+        return new Release(this, steps: true);
+    }
+
+    private sealed class Release(BatchScheduler owner, bool steps) : IDisposable
     {
         private int done;
         public void Dispose()
         {
             if (Interlocked.Exchange(ref done, 1) != 0) return;
-            lock (owner.gate) { owner.holds--; Monitor.PulseAll(owner.gate); }
+            lock (owner.gate)
+            {
+                if (steps) owner.stepHolds--;
+                else owner.holds--;
+                Monitor.PulseAll(owner.gate);
+            }
         }
     }
 
@@ -318,7 +333,7 @@ public sealed class BatchScheduler : IDisposable
             lock (gate)
             {
                 foreach (var job in slots)
-                    if (job is not null && !admitted.Contains(job) && !job.Cancel.IsCancellationRequested)
+                    if (job is not null && stepHolds == 0 && !admitted.Contains(job) && !job.Cancel.IsCancellationRequested)
                     {
                         stepJobs.Add(job);
                         stepSlots.Add(job.Slot);
@@ -356,7 +371,7 @@ public sealed class BatchScheduler : IDisposable
     private bool HasWork()
     {
         if (queue.Count > 0 && (holds == 0 || queue.Any(j => j.Cancel.IsCancellationRequested))) return true;
-        foreach (var job in slots) if (job is not null) return true;
+        foreach (var job in slots) if (job is not null && (stepHolds == 0 || job.Cancel.IsCancellationRequested)) return true;
         return false;
     }
 

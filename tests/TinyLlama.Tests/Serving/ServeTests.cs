@@ -382,23 +382,30 @@ public class ServeTests
         }
     }
 
+    // The steps are held after the request's first token, so it is certainly still running when its client goes
+    // away. (Letting it run was a race: a cold process took 1.6-1.9 s to its response headers, longer than the whole
+    // 4000-token answer, and HttpClient's default drain of an unread body on dispose could read the rest of a short
+    // one and return the connection to its pool, with no disconnect at all.)
     [Fact]
     public async Task AClientThatDisconnectsFreesItsSlot()
     {
-        // A long answer (up to 4000 tokens of a wider model: seconds), so it is still running when the client goes away.
-        await using var server = await Server.Start(parallel: 1, maxPos: 4096, context: 4096, hidden: 128);
-        using (var request = new HttpRequestMessage(HttpMethod.Post, "/v1/chat/completions")
+        await using var server = await Server.Start(parallel: 1, hidden: 128); // its first token is text, not EOS
+        using (server.Scheduler.HoldSteps())
         {
-            Content = new StringContent("""{"messages":[{"role":"user","content":"go on"}],"stream":true,"temperature":0}""", Encoding.UTF8, "application/json"),
-        })
-        {
-            using var response = await server.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
-            using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
-            Assert.StartsWith("data: ", await reader.ReadLineAsync());
-            Assert.Equal(1, server.Scheduler.ActiveRequests);
-        } // disposing the response closes the connection
-        await WaitFor(() => server.Scheduler.ActiveRequests == 0);
-        Assert.Equal(1, server.Scheduler.CancelledRequests);
+            using var client = new HttpClient(new SocketsHttpHandler { MaxResponseDrainSize = 0 }) { BaseAddress = server.Base, Timeout = TimeSpan.FromSeconds(30) };
+            using (var request = new HttpRequestMessage(HttpMethod.Post, "/v1/chat/completions")
+            {
+                Content = new StringContent("""{"messages":[{"role":"user","content":"go on"}],"stream":true,"temperature":0}""", Encoding.UTF8, "application/json"),
+            })
+            {
+                using var response = await client.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+                using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
+                Assert.StartsWith("data: ", await reader.ReadLineAsync());
+                Assert.Equal(1, server.Scheduler.ActiveRequests);
+            } // disposing the response (nothing drained) closes the connection
+            await WaitFor(() => server.Scheduler.ActiveRequests == 0);
+            Assert.Equal(1, server.Scheduler.CancelledRequests);
+        }
         // The slot serves the next request.
         var next = await server.OpenAi().CompleteChatAsync([new OpenAI.Chat.UserChatMessage("hi")], new OpenAI.Chat.ChatCompletionOptions { MaxOutputTokenCount = 2, Temperature = 0 });
         Assert.Equal(2, next.Value.Usage.OutputTokenCount);
@@ -413,20 +420,24 @@ public class ServeTests
     [InlineData(true)]  // the reader throws
     public async Task AReaderThatStopsEarlyFreesItsSlot(bool throws)
     {
-        await using var server = await Server.Start(parallel: 1, maxPos: 4096, context: 4096, hidden: 128);
-        var stream = server.Scheduler.Submit(new GenerationRequest(server.Template.EncodeConversation([], "go on"), null, SamplingOptions.Greedy));
-        try
+        await using var server = await Server.Start(parallel: 1, hidden: 128); // its first token is text, not EOS
+        using (server.Scheduler.HoldSteps())
         {
-            await foreach (var update in stream)
+            var stream = server.Scheduler.Submit(new GenerationRequest(server.Template.EncodeConversation([], "go on"), null, SamplingOptions.Greedy));
+            try
             {
-                Assert.Null(update.FinishReason);
-                if (throws) throw new IOException("the client went away");
-                break;
+                await foreach (var update in stream)
+                {
+                    Assert.Null(update.FinishReason);
+                    Assert.Equal(1, server.Scheduler.ActiveRequests);
+                    if (throws) throw new IOException("the client went away");
+                    break;
+                }
             }
+            catch (IOException) when (throws) { }
+            await WaitFor(() => server.Scheduler.ActiveRequests == 0);
+            Assert.Equal(1, server.Scheduler.CancelledRequests);
         }
-        catch (IOException) when (throws) { }
-        await WaitFor(() => server.Scheduler.ActiveRequests == 0);
-        Assert.Equal(1, server.Scheduler.CancelledRequests);
         // A stream read to its end is not a cancellation.
         var answer = server.Scheduler.Submit(new GenerationRequest(server.Template.EncodeConversation([], "hi"), 3, SamplingOptions.Greedy));
         int updates = 0;
