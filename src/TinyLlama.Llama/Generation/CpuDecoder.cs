@@ -276,6 +276,7 @@ public sealed unsafe partial class CpuDecoder : IDisposable
     private readonly double[] invFreq;
     private readonly float[] buffer;            // every activation below, in one pinned array
     private readonly float* x, xb, q, att, gate, up, logits, scores; // S rows each (see the constructor)
+    private readonly float* finals;             // S rows: final hidden states a batched prefill keeps for its head (Head)
     private readonly float* ropeCos, ropeSin;  // RoPE's cos and sin for every cache position [maxTokens, HS/2]
     private readonly int[] rowSlot, rowToken;   // the slot and token of each row of the running step
     private readonly int[] logitRow;            // the rows whose logits a prefill step keeps (Decode)
@@ -356,8 +357,8 @@ public sealed unsafe partial class CpuDecoder : IDisposable
         rowSlot = new int[rows];
         rowToken = new int[rows];
         logitRow = new int[rows];
-        long total = rows * (2L * dim + 2L * qd + 2L * f + vocab + (long)numHeads * cache.MaxTokens + 2L * numKvHeads * headDim) + loraProjections.Sum(p => (long)p.R) + 2L * cache.MaxTokens * half;
-        const int LineFloats = 16, Buffers = 12;
+        long total = rows * (3L * dim + 2L * qd + 2L * f + vocab + (long)numHeads * cache.MaxTokens + 2L * numKvHeads * headDim) + loraProjections.Sum(p => (long)p.R) + 2L * cache.MaxTokens * half;
+        const int LineFloats = 16, Buffers = 13;
         total += (long)LineFloats * (Buffers + loraProjections.Count + 1); // room to start each buffer on a line
         buffer = GC.AllocateUninitializedArray<float>(checked((int)total), pinned: true);
         float* next = (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(buffer));
@@ -369,7 +370,8 @@ public sealed unsafe partial class CpuDecoder : IDisposable
             if (next > end) throw new InvalidOperationException("CpuDecoder: activation buffers overrun"); // a miscount here, not input
             return p;
         }
-        x = Take((long)rows * dim); xb = Take((long)rows * dim); q = Take((long)rows * qd); att = Take((long)rows * qd);
+        x = Take((long)rows * dim); xb = Take((long)rows * dim); finals = Take((long)rows * dim);
+        q = Take((long)rows * qd); att = Take((long)rows * qd);
         gate = Take((long)rows * f); up = Take((long)rows * f); logits = Take((long)rows * vocab);
         scores = Take((long)rows * numHeads * cache.MaxTokens);
         // RoPE tables for every position the cache holds, from the definition the modules use (Functional.RopeTables).
@@ -513,7 +515,9 @@ public sealed unsafe partial class CpuDecoder : IDisposable
     // leaves its logits in row i of the logits buffer. Every row's numbers are computed by the same code whatever
     // n is. logitRows: when given, only the logits of rows logitRows[0..logitCount) (ascending), in rows
     // 0..logitCount of the logits buffer (a prefill reads no others; none at all for a chunk that ends no prompt).
-    private void Decode(int n, int[]? logitRows = null, int logitCount = 0)
+    // keep: when given (with logitRows), no head at all: those rows' final hidden states go to keep[0..logitCount)
+    // instead, for one head run over the rows of several steps (Head).
+    private void Decode(int n, int[]? logitRows = null, int logitCount = 0, float* keep = null)
     {
         int half = headDim / 2, qd = numHeads * headDim, kvDim = numKvHeads * headDim, maxT = cache.MaxTokens;
         long attentionWork = 0;
@@ -560,18 +564,34 @@ public sealed unsafe partial class CpuDecoder : IDisposable
         // still in the last-level cache when the next step reaches it (stories15M: 37 MB of head and 24 MB of
         // layers against a 32 MB L3). Reading it in the opposite order each step starts from those rows instead of
         // from rows long evicted. Every row is computed the same way in either order.
-        headJob.Backward = !headJob.Backward;
-        if (logitRows is not null)
+        if (keep is not null)
         {
+            for (int j = 0; j < logitCount; j++)
+                new ReadOnlySpan<float>(x + (long)logitRows![j] * dim, dim).CopyTo(new Span<float>(keep + (long)j * dim, dim));
+        }
+        else if (logitRows is not null)
+        {
+            headJob.Backward = !headJob.Backward;
             for (int j = 0; j < logitCount; j++) RmsNorm(xb + (long)j * dim, x + (long)logitRows[j] * dim, finalNorm, dim, eps);
             if (logitCount > 0) Run(headJob, logitCount);
         }
         else
         {
+            headJob.Backward = !headJob.Backward;
             for (int i = 0; i < n; i++) RmsNorm(xb + (long)i * dim, x + (long)i * dim, finalNorm, dim, eps);
             Run(headJob, n);
         }
         for (int i = 0; i < n; i++) caches[rowSlot[i]].Length++;
+    }
+
+    // The logits of the count final hidden states in `hidden` [count, C] (count <= the rows a step holds), into rows
+    // 0..count of the logits buffer: the final norm and the head as Decode runs them, so each row's logits are
+    // those of a Decode that ended with it bit for bit.
+    private void Head(float* hidden, int count)
+    {
+        headJob.Backward = !headJob.Backward;
+        for (int j = 0; j < count; j++) RmsNorm(xb + (long)j * dim, hidden + (long)j * dim, finalNorm, dim, eps);
+        Run(headJob, count);
     }
 
     /// <summary>Releases the pinned weights.</summary>
