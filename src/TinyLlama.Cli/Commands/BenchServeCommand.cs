@@ -6,6 +6,9 @@
 // over the wall time), time to first token and the gaps between streamed tokens (p50 / p90 / p99).
 // Every answer is compared with its prompt's greedy ids decoded alone beforehand (TextGenerator on the
 // module path): a lost, duplicated or borrowed token fails the run. Counts and a --timeout bound it.
+// --repeat K runs the whole set K times, the batched runs and the baseline alternating, and reports the
+// batched / one-slot ratio of each repetition and their median: on a shared VM whose speed drifts by 10-20%
+// within a minute, one pair of runs is not a measurement.
 //
 // With --preset (random weights of a built-in shape, e.g. stories15M) the tokenizer is a synthetic one
 // with a piece per id (bytes, then "▁t<id>"), so every generated token is visible text and the check is
@@ -43,8 +46,9 @@ internal static class BenchServeCommand
         var requests = new Option<int>("--requests") { Description = "Requests per client, one after another", DefaultValueFactory = _ => 2 }.Range(1, 1000);
         var tokens = new Option<int>("--tokens", "-n") { Description = "Tokens per answer", DefaultValueFactory = _ => 32 }.Range(1, 4096);
         var timeout = new Option<int>("--timeout") { Description = "Seconds after which a run is abandoned", DefaultValueFactory = _ => 300 }.Range(1, 86400);
+        var repeat = new Option<int>("--repeat") { Description = "Times to run the whole set (batched runs and baseline alternating); the ratio is reported per repetition and as their median", DefaultValueFactory = _ => 1 }.Range(1, 100);
         var cmd = new Command("serve", "Concurrent streaming clients against `tinyllama serve` on loopback: tokens/s, time to first token, per-token latency; batched vs one slot.")
-            { model, preset, clients, parallel, baseline, requests, tokens, timeout };
+            { model, preset, clients, parallel, baseline, requests, tokens, timeout, repeat };
         cmd.SetAction(parse =>
         {
             string? path = parse.GetValue(model), presetName = parse.GetValue(preset);
@@ -85,20 +89,33 @@ internal static class BenchServeCommand
             string[] expected = [.. promptIds.Select(p => Decode(tok, TextGenerator.Generate(lm, p, n, SamplingOptions.Greedy, eos, useCpuDecoder: moduleReason is null), eos))];
 
             var runs = new List<Run>();
+            var ratios = new List<double>();
             var limit = TimeSpan.FromSeconds(parse.GetValue(timeout));
-            foreach (int c in counts) runs.Add(Measure(lm, tok, slots, ctx, c, reps, n, prompts, expected, limit));
-            if (baseClients > 0) runs.Add(Measure(lm, tok, 1, ctx, baseClients, reps, n, prompts, expected, limit));
+            for (int k = 0; k < parse.GetValue(repeat); k++)
+            {
+                Run? batched = null, single = null;
+                foreach (int c in counts)
+                {
+                    runs.Add(Measure(lm, tok, slots, ctx, c, reps, n, prompts, expected, limit));
+                    if (c == baseClients && slots > 1) batched = runs[^1];
+                }
+                if (baseClients > 0) runs.Add(single = Measure(lm, tok, 1, ctx, baseClients, reps, n, prompts, expected, limit));
+                if (batched is not null && single is not null) ratios.Add(batched.TokensPerSecond / single.TokensPerSecond);
+            }
 
             output.WriteLine($"| {"slots",5} | {"clients",7} | {"requests",8} | {"tokens",7} | {"tok/s",8} | {"TTFT p50/p90/p99 ms",22} | {"token gap p50/p90/p99 ms",26} | {"exact",5} |");
             output.WriteLine($"| ----: | ------: | -------: | ------: | -------: | {new string('-', 21)}: | {new string('-', 25)}: | :---: |");
             foreach (var r in runs)
                 output.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"| {r.Parallel,5} | {r.Clients,7} | {r.Requests,8} | {r.Tokens,7} | {r.TokensPerSecond,8:F1} | {Percentiles(r.Ttft),22} | {Percentiles(r.Gaps),26} | {(r.Mismatches == 0 ? "yes" : "NO"),5} |"));
-            var batched = runs.FirstOrDefault(r => r.Parallel == slots && r.Clients == baseClients && slots > 1);
-            var single = runs.FirstOrDefault(r => r.Parallel == 1 && r.Clients == baseClients);
-            if (batched is not null && single is not null)
+            if (ratios.Count > 0)
+            {
+                var sorted = ratios.Order().ToList();
+                double median = sorted.Count % 2 == 1 ? sorted[sorted.Count / 2] : (sorted[sorted.Count / 2 - 1] + sorted[sorted.Count / 2]) / 2;
+                string each = ratios.Count > 1 ? string.Create(CultureInfo.InvariantCulture, $" (median of {ratios.Count}: {string.Join(", ", ratios.Select(r => r.ToString("F2", CultureInfo.InvariantCulture)))})") : "";
                 output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"batched ({slots} slots) / one-at-a-time (1 slot) at {baseClients} clients: {batched.TokensPerSecond / single.TokensPerSecond:F2}x aggregate tokens/s"));
+                    $"batched ({slots} slots) / one-at-a-time (1 slot) at {baseClients} clients: {median:F2}x aggregate tokens/s{each}"));
+            }
             int bad = runs.Sum(r => r.Mismatches);
             if (bad > 0) throw new CliException($"{bad} answers differ from their prompt's greedy answer decoded alone (a lost, duplicated or borrowed token)");
             return ExitCodes.Success;
