@@ -44,6 +44,7 @@ using System.Buffers;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using TinyLlama.Backends.Cpu;
 using TinyLlama.Model;
 using TinyLlama.NN;
@@ -202,10 +203,21 @@ public sealed unsafe partial class CpuDecoder : IDisposable
     }
 
     // Attention of one query head of one row over its slot's cached positions (task = row * NH + head).
+    //
+    // A head is a few dozen floats (stories15M: 48), so per cached position the arithmetic is small and the
+    // overheads decide: a horizontal sum per dot product, and a running output summed through memory. With AVX
+    // and whole 8-float vectors (Blocked), the scores go eight positions at a time: eight accumulators, one per
+    // position, over the head's vectors, then one transposing reduction (HorizontalAdd) gives the eight dots in
+    // one vector; and the weighted sum of the values keeps the output in registers, up to four vectors per pass
+    // over the positions. Each score is reduced in the same order in a block of eight and alone (Reduce), so a
+    // position's score does not depend on which block it falls in; the values are summed in position order, one
+    // FMA per position and element, as before. Elsewhere, one position at a time (TensorPrimitives).
     private sealed class AttentionJob(CpuDecoder d) : IPoolJob
     {
         public readonly float*[] KeysCache = new float*[d.rowSlot.Length], ValuesCache = new float*[d.rowSlot.Length];
         public readonly int[] Positions = new int[d.rowSlot.Length];
+
+        private static bool Blocked(int hs) => Avx.IsSupported && Fma.IsSupported && hs % 8 == 0;
 
         public void Execute(int task)
         {
@@ -214,48 +226,116 @@ public sealed unsafe partial class CpuDecoder : IDisposable
             int g = h / (d.numHeads / d.numKvHeads);
             float* q = d.q + (long)row * qd + h * hs, o = d.att + (long)row * qd + h * hs, scores = d.scores + ((long)row * d.numHeads + h) * maxT;
             float* k = KeysCache[row] + (long)g * maxT * hs, v = ValuesCache[row] + (long)g * maxT * hs;
-            float scale = 1f / MathF.Sqrt(hs), max = float.NegativeInfinity;
-            for (int t = 0; t < s; t++)
-            {
-                float dot = HeadDot(q, k + (long)t * hs, hs) * scale;
-                scores[t] = dot;
-                if (dot > max) max = dot;
-            }
+            float scale = 1f / MathF.Sqrt(hs);
+            float max = Blocked(hs) ? Scores(q, k, hs, s, scale, scores) : ScoresOneByOne(q, k, hs, s, scale, scores);
             // softmax: the exponentials in one vectorised pass over the positions.
             var e = new Span<float>(scores, s);
             System.Numerics.Tensors.TensorPrimitives.Subtract(e, max, e);
             System.Numerics.Tensors.TensorPrimitives.Exp(e, e);
             float inv = 1f / System.Numerics.Tensors.TensorPrimitives.Sum(e);
-            new Span<float>(o, hs).Clear();
-            for (int t = 0; t < s; t++)
-                HeadAxpy(o, scores[t] * inv, v + (long)t * hs, hs);
-        }
-
-        // A head is a few dozen floats: at that length TensorPrimitives' span checks and tail handling cost as much
-        // as the arithmetic, and attention calls these twice per cached position, so whole 8-float vectors inline.
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        private static float HeadDot(float* a, float* b, int n)
-        {
-            if (!Vector256.IsHardwareAccelerated || n % 8 != 0) return Dot(a, b, n);
-            Vector256<float> s0 = Vector256<float>.Zero, s1 = s0;
-            int p = 0;
-            for (; p + 16 <= n; p += 16)
+            if (Blocked(hs))
             {
-                s0 = Vector256.FusedMultiplyAdd(Vector256.Load(a + p), Vector256.Load(b + p), s0);
-                s1 = Vector256.FusedMultiplyAdd(Vector256.Load(a + p + 8), Vector256.Load(b + p + 8), s1);
+                int c = 0;
+                for (; hs - c >= 32; c += 32) Values4(scores, inv, v + c, hs, s, o + c);
+                for (; c < hs; c += 8) Values1(scores, inv, v + c, hs, s, o + c);
             }
-            if (p < n) s0 = Vector256.FusedMultiplyAdd(Vector256.Load(a + p), Vector256.Load(b + p), s0);
-            return Vector256.Sum(s0 + s1);
+            else
+            {
+                new Span<float>(o, hs).Clear();
+                for (int t = 0; t < s; t++) Axpy(o, scores[t] * inv, v + (long)t * hs, hs);
+            }
         }
 
-        // y += alpha x over one head.
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        private static void HeadAxpy(float* y, float alpha, float* x, int n)
+        // scores[t] = (q . k_t) * scale for t < s; returns the largest.
+        private static float ScoresOneByOne(float* q, float* k, int hs, int s, float scale, float* scores)
         {
-            if (!Vector256.IsHardwareAccelerated || n % 8 != 0) { Axpy(y, alpha, x, n); return; }
-            var a = Vector256.Create(alpha);
-            for (int p = 0; p < n; p += 8)
-                Vector256.Store(Vector256.FusedMultiplyAdd(a, Vector256.Load(x + p), Vector256.Load(y + p)), y + p);
+            float max = float.NegativeInfinity;
+            for (int t = 0; t < s; t++)
+            {
+                float dot = Dot(q, k + (long)t * hs, hs) * scale;
+                scores[t] = dot;
+                if (dot > max) max = dot;
+            }
+            return max;
+        }
+
+        // As ScoresOneByOne, eight positions per block (hs a multiple of 8, AVX and FMA).
+        private static float Scores(float* q, float* k, int hs, int s, float scale, float* scores)
+        {
+            var vs = Vector256.Create(scale);
+            var vmax = Vector256.Create(float.NegativeInfinity);
+            int t = 0;
+            for (; s - t >= 8; t += 8)
+            {
+                float* kt = k + (long)t * hs;
+                Vector256<float> a0 = Vector256<float>.Zero, a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+                for (int p = 0; p < hs; p += 8)
+                {
+                    var qv = Vector256.Load(q + p);
+                    a0 = Fma.MultiplyAdd(qv, Vector256.Load(kt + p), a0);
+                    a1 = Fma.MultiplyAdd(qv, Vector256.Load(kt + hs + p), a1);
+                    a2 = Fma.MultiplyAdd(qv, Vector256.Load(kt + 2 * hs + p), a2);
+                    a3 = Fma.MultiplyAdd(qv, Vector256.Load(kt + 3 * hs + p), a3);
+                    a4 = Fma.MultiplyAdd(qv, Vector256.Load(kt + 4 * hs + p), a4);
+                    a5 = Fma.MultiplyAdd(qv, Vector256.Load(kt + 5 * hs + p), a5);
+                    a6 = Fma.MultiplyAdd(qv, Vector256.Load(kt + 6 * hs + p), a6);
+                    a7 = Fma.MultiplyAdd(qv, Vector256.Load(kt + 7 * hs + p), a7);
+                }
+                // Lane j of the result is the sum of a_j's lanes as Reduce adds them: pairs, then pairs of pairs
+                // within each 128-bit half, then the two halves.
+                var h0123 = Avx.HorizontalAdd(Avx.HorizontalAdd(a0, a1), Avx.HorizontalAdd(a2, a3));
+                var h4567 = Avx.HorizontalAdd(Avx.HorizontalAdd(a4, a5), Avx.HorizontalAdd(a6, a7));
+                var dots = (Avx.Permute2x128(h0123, h4567, 0x20) + Avx.Permute2x128(h0123, h4567, 0x31)) * vs;
+                Vector256.Store(dots, scores + t);
+                vmax = Avx.Max(vmax, dots);
+            }
+            float max = float.NegativeInfinity;
+            for (int j = 0; j < 8; j++) if (vmax.GetElement(j) > max) max = vmax.GetElement(j);
+            for (; t < s; t++)
+            {
+                float* kt = k + (long)t * hs;
+                var a = Vector256<float>.Zero;
+                for (int p = 0; p < hs; p += 8) a = Fma.MultiplyAdd(Vector256.Load(q + p), Vector256.Load(kt + p), a);
+                float dot = Reduce(a) * scale;
+                scores[t] = dot;
+                if (dot > max) max = dot;
+            }
+            return max;
+        }
+
+        // The lanes of a summed as Scores' block reduction sums each accumulator.
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private static float Reduce(Vector256<float> a)
+        {
+            var h = Avx.HorizontalAdd(Avx.HorizontalAdd(a, a), a);
+            return h.GetElement(0) + h.GetElement(4);
+        }
+
+        // o[0..32) = sum over t < s of (scores[t] inv) v_t[0..32) (v_t = v + t ld), in position order, in registers.
+        private static void Values4(float* scores, float inv, float* v, int ld, int s, float* o)
+        {
+            Vector256<float> o0 = Vector256<float>.Zero, o1 = o0, o2 = o0, o3 = o0;
+            for (int t = 0; t < s; t++)
+            {
+                var w = Vector256.Create(scores[t] * inv);
+                float* vt = v + (long)t * ld;
+                o0 = Fma.MultiplyAdd(w, Vector256.Load(vt), o0);
+                o1 = Fma.MultiplyAdd(w, Vector256.Load(vt + 8), o1);
+                o2 = Fma.MultiplyAdd(w, Vector256.Load(vt + 16), o2);
+                o3 = Fma.MultiplyAdd(w, Vector256.Load(vt + 24), o3);
+            }
+            Vector256.Store(o0, o);
+            Vector256.Store(o1, o + 8);
+            Vector256.Store(o2, o + 16);
+            Vector256.Store(o3, o + 24);
+        }
+
+        // As Values4 over 8 floats.
+        private static void Values1(float* scores, float inv, float* v, int ld, int s, float* o)
+        {
+            var o0 = Vector256<float>.Zero;
+            for (int t = 0; t < s; t++) o0 = Fma.MultiplyAdd(Vector256.Create(scores[t] * inv), Vector256.Load(v + (long)t * ld), o0);
+            Vector256.Store(o0, o);
         }
     }
 
