@@ -37,7 +37,7 @@ public class CpuDecoderPrefillTests
         Assert.True(worst <= RelativeTolerance * scale, $"{what}: max |difference| {worst} > {RelativeTolerance} x {scale}");
     }
 
-    [Theory]
+    [SkippableTheory]
     [InlineData(1, true)]   // a single token through the prefill pass (attention over one position)
     [InlineData(37, true)]  // query blocks of 16 with a tail, the caller's thread and two workers
     [InlineData(37, false)] // an untied q4_0 head
@@ -60,7 +60,7 @@ public class CpuDecoderPrefillTests
             AssertClose(TextGenerator.ModuleForward(model, [ids[t]], moduleCache, DecoderActivations.Quantized), decoder.Step(ids[t]), $"step {t}");
     }
 
-    [Theory]
+    [SkippableTheory]
     [InlineData(192, 4)] // HS = 48 (stories15M): sixteen output columns twice, then eight
     [InlineData(160, 4)] // HS = 40: an eight-column tail after two sixteens
     [InlineData(96, 8)]  // HS = 12: not a multiple of 8, one query at a time
@@ -84,7 +84,7 @@ public class CpuDecoderPrefillTests
         AssertClose(expected, decoder.Prefill(ids[20..]), $"HS = {hidden / heads}");
     }
 
-    [Fact]
+    [SkippableFact]
     public void PrefillMatchesStepByStepDecoding()
     {
         Skip.IfNot(RepackedQ4_0.IsSupported, "the repacked Q4_0 kernels need AVX2 and FMA");
@@ -98,7 +98,7 @@ public class CpuDecoderPrefillTests
         AssertClose(stepped, prefiller.Prefill(ids), "prefill against 20 steps");
     }
 
-    [Theory]
+    [SkippableTheory]
     [InlineData(7)]  // chunks of 7: a whole number of chunks is not needed
     [InlineData(40)] // one chunk
     public void PrefillInChunksAndInSeveralCallsMatchesOnePass(int chunk)
@@ -142,7 +142,7 @@ public class CpuDecoderPrefillTests
         Assert.Equal(0, q4.NewCache(1, 8).Length);
     }
 
-    [Fact]
+    [SkippableFact]
     public void GenerationWithPrefillGivesTheModulesGreedyTokens()
     {
         Skip.IfNot(RepackedQ4_0.IsSupported, "the repacked Q4_0 kernels need AVX2 and FMA");
