@@ -264,7 +264,7 @@ public sealed class BatchScheduler : IDisposable
         var stepJobs = new List<Job>();
         var stepSlots = new List<int>();
         var stepTokens = new List<int>();
-        float[] logits = [];
+        int[] greedy = new int[slots.Length];
         while (true)
         {
             admitted.Clear();
@@ -342,9 +342,9 @@ public sealed class BatchScheduler : IDisposable
             }
             if (stepJobs.Count == 0) continue;
             int vocab = decoder.VocabSize;
-            if (logits.Length < stepJobs.Count * vocab) logits = new float[slots.Length * vocab];
-            decoder.Step(CollectionsMarshal.AsSpan(stepSlots), CollectionsMarshal.AsSpan(stepTokens), logits);
-            for (int i = 0; i < stepJobs.Count; i++) Advance(stepJobs[i], logits.AsSpan(i * vocab, vocab));
+            // Greedy requests take the token the step found with the logits; the others sample their row.
+            var logits = decoder.Step(CollectionsMarshal.AsSpan(stepSlots), CollectionsMarshal.AsSpan(stepTokens), greedy);
+            for (int i = 0; i < stepJobs.Count; i++) Advance(stepJobs[i], logits.Slice(i * vocab, vocab), greedy[i]);
         }
     }
 
@@ -375,13 +375,14 @@ public sealed class BatchScheduler : IDisposable
         return false;
     }
 
-    // Samples the job's next token from its logits [V] and streams its text; finishes the job when it is done.
-    private void Advance(Job job, ReadOnlySpan<float> logits)
+    // Samples the job's next token from its logits [V] (greedy: the step's greedy token for them, when it found
+    // one) and streams its text; finishes the job when it is done.
+    private void Advance(Job job, ReadOnlySpan<float> logits, int greedy = -1)
     {
         int next;
         try
         {
-            next = job.Sampler.Sample(logits);
+            next = greedy >= 0 && job.Sampler.IsGreedy ? greedy : job.Sampler.Sample(logits);
         }
         catch (InvalidDataException e) // a non-finite logit
         {

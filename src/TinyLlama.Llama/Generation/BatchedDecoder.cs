@@ -159,8 +159,42 @@ public sealed class BatchedDecoder : IDisposable
     public void Step(ReadOnlySpan<int> slots, ReadOnlySpan<int> tokens, Span<float> logits)
     {
         int n = slots.Length, vocab = VocabSize;
-        if (tokens.Length != n) throw new ArgumentException($"{n} slots but {tokens.Length} tokens");
         if (logits.Length < (long)n * vocab) throw new ArgumentException($"logits hold {logits.Length} values; {n} rows of {vocab} need {(long)n * vocab}");
+        CheckStep(slots, tokens);
+        if (cpu is not null)
+        {
+            cpu.Step(slots, tokens).CopyTo(logits);
+            return;
+        }
+        ModuleStep(slots, tokens, logits);
+    }
+
+    /// <summary>
+    /// One step as <see cref="Step(ReadOnlySpan{int}, ReadOnlySpan{int}, Span{float})"/>, returning the logits
+    /// [n, V] in the decoder's own buffer (valid until the next call) and, in <paramref name="greedy"/>[i], row
+    /// i's greedy token as <see cref="Sampler"/> picks it at temperature 0, or -1 where the caller must sample
+    /// the row itself (a NaN or an infinity in it, which Sample reports; or the module path, which does not
+    /// find them). On the CPU decoder the head finds them while computing the logits (a batched server then
+    /// reads no logits for its greedy requests).
+    /// </summary>
+    public ReadOnlySpan<float> Step(ReadOnlySpan<int> slots, ReadOnlySpan<int> tokens, Span<int> greedy)
+    {
+        int n = slots.Length;
+        if (greedy.Length < n) throw new ArgumentException($"{n} rows but room for {greedy.Length} greedy tokens");
+        CheckStep(slots, tokens);
+        if (cpu is not null) return cpu.Step(slots, tokens, greedy);
+        if (moduleLogits.Length < n * VocabSize) moduleLogits = new float[Slots * VocabSize];
+        ModuleStep(slots, tokens, moduleLogits);
+        greedy[..n].Fill(-1);
+        return moduleLogits.AsSpan(0, n * VocabSize);
+    }
+
+    private float[] moduleLogits = [];
+
+    private void CheckStep(ReadOnlySpan<int> slots, ReadOnlySpan<int> tokens)
+    {
+        int n = slots.Length, vocab = VocabSize;
+        if (tokens.Length != n) throw new ArgumentException($"{n} slots but {tokens.Length} tokens");
         for (int i = 0; i < n; i++)
         {
             if ((uint)slots[i] >= (uint)Slots) throw new ArgumentOutOfRangeException(nameof(slots), slots[i], $"slot out of range [0, {Slots})");
@@ -169,11 +203,11 @@ public sealed class BatchedDecoder : IDisposable
             if ((uint)tokens[i] >= (uint)vocab) throw new ArgumentException($"token id {tokens[i]} is out of range for a vocabulary of {vocab}");
             if (caches[slots[i]].Length + 1 > ContextSize) throw new InvalidOperationException($"slot {slots[i]} is full ({ContextSize} tokens)");
         }
-        if (cpu is not null)
-        {
-            cpu.Step(slots, tokens).CopyTo(logits);
-            return;
-        }
+    }
+
+    private void ModuleStep(ReadOnlySpan<int> slots, ReadOnlySpan<int> tokens, Span<float> logits)
+    {
+        int n = slots.Length, vocab = VocabSize;
         using var integer = CpuBackend.UseIntegerActivations(activations == DecoderActivations.Quantized);
         using var noGrad = GradMode.NoGrad();
         for (int start = 0; start < n; start += RowsPerProduct)

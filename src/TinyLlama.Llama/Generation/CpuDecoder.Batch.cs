@@ -171,4 +171,46 @@ public sealed unsafe partial class CpuDecoder
         if (n > 0) Decode(n);
         return new ReadOnlySpan<float>(logits, n * vocab);
     }
+
+    /// <summary>
+    /// <see cref="Step(ReadOnlySpan{int}, ReadOnlySpan{int})"/>, and also each row's greedy token in
+    /// <paramref name="greedy"/>[i]: what <see cref="Sampler"/> picks at temperature 0 from row i of the returned
+    /// logits, or -1 where that row holds a NaN or an infinity (Sample reports those). The head's chunks find
+    /// their parts of it while their outputs are still in their core's cache (Sampler.GreedyIndex), so a batched
+    /// step does not read its 8 x 32000 logits again from the other core's cache to sample them; this step
+    /// combines the parts in chunk order.
+    /// </summary>
+    internal ReadOnlySpan<float> Step(ReadOnlySpan<int> slots, ReadOnlySpan<int> tokens, Span<int> greedy)
+    {
+        int n = slots.Length;
+        if (greedy.Length < n) throw new ArgumentException($"{n} rows but room for {greedy.Length} greedy tokens");
+        int chunks = headJob.ChunkCount;
+        if (greedyParts.Length < chunks * n) greedyParts = new int[chunks * caches.Length];
+        headJob.Argmax = greedyParts;
+        ReadOnlySpan<float> rows;
+        try
+        {
+            rows = Step(slots, tokens);
+        }
+        finally
+        {
+            headJob.Argmax = null;
+        }
+        for (int i = 0; i < n; i++)
+        {
+            int best = -1;
+            float value = 0;
+            for (int c = 0; c < chunks; c++)
+            {
+                int at = greedyParts[c * n + i];
+                if (at < 0) { best = -1; break; }
+                float v = rows[i * vocab + at];
+                if (best < 0 || v > value) { best = at; value = v; }
+            }
+            greedy[i] = best;
+        }
+        return rows;
+    }
+
+    private int[] greedyParts = [];
 }

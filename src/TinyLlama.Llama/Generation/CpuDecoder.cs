@@ -145,6 +145,19 @@ public sealed unsafe partial class CpuDecoder : IDisposable
         /// <summary>Hands the chunks out last to first (the head alternates, see Decode).</summary>
         public bool Backward { get; set; }
 
+        /// <summary>
+        /// When set (by the head's greedy steps, sized chunks x rows), each chunk also leaves, for every input row i,
+        /// the greedy index of its output rows in Argmax[chunk * Count + i] (Sampler.GreedyIndex, as an output row
+        /// number; -1 for a NaN or an infinity), read while the chunk's outputs are still in this core's cache.
+        /// </summary>
+        public int[]? Argmax { get; set; }
+
+        /// <summary>Chunks of a run (the parts Argmax holds per input row).</summary>
+        public int ChunkCount => chunks.Length;
+
+        /// <summary>The output rows chunk c covers.</summary>
+        public (int R0, int R1) ChunkRows(int c) => (chunks[c].R0, chunks[c].R1);
+
         /// <summary>Quantizes the input rows for the integer rows (before the rows run).</summary>
         public void QuantizeInput()
         {
@@ -154,10 +167,17 @@ public sealed unsafe partial class CpuDecoder : IDisposable
 
         public void Execute(int task)
         {
-            var (p, r0, r1, slot) = chunks[Backward ? chunks.Length - 1 - task : task];
+            int c = Backward ? chunks.Length - 1 - task : task;
+            var (p, r0, r1, slot) = chunks[c];
             if (!swiglu)
             {
                 Rows(p, inputs[slot], outputs[slot], r0, r1, accumulate, acts, Count);
+                if (Argmax is { } argmax)
+                    for (int i = 0; i < Count; i++)
+                    {
+                        int best = Sampler.GreedyIndex(new ReadOnlySpan<float>(outputs[slot] + (long)i * p.Out + r0, r1 - r0));
+                        argmax[c * Count + i] = best < 0 ? -1 : r0 + best;
+                    }
                 return;
             }
             Rows(Slots[0], inputs[0], outputs[0], r0, r1, false, acts, Count);

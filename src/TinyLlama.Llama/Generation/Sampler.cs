@@ -47,6 +47,25 @@ public sealed class Sampler
             throw new InvalidDataException($"the model computed a {(float.IsNaN(logits[i]) ? "NaN" : "infinite")} logit (token {i}): its weights hold NaN or infinite values, or its activations overflow (--check-tensors scans the weights)");
     }
 
+    /// <summary>
+    /// The greedy token of <paramref name="part"/> (the first index holding its largest value, -0 == +0, as
+    /// <see cref="Sample"/> picks), or -1 when it holds a NaN or an infinity. Parts of one row of logits combine in
+    /// order: the first part whose value at its index is largest (later parts only by a strictly larger value) gives
+    /// the row's greedy token, and any -1 makes the row an error for <see cref="Sample"/> to report.
+    /// </summary>
+    public static int GreedyIndex(ReadOnlySpan<float> part)
+    {
+        if (part.IsEmpty) return -1;
+        int m = System.Numerics.Tensors.TensorPrimitives.IndexOfMaxMagnitude(part);
+        return float.IsFinite(part[m]) ? FirstIndexOfMax(part) : -1;
+    }
+
+    // IndexOfMax ranks +0 above -0; the first index holding the maximum's value (-0 == +0) is the loop's answer.
+    private static int FirstIndexOfMax(ReadOnlySpan<float> x) => x.IndexOf(x[System.Numerics.Tensors.TensorPrimitives.IndexOfMax(x)]);
+
+    /// <summary>True when <see cref="Sample"/> without previous ids is the greedy argmax (temperature 0).</summary>
+    public bool IsGreedy => options.Temperature == 0;
+
     public Sampler(SamplingOptions options)
     {
         options.Validate();
@@ -65,11 +84,7 @@ public sealed class Sampler
         // Greedy without a penalty: the argmax of the floats themselves (the widening below is exact, so this is the
         // same token), vectorised; a batched server samples every row of every step, so this runs per token.
         if (options.Temperature == 0 && (options.RepetitionPenalty == 1.0 || previous is null))
-        {
-            if (v == 0) return 0;
-            // IndexOfMax ranks +0 above -0; the first index holding the maximum's value (-0 == +0) is the loop's answer.
-            return logits.IndexOf(logits[System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits)]);
-        }
+            return v == 0 ? 0 : FirstIndexOfMax(logits);
         if (scratch.Length != v) { scratch = new double[v]; order = new int[v]; }
         var x = scratch;
         for (int i = 0; i < v; i++) x[i] = logits[i];

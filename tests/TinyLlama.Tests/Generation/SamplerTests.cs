@@ -43,6 +43,33 @@ public class SamplerTests
             }
     }
 
+    // GreedyIndex is the greedy choice of one part of a row (a batched step's head finds it per chunk): on whole rows
+    // it equals Sample, and a NaN or an infinity anywhere in the part makes it -1 (the row goes to Sample, which
+    // reports it).
+    [Fact]
+    public void GreedyIndexIsSamplesChoiceOrMinusOneForNonFiniteParts()
+    {
+        var rng = new Random(5);
+        var sampler = new Sampler(SamplingOptions.Greedy);
+        Assert.True(sampler.IsGreedy);
+        Assert.False(new Sampler(new SamplingOptions(Temperature: 0.7)).IsGreedy);
+        for (int v = 1; v <= 200; v++)
+        {
+            var logits = new float[v];
+            for (int i = 0; i < v; i++) logits[i] = rng.Next(4) == 0 ? (rng.Next(2) == 0 ? 0f : -0f) : rng.Next(-3, 3);
+            Assert.Equal(FirstArgmax(logits), Sampler.GreedyIndex(logits));
+            Assert.Equal(sampler.Sample(logits), Sampler.GreedyIndex(logits));
+            foreach (float bad in new[] { float.NaN, float.PositiveInfinity, float.NegativeInfinity })
+            {
+                var broken = (float[])logits.Clone();
+                broken[rng.Next(v)] = bad;
+                Assert.Equal(-1, Sampler.GreedyIndex(broken));
+                Assert.Throws<InvalidDataException>(() => sampler.Sample(broken));
+            }
+        }
+        Assert.Equal(-1, Sampler.GreedyIndex([]));
+    }
+
     [Fact]
     public void GreedyWithARepetitionPenaltyPenalisesPreviousTokens()
     {

@@ -6,6 +6,7 @@
 // have 1 to S rows: the CPU kernel's three-row passes and their remainders, the module path's chunks of
 // RowsPerProduct). Checked on a random f32 GQA model, on Q4_0 and Q8_0 weights with both kinds of activations, and on
 // stories260K from ../shared/reference when present; and the f32 multi-row kernel against an f64 reference.
+using TinyLlama.Autograd;
 using TinyLlama.Backends.Cpu;
 using TinyLlama.Formats;
 using TinyLlama.Generation;
@@ -81,7 +82,17 @@ public class BatchedDecoderTests
             for (int s = 0; s < slots; s++)
                 if (holder[s] >= 0 && produced[holder[s]].Count == budget[holder[s]]) holder[s] = -1;
             var active = holder.Where(h => h >= 0).ToArray();
-            decoder.Step(active.Select(r => slotOf[r]).ToArray(), active.Select(r => next[r]).ToArray(), logits);
+            int[] stepSlots = [.. active.Select(r => slotOf[r])], stepTokens = [.. active.Select(r => next[r])];
+            if (step % 2 == 0) decoder.Step(stepSlots, stepTokens, logits);
+            else
+            {
+                // The overload a server steps with: the decoder's own logits, and each row's greedy token (found by
+                // the head on the CPU decoder path; -1 on the module path), which must be Sampler's choice.
+                var greedy = new int[active.Length];
+                decoder.Step(stepSlots, stepTokens, greedy).CopyTo(logits);
+                for (int i = 0; i < active.Length; i++)
+                    Assert.Equal(useCpuDecoder ? new Sampler(SamplingOptions.Greedy).Sample(logits.AsSpan(i * vocab, vocab)) : -1, greedy[i]);
+            }
             widest = Math.Max(widest, active.Length);
             for (int i = 0; i < active.Length; i++)
             {
@@ -118,6 +129,49 @@ public class BatchedDecoderTests
                 if (s + 1 < produced[r].Count) alone = Alone([Argmax(alone)]);
             }
         }
+    }
+
+    // The head's chunks each find the greedy token of their part of a row; the step combines the parts. A tied head
+    // whose second half of rows copies the first gives every logit twice, once in an early chunk and once in a late
+    // one (2000 x 32 weights: four chunks on two threads), so the combination must keep the earlier of equal values,
+    // as Sampler does; the head is read in both directions (it alternates per step). A NaN in one weight row makes
+    // every row's token -1 (left to Sample, which reports it).
+    [Fact]
+    public void TheStepsGreedyTokensAreSamplersAcrossTheHeadsChunks()
+    {
+        var model = new LlamaForCausalLM(LlamaTests.Tiny(vocab: 2000, hidden: 32, layers: 1, heads: 4, kvHeads: 2, ffn: 40, maxPos: 64) with { TieWordEmbeddings = true }, new Generator(8));
+        model.Eval();
+        using var noGrad = GradMode.NoGrad();
+        var table = model.Model.EmbedTokens.Weight;
+        var rows = table.ToArray<float>();
+        Array.Copy(rows, 0, rows, 1000 * 32, 1000 * 32);
+        table.CopyFrom_(Tensor.FromArray(rows, [2000, 32]));
+        using var decoder = new BatchedDecoder(model, 3, 16);
+        Assert.True(decoder.UsesCpuDecoder);
+        int[] slots = [0, 1, 2], tokens = [5, 6, 7];
+        for (int s = 0; s < 3; s++) decoder.Prefill(s, [1, 2 + s]);
+        var sampler = new Sampler(SamplingOptions.Greedy);
+        var greedy = new int[3];
+        for (int step = 0; step < 4; step++)
+        {
+            var logits = decoder.Step(slots, tokens, greedy).ToArray();
+            for (int i = 0; i < 3; i++)
+            {
+                var row = logits.AsSpan(i * 2000, 2000);
+                Assert.Equal(row[greedy[i]], row[greedy[i] + 1000]); // the tie is real
+                Assert.True(greedy[i] < 1000, $"row {i}: token {greedy[i]}, not the first of its tie");
+                Assert.Equal(sampler.Sample(row), greedy[i]);
+                tokens[i] = greedy[i];
+            }
+        }
+        rows[1500 * 32 + 3] = float.NaN;
+        table.CopyFrom_(Tensor.FromArray(rows, [2000, 32]));
+        using var broken = new BatchedDecoder(model, 2, 16);
+        broken.Prefill(0, [1]);
+        broken.Prefill(1, [2]);
+        float[] nan = broken.Step([0, 1], [3, 4], greedy).ToArray();
+        Assert.Equal([-1, -1], greedy[..2]);
+        Assert.Throws<InvalidDataException>(() => sampler.Sample(nan[..2000]));
     }
 
     [Fact]
