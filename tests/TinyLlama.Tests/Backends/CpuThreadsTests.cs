@@ -85,10 +85,38 @@ public class CpuThreadsTests
         Assert.All(job.Done, d => Assert.Equal(1, d));
     }
 
-    private sealed class CountingJob(int n) : IPoolJob
+    // Each thread takes its own share of a job's tasks from its own cursor, then the others' remaining ones: every
+    // task must still run exactly once, for pools of 1-3 workers and every task count up to 40, also when the tasks
+    // of one share are slow (the other threads then take over its tail), and a task that throws fails the Run.
+    [Fact]
+    public void EveryTaskRunsExactlyOnceWhateverTheShares()
+    {
+        foreach (int workers in new[] { 1, 2, 3 })
+        {
+            using var pool = new SpinPool(workers);
+            for (int tasks = 1; tasks <= 40; tasks++)
+                for (int rep = 0; rep < 20; rep++)
+                {
+                    var job = new CountingJob(tasks, slow: rep % 4 == 0 ? tasks / 2 : -1);
+                    pool.Run(job, tasks);
+                    Assert.All(job.Done, d => Assert.Equal(1, d));
+                }
+            var failing = new CountingJob(10, slow: -1, throwAt: 7);
+            var e = Assert.Throws<AggregateException>(() => pool.Run(failing, 10));
+            Assert.Contains("task 7", e.InnerException!.Message);
+            Assert.All(failing.Done, d => Assert.Equal(1, d));
+        }
+    }
+
+    private sealed class CountingJob(int n, int slow = -1, int throwAt = -1) : IPoolJob
     {
         public readonly int[] Done = new int[n];
-        public void Execute(int task) => Interlocked.Increment(ref Done[task]);
+        public void Execute(int task)
+        {
+            if (task >= slow && slow >= 0) Thread.SpinWait(2000);
+            Interlocked.Increment(ref Done[task]);
+            if (task == throwAt) throw new InvalidOperationException($"task {task} failed");
+        }
     }
 
     [Fact]
