@@ -142,7 +142,7 @@ public sealed unsafe partial class CpuDecoder
             }
         }
         if (n > 0) Flush();
-        Head(finals, count);
+        Head(finals, null, count);
         new ReadOnlySpan<float>(logits, count * vocab).CopyTo(lastLogits);
     }
 

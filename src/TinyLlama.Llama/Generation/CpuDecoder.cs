@@ -155,9 +155,6 @@ public sealed unsafe partial class CpuDecoder : IDisposable
         /// <summary>Chunks of a run (the parts Argmax holds per input row).</summary>
         public int ChunkCount => chunks.Length;
 
-        /// <summary>The output rows chunk c covers.</summary>
-        public (int R0, int R1) ChunkRows(int c) => (chunks[c].R0, chunks[c].R1);
-
         /// <summary>Quantizes the input rows for the integer rows (before the rows run).</summary>
         public void QuantizeInput()
         {
@@ -660,37 +657,27 @@ public sealed unsafe partial class CpuDecoder : IDisposable
             Run(mlpJobs[li], n);
             Run(downJobs[li], n);
         }
-        // The head is the largest matrix and the last one a step reads, so its most recently read rows are the ones
-        // still in the last-level cache when the next step reaches it (stories15M: 37 MB of head and 24 MB of
-        // layers against a 32 MB L3). Reading it in the opposite order each step starts from those rows instead of
-        // from rows long evicted. Every row is computed the same way in either order.
         if (keep is not null)
         {
             for (int j = 0; j < logitCount; j++)
                 new ReadOnlySpan<float>(x + (long)logitRows![j] * dim, dim).CopyTo(new Span<float>(keep + (long)j * dim, dim));
         }
-        else if (logitRows is not null)
-        {
-            headJob.Backward = !headJob.Backward;
-            for (int j = 0; j < logitCount; j++) RmsNorm(xb + (long)j * dim, x + (long)logitRows[j] * dim, finalNorm, dim, eps);
-            if (logitCount > 0) Run(headJob, logitCount);
-        }
-        else
-        {
-            headJob.Backward = !headJob.Backward;
-            for (int i = 0; i < n; i++) RmsNorm(xb + (long)i * dim, x + (long)i * dim, finalNorm, dim, eps);
-            Run(headJob, n);
-        }
+        else if (logitRows is null) Head(x, null, n);
+        else if (logitCount > 0) Head(x, logitRows, logitCount);
         for (int i = 0; i < n; i++) caches[rowSlot[i]].Length++;
     }
 
-    // The logits of the count final hidden states in `hidden` [count, C] (count <= the rows a step holds), into rows
-    // 0..count of the logits buffer: the final norm and the head as Decode runs them, so each row's logits are
-    // those of a Decode that ended with it bit for bit.
-    private void Head(float* hidden, int count)
+    // The final norm and the head over count final hidden states, into rows 0..count of the logits buffer: row j is
+    // hidden + rows[j] C (rows null: hidden + j C); count <= the rows a step holds. Decode ends with it, and a batched
+    // prefill runs it once over the states its steps kept, so each row's logits are the same either way bit for bit.
+    // The head is the largest matrix and the last one a step reads, so its most recently read rows are the ones
+    // still in the last-level cache when the next run reaches it (stories15M: 37 MB of head and 24 MB of layers
+    // against a 32 MB L3). Reading it in the opposite order each run starts from those rows instead of from rows
+    // long evicted. Every row is computed the same way in either order.
+    private void Head(float* hidden, int[]? rows, int count)
     {
         headJob.Backward = !headJob.Backward;
-        for (int j = 0; j < count; j++) RmsNorm(xb + (long)j * dim, hidden + (long)j * dim, finalNorm, dim, eps);
+        for (int j = 0; j < count; j++) RmsNorm(xb + (long)j * dim, hidden + (long)(rows is null ? j : rows[j]) * dim, finalNorm, dim, eps);
         Run(headJob, count);
     }
 

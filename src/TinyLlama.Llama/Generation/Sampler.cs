@@ -41,9 +41,8 @@ public sealed class Sampler
     /// </summary>
     public static void CheckFinite(ReadOnlySpan<float> logits)
     {
-        // The element of largest magnitude is the first NaN, if any, or an infinity exactly when one exists.
-        int i = System.Numerics.Tensors.TensorPrimitives.IndexOfMaxMagnitude(logits);
-        if (i >= 0 && !float.IsFinite(logits[i]))
+        int i = NonFinite(logits);
+        if (i >= 0)
             throw new InvalidDataException($"the model computed a {(float.IsNaN(logits[i]) ? "NaN" : "infinite")} logit (token {i}): its weights hold NaN or infinite values, or its activations overflow (--check-tensors scans the weights)");
     }
 
@@ -53,11 +52,14 @@ public sealed class Sampler
     /// order: the first part whose value at its index is largest (later parts only by a strictly larger value) gives
     /// the row's greedy token, and any -1 makes the row an error for <see cref="Sample"/> to report.
     /// </summary>
-    public static int GreedyIndex(ReadOnlySpan<float> part)
+    public static int GreedyIndex(ReadOnlySpan<float> part) => part.IsEmpty || NonFinite(part) >= 0 ? -1 : FirstIndexOfMax(part);
+
+    // The index of a NaN or an infinity in x, or -1 when it has none: the element of largest magnitude is the first
+    // NaN, if any, or an infinity exactly when one exists.
+    private static int NonFinite(ReadOnlySpan<float> x)
     {
-        if (part.IsEmpty) return -1;
-        int m = System.Numerics.Tensors.TensorPrimitives.IndexOfMaxMagnitude(part);
-        return float.IsFinite(part[m]) ? FirstIndexOfMax(part) : -1;
+        int i = System.Numerics.Tensors.TensorPrimitives.IndexOfMaxMagnitude(x);
+        return i >= 0 && !float.IsFinite(x[i]) ? i : -1;
     }
 
     // IndexOfMax ranks +0 above -0; the first index holding the maximum's value (-0 == +0) is the loop's answer.

@@ -18,8 +18,9 @@
 // descheduled or got slow pieces does not hold the job up. Every piece is taken exactly once. With one
 // shared counter instead, every piece moved that counter's cache line between the cores: on this 2-vCPU
 // VM a line takes ~280 ns each way (570 ns ping-pong), and a decode step hands out 300-600 pieces;
-// `bench generate` tg128 went from 798-809 to 853-898 tokens/s. Run returns when all pieces are done. Only one job runs at a time: a Run that finds the pool busy (another thread is
-// generating) runs its job on the calling thread, which is correct, only slower. Dispose stops the
+// `bench generate` tg128 went from 798-809 to 853-898 tokens/s. Run returns when all pieces are done.
+// Only one job runs at a time: a Run that finds the pool busy (another thread is generating) runs its
+// job on the calling thread, which is correct, only slower. Dispose stops the
 // workers (CpuThreads replaces the shared pool when the thread count changes); a disposed pool runs
 // its jobs on the caller.
 namespace TinyLlama.Backends.Cpu;
