@@ -95,23 +95,28 @@ public static class Llama2CFile
         config.Validate(path);
 
         var weights = new Dictionary<string, Tensor>(StringComparer.Ordinal);
-        float[] Read(long count)
+        // Read straight into the tensors' storage (CpuStorage.Allocate: weight matrices start on a cache line).
+        CpuStorage Read(long count)
         {
             if (count > Array.MaxLength)
                 throw new InvalidDataException($"{path}: a tensor of {count} floats is larger than this engine supports");
-            var a = new float[count];
-            stream.ReadExactly(MemoryMarshal.AsBytes(a.AsSpan()));
-            return a;
+            var s = CpuStorage.Allocate(DType.F32, (int)count);
+            stream.ReadExactly(MemoryMarshal.AsBytes(s.AsSpan<float>()));
+            return s;
         }
-        void Put(string name, float[] data, int[] shape) =>
-            weights[name] = Tensor.FromStorage(new CpuStorage(DType.F32, data), shape);
+        void Put(string name, CpuStorage data, int[] shape) => weights[name] = Tensor.FromStorage(data, shape);
         // One [L, rows, cols] stack, split into per-layer tensors named by nameOf(i), optionally q/k-permuted.
         void PerLayer(Func<int, string> nameOf, int rows, int cols, int permuteHeads = 0)
         {
             for (int i = 0; i < layers; i++)
             {
                 var w = Read((long)rows * cols);
-                if (permuteHeads > 0) w = InterleavedToRotateHalf(w, permuteHeads, headSize, cols);
+                if (permuteHeads > 0)
+                {
+                    var permuted = CpuStorage.Allocate(DType.F32, w.Length);
+                    RopePermutation.Apply<float>(w.AsSpan<float>(), permuted.AsSpan<float>(), permuteHeads, headSize, cols, toRotateHalf: true);
+                    w = permuted;
+                }
                 Put(nameOf(i), w, cols == 1 ? [rows] : [rows, cols]);
             }
         }

@@ -56,9 +56,9 @@ public static class RopePermutation
 
         Tensor Permute<T>(Tensor w) where T : unmanaged
         {
-            var result = new T[w.Numel];
-            Apply<T>(w.ToArray<T>(), result, heads, headDim, width, toRotateHalf);
-            return Tensor.FromStorage(new CpuStorage(w.DType, result), [rows, width]);
+            var result = CpuStorage.Allocate(w.DType, w.Numel);
+            Apply<T>(w.ToArray<T>(), result.AsSpan<T>(), heads, headDim, width, toRotateHalf);
+            return Tensor.FromStorage(result, [rows, width]);
         }
 
         Tensor PermuteBytes(Tensor w)

@@ -1,10 +1,56 @@
 // Creation, dtypes, views without copies, printing, and the seeded generator.
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using TinyLlama.Tensors;
 
 namespace TinyLlama.Tests.Tensors;
 
 public class TensorBasicsTests
 {
+    // Buffers of weight-matrix size start on a 64-byte line (an AVX-512 load is one line) and stay there through a
+    // compacting collection; each dtype's span and pinned pointer address the same zero-filled elements; small
+    // buffers are plain arrays. The llama2.c loader reads straight into such buffers.
+    [Theory]
+    [InlineData(DType.F32, 4)]
+    [InlineData(DType.F64, 8)]
+    [InlineData(DType.F16, 2)]
+    [InlineData(DType.BF16, 2)]
+    [InlineData(DType.I32, 4)]
+    [InlineData(DType.Q4, 1)]
+    public unsafe void LargeCpuBuffersStartOnACacheLine(DType dtype, int size)
+    {
+        var storages = new List<CpuStorage>();
+        for (int i = 0; i < 8; i++)
+        {
+            storages.Add(CpuStorage.Allocate(dtype, CpuStorage.AlignFromBytes / size + 3 * i));
+            _ = new byte[1000 * (i + 1)]; // garbage between them, so a compacting collection has something to move
+        }
+        var small = CpuStorage.Allocate(dtype, 100);
+        GC.Collect(2, GCCollectionMode.Forced, blocking: true, compacting: true);
+        foreach (var storage in storages)
+        {
+            using var pin = storage.Pin();
+            Assert.Equal(0, (long)(nuint)pin.Pointer % CpuStorage.LineBytes);
+            var bytes = dtype switch
+            {
+                DType.F32 => MemoryMarshal.AsBytes(storage.AsSpan<float>()),
+                DType.F64 => MemoryMarshal.AsBytes(storage.AsSpan<double>()),
+                DType.F16 => MemoryMarshal.AsBytes(storage.AsSpan<Half>()),
+                DType.BF16 => MemoryMarshal.AsBytes(storage.AsSpan<BFloat16>()),
+                DType.I32 => MemoryMarshal.AsBytes(storage.AsSpan<int>()),
+                _ => storage.AsSpan<byte>(),
+            };
+            Assert.Equal((long)storage.Length * size, bytes.Length);
+            Assert.True(Unsafe.AsPointer(ref MemoryMarshal.GetReference(bytes)) == pin.Pointer, "the span and the pinned pointer address the same first element");
+            Assert.True(bytes.IndexOfAnyExcept((byte)0) < 0, "a new buffer is zero-filled");
+            bytes[^1] = 7;
+            bytes[0] = 9;
+            Assert.Equal(9, ((byte*)pin.Pointer)[0]);
+            Assert.Equal(7, ((byte*)pin.Pointer)[bytes.Length - 1]);
+        }
+        Assert.Equal(100, small.Length);
+    }
+
     [Fact]
     public void ViewsShareStorageAndDoNotCopy()
     {
