@@ -760,15 +760,20 @@ public sealed unsafe partial class CpuDecoder : IDisposable
 
     // y[i, r] (=|+=) dot(W[r, :k], x[i, :k]) for r in [r0, r1) and the n rows of x [n, k] (y's rows ldy apart).
     //
-    // Each weight row is read from memory once and then used for every row of x from cache. With AVX-512, eight
-    // rows of x go in one pass (BlockDot8: sixteen 512-bit accumulators, each holding two of BlockDot's 256-bit
-    // ones lane for lane); the rest, and everything with AVX2 only, go three rows per pass (BlockDot3: twelve
-    // accumulators, as many as AVX2's sixteen registers hold with the loads) and the last two or four as passes of
-    // two (BlockDot2), so only a lone row runs a one-row pass. A pass is bound by its accumulators' dependent FMA
-    // chains, not by loads or memory: on Zen 5, eight rows over the 32000 x 288 head took 2.2 ms in passes of
-    // 3 + 3 + 2 and 1.25 ms in one pass of eight (one row: 0.85 ms; benchmarks/RESULTS.md). When x is larger than
-    // L1 (n k floats over XBlockBytes), the rows of x go in blocks that fit it and the weight rows in tiles that
-    // fit L2 (TileBytes), so a tile comes from memory for the first block and from L2 for the others.
+    // Each weight row is read from memory once and then used for every row of x from cache. With AVX-512 and two
+    // or more rows of x, weight rows go four at a time and the rows of x two per pass over them (BlockDot4x2:
+    // sixteen 512-bit accumulators, each holding two of BlockDot's 256-bit ones lane for lane; 12 loads per 16 FMAs,
+    // and one transposing reduction per four sums), the four rows from L1 after the first pass; while the first
+    // block of x rows runs over a group, the next group is prefetched into L1 (without it, a matrix streamed from
+    // memory, the head, ran at 0.6x: the later passes over a group issue no loads to memory). A tile's last one to
+    // three weight rows go one at a time: eight rows of x in one pass (BlockDot8), the rest, and everything with
+    // AVX2 only, three rows per pass (BlockDot3: twelve accumulators, as many as AVX2's sixteen registers hold with
+    // the loads) and the last two or four as passes of two (BlockDot2), so only a lone row runs a one-row pass.
+    // A pass is bound by its FMAs and loads more than by memory: on Zen 5, eight rows over the 32000 x 288 head
+    // took 2.2 ms in passes of 3 + 3 + 2 and 1.25 ms in one pass of eight (one row: 0.85 ms); four weight rows by
+    // two of x took 0.77x BlockDot8's time for 32 rows over a 864 x 288 matrix (benchmarks/RESULTS.md). When x is
+    // larger than L1 (n k floats over XBlockBytes), the rows of x go in blocks that fit it and the weight rows in
+    // tiles that fit L2 (TileBytes), so a tile comes from memory for the first block and from L2 for the others.
     // Every (weight row, x row) pair is summed in exactly one order, whichever pass, block or tile computes it and
     // whatever n is (four accumulators over 32-float strides, the 8-float tail into the first, then the scalar
     // tail), so a row's result does not depend on the other rows: a lone decoding step (n = 1) and a batched one
@@ -779,7 +784,7 @@ public sealed unsafe partial class CpuDecoder : IDisposable
     {
         const long TileBytes = 96 * 1024;
         if (r0 >= r1 || n <= 0) return;
-        bool eights = Vector512.IsHardwareAccelerated && n >= 8;
+        bool quads = Vector512.IsHardwareAccelerated && n >= 2, eights = quads && n >= 8;
         // Blocks of x rows: a multiple of the widest pass's rows (at least one pass), within XBlockBytes.
         long xBlockBytes = eights ? 32 * 1024 : 16 * 1024;
         int pass = eights ? 8 : 3;
@@ -791,7 +796,18 @@ public sealed unsafe partial class CpuDecoder : IDisposable
             for (int i0 = 0; i0 < n; i0 += block)
             {
                 int i1 = Math.Min(n, i0 + block);
-                for (int r = t0; r < t1; r++)
+                int r = t0;
+                if (quads)
+                    for (; t1 - r >= 4; r += 4)
+                    {
+                        float* wr = w + (long)r * k;
+                        if (i0 == 0 && t1 - r >= 8)
+                            for (long b = 0; b < 16L * k; b += 64) Sse.Prefetch0((byte*)(wr + 4L * k) + b);
+                        int i = i0;
+                        for (; i1 - i >= 2; i += 2) BlockDot4x2(wr, k, xIn + (long)i * k, y + i * ldy + r, ldy, accumulate);
+                        if (i < i1) BlockDot4x1(wr, k, xIn + (long)i * k, y + i * ldy + r, accumulate);
+                    }
+                for (; r < t1; r++)
                 {
                     float* wr = w + (long)r * k;
                     int i = i0;
@@ -813,6 +829,117 @@ public sealed unsafe partial class CpuDecoder : IDisposable
                 }
             }
         }
+    }
+
+    // BlockDot of four weight rows (w, w + k, w + 2k, w + 3k) with two rows of x (x0, x0 + k) in one pass, with
+    // AVX-512: y[i ldy + j] for x row i and weight row j. Each pair keeps BlockDot8's two accumulators (BlockDot's
+    // s0 | s1 and s2 | s3), so each lane sums the same products in the same order; each x row's four sums end
+    // together in Finish4. Per 32 floats: 12 loads for 16 FMAs (BlockDot8: 18 for 16), and one transposing
+    // reduction per four sums instead of a horizontal sum each.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void BlockDot4x2(float* w, int k, float* x0, float* y, long ldy, bool accumulate)
+    {
+        Vector512<float> a0 = Vector512<float>.Zero, a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+        Vector512<float> b0 = a0, b1 = a0, b2 = a0, b3 = a0, b4 = a0, b5 = a0, b6 = a0, b7 = a0;
+        float* x1 = x0 + k, w1 = w + k, w2 = w1 + k, w3 = w2 + k;
+        int p = 0;
+        for (; p + 32 <= k; p += 32)
+        {
+            var xl = Vector512.Load(x0 + p);
+            var xh = Vector512.Load(x0 + p + 16);
+            var zl = Vector512.Load(x1 + p);
+            var zh = Vector512.Load(x1 + p + 16);
+            var wl = Vector512.Load(w + p);
+            var wh = Vector512.Load(w + p + 16);
+            a0 = Vector512.FusedMultiplyAdd(xl, wl, a0);
+            a1 = Vector512.FusedMultiplyAdd(xh, wh, a1);
+            b0 = Vector512.FusedMultiplyAdd(zl, wl, b0);
+            b1 = Vector512.FusedMultiplyAdd(zh, wh, b1);
+            wl = Vector512.Load(w1 + p);
+            wh = Vector512.Load(w1 + p + 16);
+            a2 = Vector512.FusedMultiplyAdd(xl, wl, a2);
+            a3 = Vector512.FusedMultiplyAdd(xh, wh, a3);
+            b2 = Vector512.FusedMultiplyAdd(zl, wl, b2);
+            b3 = Vector512.FusedMultiplyAdd(zh, wh, b3);
+            wl = Vector512.Load(w2 + p);
+            wh = Vector512.Load(w2 + p + 16);
+            a4 = Vector512.FusedMultiplyAdd(xl, wl, a4);
+            a5 = Vector512.FusedMultiplyAdd(xh, wh, a5);
+            b4 = Vector512.FusedMultiplyAdd(zl, wl, b4);
+            b5 = Vector512.FusedMultiplyAdd(zh, wh, b5);
+            wl = Vector512.Load(w3 + p);
+            wh = Vector512.Load(w3 + p + 16);
+            a6 = Vector512.FusedMultiplyAdd(xl, wl, a6);
+            a7 = Vector512.FusedMultiplyAdd(xh, wh, a7);
+            b6 = Vector512.FusedMultiplyAdd(zl, wl, b6);
+            b7 = Vector512.FusedMultiplyAdd(zh, wh, b7);
+        }
+        Finish4(w, k, p, x0, y, accumulate, a0, a1, a2, a3, a4, a5, a6, a7);
+        Finish4(w, k, p, x1, y + ldy, accumulate, b0, b1, b2, b3, b4, b5, b6, b7);
+    }
+
+    // BlockDot4x2 for one row of x.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void BlockDot4x1(float* w, int k, float* x0, float* y, bool accumulate)
+    {
+        Vector512<float> a0 = Vector512<float>.Zero, a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+        float* w1 = w + k, w2 = w1 + k, w3 = w2 + k;
+        int p = 0;
+        for (; p + 32 <= k; p += 32)
+        {
+            var xl = Vector512.Load(x0 + p);
+            var xh = Vector512.Load(x0 + p + 16);
+            a0 = Vector512.FusedMultiplyAdd(xl, Vector512.Load(w + p), a0);
+            a1 = Vector512.FusedMultiplyAdd(xh, Vector512.Load(w + p + 16), a1);
+            a2 = Vector512.FusedMultiplyAdd(xl, Vector512.Load(w1 + p), a2);
+            a3 = Vector512.FusedMultiplyAdd(xh, Vector512.Load(w1 + p + 16), a3);
+            a4 = Vector512.FusedMultiplyAdd(xl, Vector512.Load(w2 + p), a4);
+            a5 = Vector512.FusedMultiplyAdd(xh, Vector512.Load(w2 + p + 16), a5);
+            a6 = Vector512.FusedMultiplyAdd(xl, Vector512.Load(w3 + p), a6);
+            a7 = Vector512.FusedMultiplyAdd(xh, Vector512.Load(w3 + p + 16), a7);
+        }
+        Finish4(w, k, p, x0, y, accumulate, a0, a1, a2, a3, a4, a5, a6, a7);
+    }
+
+    // The ends of four BlockDot sums of one x row with weight rows w + j k from p on (pair j's accumulators lo_j,
+    // hi_j), into y[0..4): per pair DotTail's 8-float tail into s0 and (s0 + s1) + (s2 + s3); then the four
+    // Vector256.Sum at once, as two rounds of HorizontalAdd and one add of the halves, which adds the same lanes in
+    // the same order, ((e0 + e1) + (e2 + e3)) + ((e4 + e5) + (e6 + e7)); then the scalar tails.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Finish4(float* w, int k, int p, float* x, float* y, bool accumulate,
+        Vector512<float> lo0, Vector512<float> hi0, Vector512<float> lo1, Vector512<float> hi1,
+        Vector512<float> lo2, Vector512<float> hi2, Vector512<float> lo3, Vector512<float> hi3)
+    {
+        var s0 = lo0.GetLower(); var t0 = lo1.GetLower(); var u0 = lo2.GetLower(); var v0 = lo3.GetLower();
+        int q = p;
+        for (; q + 8 <= k; q += 8)
+        {
+            var xq = Vector256.Load(x + q);
+            s0 = Vector256.FusedMultiplyAdd(xq, Vector256.Load(w + q), s0);
+            t0 = Vector256.FusedMultiplyAdd(xq, Vector256.Load(w + k + q), t0);
+            u0 = Vector256.FusedMultiplyAdd(xq, Vector256.Load(w + 2 * k + q), u0);
+            v0 = Vector256.FusedMultiplyAdd(xq, Vector256.Load(w + 3 * k + q), v0);
+        }
+        var e0 = (s0 + lo0.GetUpper()) + (hi0.GetLower() + hi0.GetUpper());
+        var e1 = (t0 + lo1.GetUpper()) + (hi1.GetLower() + hi1.GetUpper());
+        var e2 = (u0 + lo2.GetUpper()) + (hi2.GetLower() + hi2.GetUpper());
+        var e3 = (v0 + lo3.GetUpper()) + (hi3.GetLower() + hi3.GetUpper());
+        var h = Avx.HorizontalAdd(Avx.HorizontalAdd(e0, e1), Avx.HorizontalAdd(e2, e3));
+        var sums = h.GetLower() + h.GetUpper();
+        if (q < k)
+        {
+            float f0 = sums.GetElement(0), f1 = sums.GetElement(1), f2 = sums.GetElement(2), f3 = sums.GetElement(3);
+            for (; q < k; q++)
+            {
+                f0 += x[q] * w[q];
+                f1 += x[q] * w[k + q];
+                f2 += x[q] * w[2 * k + q];
+                f3 += x[q] * w[3 * k + q];
+            }
+            sums = Vector128.Create(f0, f1, f2, f3);
+        }
+        if (accumulate) sums = Vector128.Load(y) + sums;
+        sums.Store(y);
     }
 
     // dot(w, x) over k values in the order Rows documents (TensorPrimitives.Dot without 256-bit vectors).

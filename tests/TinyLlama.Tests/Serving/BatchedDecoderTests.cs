@@ -192,12 +192,13 @@ public class BatchedDecoderTests
 
     // The decoder's f32 multi-row product: every (weight row, x row) element equal bit for bit to the one-row
     // product (n = 1, a lone step), and within f32 rounding of an f64 reference, at every tail length and row count
-    // (eight and more rows take the AVX-512 eight-row pass where the machine has it), and with x larger than the L1
-    // block (rows of x in blocks, weight rows in tiles).
+    // (with AVX-512, two and more rows take the four-weight-row passes, and a tile's last weight rows the eight-row
+    // pass from eight rows on), and with x larger than the L1 block (rows of x in blocks, weight rows in tiles).
     [Theory]
     [InlineData(new[] { 1, 7, 8, 9, 31, 32, 33, 40, 64, 71, 100 }, new[] { 1, 2, 3, 4, 5, 7, 8, 9, 12, 16, 19 }, 5)]
     [InlineData(new[] { 100, 300 }, new[] { 45, 47 }, 90)] // 100 x 45 floats > 16 KB; 300 floats a row: tiles of 81 rows
     [InlineData(new[] { 1100 }, new[] { 8, 17 }, 30)] // eight rows of 1100 floats > 32 KB: blocks of one eight-row pass
+    [InlineData(new[] { 8, 40, 72, 288 }, new[] { 2, 3, 8, 9 }, 12)] // 11 weight rows: two groups of four (the first prefetching the second), three alone
     public unsafe void MultiRowProductEqualsOneRowAndTheReference(int[] ks, int[] ns, int rows)
     {
         var gen = new Generator(23);
