@@ -65,6 +65,7 @@ public sealed class TinyLlamaChatClient : IChatClient
                 contents.Add(new UsageContent(new UsageDetails
                 {
                     InputTokenCount = stream.PromptTokens,
+                    CachedInputTokenCount = update.CachedPromptTokens,
                     OutputTokenCount = update.CompletionTokens,
                     TotalTokenCount = stream.PromptTokens + update.CompletionTokens,
                 }));

@@ -4,8 +4,12 @@
 // for C in --clients (default 1, 8, 32) with --parallel slots (default 32), then C = 8 against a server
 // with one slot (one-at-a-time decoding, the baseline). Per run: aggregate tokens/s (all completion tokens
 // over the wall time), time to first token and the gaps between streamed tokens (p50 / p90 / p99).
-// Every answer is compared with its prompt's greedy ids decoded alone beforehand (TextGenerator on the
-// module path): a lost, duplicated or borrowed token fails the run. Counts and a --timeout bound it.
+// Every answer is compared with its prompt's greedy ids decoded alone beforehand (TextGenerator, on the
+// path whose steps the batched ones equal bit for bit): a lost, duplicated or borrowed token fails the run. Counts and a --timeout bound it.
+// Each client asks its own prompt every time, so with prompt caching (the servers' default, as llama-server's)
+// a batched server's client finds all but the last token of it in the slot it had, and the one-slot server the
+// prefix its prompt shares with the previous client's; "prompt cached" counts those tokens, and
+// --no-prompt-cache measures both servers prefilling every prompt whole.
 // --repeat K runs the whole set K times, the batched runs and the baseline alternating, and reports the
 // batched / one-slot ratio of each repetition and their median: on a shared VM whose speed drifts by 10-20%
 // within a minute, one pair of runs is not a measurement.
@@ -31,7 +35,7 @@ namespace TinyLlama.Cli.Commands;
 internal static class BenchServeCommand
 {
     /// <summary>One run's figures.</summary>
-    internal sealed record Run(int Parallel, int Clients, int Requests, long Tokens, double Seconds, double[] Ttft, double[] Gaps, int Mismatches)
+    internal sealed record Run(int Parallel, int Clients, int Requests, long Tokens, double Seconds, double[] Ttft, double[] Gaps, int Mismatches, long PromptTokens, long CachedTokens)
     {
         public double TokensPerSecond => Tokens / Seconds;
     }
@@ -46,9 +50,10 @@ internal static class BenchServeCommand
         var requests = new Option<int>("--requests") { Description = "Requests per client, one after another", DefaultValueFactory = _ => 2 }.Range(1, 1000);
         var tokens = new Option<int>("--tokens", "-n") { Description = "Tokens per answer", DefaultValueFactory = _ => 32 }.Range(1, 4096);
         var timeout = new Option<int>("--timeout") { Description = "Seconds after which a run is abandoned", DefaultValueFactory = _ => 300 }.Range(1, 86400);
+        var noCache = new Option<bool>("--no-prompt-cache") { Description = "Servers prefill every prompt whole (by default a request reuses the longest cached prefix of a free slot)" };
         var repeat = new Option<int>("--repeat") { Description = "Times to run the whole set (batched runs and baseline alternating); the ratio is reported per repetition and as their median", DefaultValueFactory = _ => 1 }.Range(1, 100);
         var cmd = new Command("serve", "Concurrent streaming clients against `tinyllama serve` on loopback: tokens/s, time to first token, per-token latency; batched vs one slot.")
-            { model, preset, clients, parallel, baseline, requests, tokens, timeout, repeat };
+            { model, preset, clients, parallel, baseline, requests, tokens, timeout, repeat, noCache };
         cmd.SetAction(parse =>
         {
             string? path = parse.GetValue(model), presetName = parse.GetValue(preset);
@@ -91,23 +96,24 @@ internal static class BenchServeCommand
             var runs = new List<Run>();
             var ratios = new List<double>();
             var limit = TimeSpan.FromSeconds(parse.GetValue(timeout));
+            bool cache = !parse.GetValue(noCache);
             for (int k = 0; k < parse.GetValue(repeat); k++)
             {
                 Run? batched = null, single = null;
                 foreach (int c in counts)
                 {
-                    runs.Add(Measure(lm, tok, slots, ctx, c, reps, n, prompts, expected, limit));
+                    runs.Add(Measure(lm, tok, slots, ctx, c, reps, n, prompts, expected, limit, cache));
                     if (c == baseClients && slots > 1) batched = runs[^1];
                 }
-                if (baseClients > 0) runs.Add(single = Measure(lm, tok, 1, ctx, baseClients, reps, n, prompts, expected, limit));
+                if (baseClients > 0) runs.Add(single = Measure(lm, tok, 1, ctx, baseClients, reps, n, prompts, expected, limit, cache));
                 if (batched is not null && single is not null) ratios.Add(batched.TokensPerSecond / single.TokensPerSecond);
             }
 
-            output.WriteLine($"| {"slots",5} | {"clients",7} | {"requests",8} | {"tokens",7} | {"tok/s",8} | {"TTFT p50/p90/p99 ms",22} | {"token gap p50/p90/p99 ms",26} | {"exact",5} |");
-            output.WriteLine($"| ----: | ------: | -------: | ------: | -------: | {new string('-', 21)}: | {new string('-', 25)}: | :---: |");
+            output.WriteLine($"| {"slots",5} | {"clients",7} | {"requests",8} | {"tokens",7} | {"tok/s",8} | {"TTFT p50/p90/p99 ms",22} | {"token gap p50/p90/p99 ms",26} | {"prompt cached",13} | {"exact",5} |");
+            output.WriteLine($"| ----: | ------: | -------: | ------: | -------: | {new string('-', 21)}: | {new string('-', 25)}: | {new string('-', 12)}: | :---: |");
             foreach (var r in runs)
                 output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"| {r.Parallel,5} | {r.Clients,7} | {r.Requests,8} | {r.Tokens,7} | {r.TokensPerSecond,8:F1} | {Percentiles(r.Ttft),22} | {Percentiles(r.Gaps),26} | {(r.Mismatches == 0 ? "yes" : "NO"),5} |"));
+                    $"| {r.Parallel,5} | {r.Clients,7} | {r.Requests,8} | {r.Tokens,7} | {r.TokensPerSecond,8:F1} | {Percentiles(r.Ttft),22} | {Percentiles(r.Gaps),26} | {$"{r.CachedTokens}/{r.PromptTokens}",13} | {(r.Mismatches == 0 ? "yes" : "NO"),5} |"));
             if (ratios.Count > 0)
             {
                 var sorted = ratios.Order().ToList();
@@ -124,9 +130,9 @@ internal static class BenchServeCommand
     }
 
     // One run: a fresh server with `slots` slots, one untimed warm-up request, then `clients` concurrent clients of `reps` streaming requests each.
-    private static Run Measure(LlamaForCausalLM lm, LlamaTokenizer tok, int slots, int ctx, int clients, int reps, int n, string[] prompts, string[] expected, TimeSpan limit)
+    private static Run Measure(LlamaForCausalLM lm, LlamaTokenizer tok, int slots, int ctx, int clients, int reps, int n, string[] prompts, string[] expected, TimeSpan limit, bool cache)
     {
-        using var scheduler = new BatchScheduler(lm, tok, new SchedulerOptions(slots, ctx, QueueCapacity: clients));
+        using var scheduler = new BatchScheduler(lm, tok, new SchedulerOptions(slots, ctx, QueueCapacity: clients, CachePrompts: cache));
         using var chat = new TinyLlamaChatClient(scheduler, s => ChatTemplates.Create("raw", tok, s), "bench");
         var app = OpenAiServer.Create(chat, scheduler, "127.0.0.1", 0, apiKey: null);
         app.StartAsync().GetAwaiter().GetResult();
@@ -135,6 +141,7 @@ internal static class BenchServeCommand
             using var http = new HttpClient { BaseAddress = new Uri(app.Urls.First()), Timeout = limit };
             using var cancel = new CancellationTokenSource(limit);
             Stream(http, prompts[0], n, cancel.Token).GetAwaiter().GetResult(); // warm-up (JIT, first allocations), untimed
+            long cachedBefore = scheduler.ReusedPromptTokens;
             var ttft = new List<double>[clients];
             var gaps = new List<double>[clients];
             var counted = new long[clients];
@@ -154,7 +161,9 @@ internal static class BenchServeCommand
             })).ToArray();
             Task.WaitAll(tasks);
             double seconds = clock.Elapsed.TotalSeconds;
-            return new Run(slots, clients, clients * reps, counted.Sum(), seconds, [.. ttft.SelectMany(t => t)], [.. gaps.SelectMany(g => g)], wrong.Sum());
+            long promptTokens = Enumerable.Range(0, clients).Sum(c => (long)tok.Encode(prompts[c], addBos: tok.BosId >= 0).Length) * reps;
+            return new Run(slots, clients, clients * reps, counted.Sum(), seconds, [.. ttft.SelectMany(t => t)], [.. gaps.SelectMany(g => g)], wrong.Sum(),
+                promptTokens, scheduler.ReusedPromptTokens - cachedBefore);
         }
         finally
         {

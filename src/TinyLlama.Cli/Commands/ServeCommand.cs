@@ -29,9 +29,10 @@ internal static class ServeCommand
         var ctxSize = new Option<int>("--ctx-size") { Description = $"Context per slot in tokens (default 0: the model's max_position_embeddings, at most {DefaultContext})" }.Range(0, OptionRange.MaxCount);
         var queue = new Option<int>("--queue") { Description = "Requests that may wait for a slot; more get HTTP 503", DefaultValueFactory = _ => 64 }.Range(0, OptionRange.MaxCount);
         var apiKey = new Option<string?>("--api-key") { Description = "Require 'Authorization: Bearer KEY' on /v1 requests" };
+        var noCache = new Option<bool>("--no-prompt-cache") { Description = "Prefill every prompt whole (by default a request reuses the longest prefix of its prompt that a free slot's cache holds)" };
         var checkTensors = ModelCommands.CheckTensorsOption();
         var cmd = new Command("serve", "Serve a model over OpenAI's HTTP API (chat and text completions, streaming), with continuous batching.")
-            { model, tokenizer, adapter, template, system, host, port, parallel, ctxSize, queue, apiKey, checkTensors };
+            { model, tokenizer, adapter, template, system, host, port, parallel, ctxSize, queue, apiKey, noCache, checkTensors };
         cmd.SetAction(parse =>
         {
             string path = parse.GetValue(model)!, templateName = parse.GetValue(template)!;
@@ -46,12 +47,12 @@ internal static class ServeCommand
             if (ctx == 0) ctx = Math.Min(limit, DefaultContext);
             ModelCommands.CheckCacheMemory(lm.Config, (long)ctx * slots, $"--parallel {slots} x --ctx-size {ctx}", "lower --parallel or --ctx-size");
             var tok = ModelCommands.LoadTokenizer(path, parse.GetValue(tokenizer), files, adapterDir);
-            using var scheduler = new BatchScheduler(lm, tok, new SchedulerOptions(slots, ctx, parse.GetValue(queue)));
+            using var scheduler = new BatchScheduler(lm, tok, new SchedulerOptions(slots, ctx, parse.GetValue(queue), CachePrompts: !parse.GetValue(noCache)));
             using var chat = new TinyLlamaChatClient(scheduler, s => ChatTemplates.Create(templateName, tok, s ?? defaultSystem), Path.GetFileName(Path.TrimEndingDirectorySeparator(path)));
             var app = OpenAiServer.Create(chat, scheduler, parse.GetValue(host)!, parse.GetValue(port), parse.GetValue(apiKey));
             app.StartAsync().GetAwaiter().GetResult();
             var output = parse.InvocationConfiguration.Output;
-            output.WriteLine($"tinyllama serve: {string.Join(", ", app.Urls)} ({slots} slots of {ctx} tokens, template {templateName}, steps on the {scheduler.DecodePath}); Ctrl-C stops.");
+            output.WriteLine($"tinyllama serve: {string.Join(", ", app.Urls)} ({slots} slots of {ctx} tokens, template {templateName}, steps on the {scheduler.DecodePath}, prompt cache {(scheduler.CachesPrompts ? "on" : "off")}); Ctrl-C stops.");
             output.Flush();
             app.WaitForShutdownAsync().GetAwaiter().GetResult();
             app.DisposeAsync().AsTask().GetAwaiter().GetResult();

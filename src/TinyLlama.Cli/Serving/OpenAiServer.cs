@@ -189,26 +189,28 @@ internal static class OpenAiServer
             ["id"] = id, ["object"] = "text_completion", ["created"] = created, ["model"] = chat.ModelId,
             ["choices"] = new JsonArray(new JsonObject { ["text"] = text, ["index"] = 0, ["logprobs"] = null, ["finish_reason"] = FinishName(finish) }),
         };
-        JsonObject CompletionUsage(int generated) => new()
+        JsonObject CompletionUsage(int generated, int cached) => new()
         {
             ["prompt_tokens"] = generation.PromptTokens, ["completion_tokens"] = generated, ["total_tokens"] = generation.PromptTokens + generated,
+            ["prompt_tokens_details"] = new JsonObject { ["cached_tokens"] = cached },
         };
 
         if (stream) await StartEvents(context);
         var all = new StringBuilder();
         GenerationFinishReason? reason = null;
-        int count = 0;
+        int count = 0, cached = 0;
         await foreach (var u in generation.WithCancellation(cancel))
         {
             all.Append(u.Text);
             reason = u.FinishReason;
             count = u.CompletionTokens;
+            cached = u.CachedPromptTokens;
             if (stream && (u.Text.Length > 0 || reason is not null)) await Event(context, Choice(u.Text, reason));
         }
         if (!stream)
         {
             var response = Choice(all.ToString(), reason);
-            response["usage"] = CompletionUsage(count);
+            response["usage"] = CompletionUsage(count, cached);
             await Json(response).ExecuteAsync(context);
             return;
         }
@@ -216,7 +218,7 @@ internal static class OpenAiServer
         {
             var last = Choice("", null);
             last["choices"] = new JsonArray();
-            last["usage"] = CompletionUsage(count);
+            last["usage"] = CompletionUsage(count, cached);
             await Event(context, last);
         }
         await Done(context);
@@ -374,6 +376,7 @@ internal static class OpenAiServer
     private static JsonObject Usage(UsageDetails? u) => new()
     {
         ["prompt_tokens"] = u?.InputTokenCount ?? 0, ["completion_tokens"] = u?.OutputTokenCount ?? 0, ["total_tokens"] = u?.TotalTokenCount ?? 0,
+        ["prompt_tokens_details"] = new JsonObject { ["cached_tokens"] = u?.CachedInputTokenCount ?? 0 },
     };
 
     // Non-ASCII text as itself, not \uXXXX: the body is JSON for API clients, never inlined into HTML.

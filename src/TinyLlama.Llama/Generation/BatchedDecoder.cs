@@ -105,6 +105,23 @@ public sealed class BatchedDecoder : IDisposable
     public void Reset(int slot) => caches[slot].Reset();
 
     /// <summary>
+    /// True when a slot's cached tokens can start a new sequence that shares them (<see cref="Truncate"/>, then
+    /// <see cref="Prefill(int, IReadOnlyList{int})"/> of the rest): every cached position, whether a prompt's
+    /// prefill or a step wrote it, holds what a fresh prefill of the new sequence would write, bit for bit. That
+    /// holds on the CPU decoder where prompts prefill as rows (each row equal to a lone step); not where a prompt
+    /// runs as one GEMM (Q4_0's prefill) or through the modules, whose prefill and steps round differently.
+    /// </summary>
+    public bool ReusesPrefixes => cpu is { CanPrefill: false, CanPrefillRows: true };
+
+    /// <summary>Keeps the first <paramref name="length"/> tokens of <paramref name="slot"/> and forgets the rest.</summary>
+    public void Truncate(int slot, int length)
+    {
+        var cache = caches[slot];
+        if ((uint)length > (uint)cache.Length) throw new ArgumentOutOfRangeException(nameof(length), length, $"slot {slot} holds {cache.Length} tokens");
+        cache.Length = length;
+    }
+
+    /// <summary>
     /// Runs <paramref name="ids"/> after what <paramref name="slot"/> holds (as TextGenerator's prefill does: the
     /// CPU decoder's prefill or step where the path and model allow, the modules otherwise) and returns the last
     /// position's logits [V].

@@ -295,6 +295,7 @@ public class ServeTests
         Assert.Equal("text_completion", body.GetProperty("object").GetString());
         Assert.Equal(expected, body.GetProperty("choices")[0].GetProperty("text").GetString());
         Assert.Equal(prompt.Length, body.GetProperty("usage").GetProperty("prompt_tokens").GetInt32());
+        Assert.Equal(0, body.GetProperty("usage").GetProperty("prompt_tokens_details").GetProperty("cached_tokens").GetInt32());
 
         using var streamed = await Post(server.Http, "/v1/completions", """{"prompt":"Once upon","max_tokens":6,"temperature":0,"stream":true,"stream_options":{"include_usage":true}}""");
         Assert.Equal("text/event-stream", streamed.Content.Headers.ContentType?.MediaType);
@@ -305,6 +306,8 @@ public class ServeTests
         string text = string.Concat(chunks.Where(c => c.GetProperty("choices").GetArrayLength() > 0).Select(c => c.GetProperty("choices")[0].GetProperty("text").GetString()));
         Assert.Equal(expected, text);
         Assert.Equal(6, chunks[^1].GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+        // The same prompt again found all but its last token in the slot the first request left (prompt caching).
+        Assert.Equal(prompt.Length - 1, chunks[^1].GetProperty("usage").GetProperty("prompt_tokens_details").GetProperty("cached_tokens").GetInt32());
         Assert.Equal("length", chunks[^2].GetProperty("choices")[0].GetProperty("finish_reason").GetString());
     }
 
