@@ -264,6 +264,31 @@ public class ServeTests
         Assert.Contains("end with a user message", Assert.Throws<ArgumentException>(() => chat.CreateRequest([new(ChatRole.Assistant, "x")])).Message);
     }
 
+    // A chat's next turn re-sends the whole conversation: prompt caching keeps the first turn's prompt from the slot
+    // that turn left, the client reports it (UsageDetails.CachedInputTokenCount), and the answer is the one decoded
+    // alone.
+    [Fact]
+    public async Task AChatsNextTurnThroughIChatClientReusesTheFirstTurnsCache()
+    {
+        await using var server = await Server.Start(parallel: 2, maxPos: 128, context: 96);
+        using var chat = new TinyLlamaChatClient(server.Scheduler, s => ChatTemplates.Create("raw", ByteTokenizer, s), "tiny");
+        var options = new ChatOptions { Temperature = 0, MaxOutputTokens = 5 };
+        // The first message is most of the next turn's prompt (a one-token reply), so the slot it left shares more than
+        // half of that prompt even if this random model's reply (bytes that may not be UTF-8) comes back as other
+        // bytes (U+FFFD, three each).
+        const string Message = "a story about a cat";
+        var first = await chat.GetResponseAsync([new AiChatMessage(ChatRole.User, Message)], new ChatOptions { Temperature = 0, MaxOutputTokens = 1 });
+        Assert.Equal(0, first.Usage?.CachedInputTokenCount);
+        AiChatMessage[] conversation = [new(ChatRole.User, Message), new(ChatRole.Assistant, first.Text), new(ChatRole.User, "de")];
+        var second = await chat.GetResponseAsync(conversation, options);
+        long firstPrompt = first.Usage?.InputTokenCount ?? 0, cached = second.Usage?.CachedInputTokenCount ?? 0;
+        Assert.True(firstPrompt > 0 && cached >= firstPrompt, $"the second turn found {cached} tokens cached; the first turn's prompt had {firstPrompt}");
+        Assert.True(cached < second.Usage?.InputTokenCount);
+        int[] prompt = chat.CreateRequest(conversation, options).Prompt.ToArray();
+        var alone = TextGenerator.Generate(server.Model, prompt, 5, SamplingOptions.Greedy, [ByteTokenizer.EosId], useCpuDecoder: CpuPath(server.Model)).Where(i => i != ByteTokenizer.EosId);
+        Assert.Equal(ByteTokenizer.Decode(alone), second.Text);
+    }
+
     [Fact]
     public async Task ConcurrentRequestsInOneBatchEachGetTheirLoneGreedyAnswer()
     {
