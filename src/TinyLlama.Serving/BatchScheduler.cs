@@ -135,6 +135,7 @@ public sealed class BatchScheduler : IDisposable
         public StopTextFilter Filter = null!;
         public CancellationTokenRegistration Registration;
         public int Slot = -1, Generated, Next, Cached;
+        public int[] Suffix = [];  // the prompt after the Cached tokens its slot keeps: what its prefill runs
     }
 
     private readonly BatchedDecoder decoder;
@@ -310,10 +311,11 @@ public sealed class BatchScheduler : IDisposable
                     queue.Clear();
                     foreach (var j in kept) queue.Enqueue(j);
                 }
-                while (holds == 0 && queue.Count > 0 && FreeSlot() is int s)
+                while (holds == 0 && queue.Count > 0 && FreeSlot() is (int s, int shared))
                 {
                     var job = queue.Dequeue();
                     job.Slot = s;
+                    job.Cached = shared;
                     slots[s] = job;
                     lastUsed[s] = ++admissions;
                     admitted.Add(job);
@@ -323,13 +325,13 @@ public sealed class BatchScheduler : IDisposable
             // Joining requests: each keeps what its slot holds of its prompt (prompt caching) and prefills the rest,
             // all together (one prompt's refusal, e.g. too long for the context, sends them through one at a time
             // from empty slots, so it fails that request alone); then each samples its first token.
-            foreach (var job in admitted) Keep(job, reuse ? SharedPrefix(held[job.Slot], job.Request.Prompt) : 0);
+            foreach (var job in admitted) Keep(job, job.Cached);
             float[][]? firsts = null;
             if (admitted.Count > 1)
             {
                 try
                 {
-                    firsts = decoder.Prefill([.. admitted.Select(j => j.Slot)], [.. admitted.Select(j => j.Request.Prompt.Skip(j.Cached).ToArray())]);
+                    firsts = decoder.Prefill([.. admitted.Select(j => j.Slot)], [.. admitted.Select(j => j.Suffix)]);
                 }
                 catch (Exception e) when (e is ArgumentException or InvalidOperationException or InvalidDataException)
                 {
@@ -345,7 +347,7 @@ public sealed class BatchScheduler : IDisposable
                 {
                     try
                     {
-                        first = decoder.Prefill(job.Slot, job.Cached == 0 ? job.Request.Prompt : [.. job.Request.Prompt.Skip(job.Cached)]);
+                        first = decoder.Prefill(job.Slot, job.Suffix);
                     }
                     catch (Exception e) when (e is ArgumentException or InvalidOperationException or InvalidDataException)
                     {
@@ -354,7 +356,7 @@ public sealed class BatchScheduler : IDisposable
                         continue;
                     }
                 }
-                held[job.Slot].AddRange(job.Request.Prompt.Skip(job.Cached));
+                held[job.Slot].AddRange(job.Suffix);
                 if (held[job.Slot].Count != decoder.Length(job.Slot)) // a bookkeeping bug would reuse wrong positions: fail loudly
                     throw new InvalidOperationException($"slot {job.Slot} caches {decoder.Length(job.Slot)} tokens but the scheduler counts {held[job.Slot].Count}");
                 Interlocked.Add(ref reusedTokens, job.Cached);
@@ -382,24 +384,24 @@ public sealed class BatchScheduler : IDisposable
         }
     }
 
-    // A free slot for the oldest waiter (under the gate), or null. With prompt caching: the one whose tokens share the
-    // longest prefix with its prompt when that is at least half the prompt (llama-server's default slot similarity),
-    // else the least recently used one, so that a BOS and a few common words do not evict another conversation's
-    // cache. Without: the first free one.
-    private int? FreeSlot()
+    // A free slot for the oldest waiter (under the gate) and the tokens of it its prompt keeps (SharedPrefix), or null.
+    // With prompt caching: the one whose tokens share the longest prefix with its prompt when that is at least half
+    // the prompt (llama-server's default slot similarity), else the least recently used one, so that a BOS and a few
+    // common words do not evict another conversation's cache. Without: the first free one, keeping nothing.
+    private (int Slot, int Shared)? FreeSlot()
     {
-        int best = -1, bestShared = 0, oldest = -1;
+        int best = -1, bestShared = 0, oldest = -1, oldestShared = 0;
         var prompt = queue.Peek().Request.Prompt;
         for (int s = 0; s < slots.Length; s++)
         {
             if (slots[s] is not null) continue;
-            if (!reuse) return s;
+            if (!reuse) return (s, 0);
             int shared = SharedPrefix(held[s], prompt);
             if (best < 0 || shared > bestShared) (best, bestShared) = (s, shared);
-            if (oldest < 0 || lastUsed[s] < lastUsed[oldest]) oldest = s;
+            if (oldest < 0 || lastUsed[s] < lastUsed[oldest]) (oldest, oldestShared) = (s, shared);
         }
         if (best < 0) return null;
-        return 2L * bestShared >= prompt.Count ? best : oldest;
+        return 2L * bestShared >= prompt.Count ? (best, bestShared) : (oldest, oldestShared);
     }
 
     // Tokens of a slot's cache that a prompt may keep: their common prefix, less the prompt's last token, which runs
@@ -411,10 +413,11 @@ public sealed class BatchScheduler : IDisposable
         return i;
     }
 
-    // The job's slot keeps its first `count` tokens and forgets the rest.
+    // The job's slot keeps its first `count` tokens and forgets the rest; the job's prefill runs the rest of its prompt.
     private void Keep(Job job, int count)
     {
         job.Cached = count;
+        job.Suffix = [.. job.Request.Prompt.Skip(count)];
         var tokens = held[job.Slot];
         tokens.RemoveRange(count, tokens.Count - count);
         if (count == 0) decoder.Reset(job.Slot);

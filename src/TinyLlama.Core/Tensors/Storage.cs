@@ -48,20 +48,18 @@ public sealed unsafe class CpuStorage : Storage
     internal const int LineBytes = 64;
 
     private readonly Array? array;
-    private readonly int start;       // elements of the array before the storage's first (alignment slack)
-    private readonly int startBytes;  // the same in bytes
+    private readonly int startBytes; // bytes of the array before the storage's first element (alignment slack)
     private readonly void* pointer;
     private readonly object? owner;
 
     /// <summary>Wraps a managed array whose element type matches <paramref name="dtype"/>.</summary>
-    public CpuStorage(DType dtype, Array data) : this(dtype, data, 0, data.Length) { }
+    public CpuStorage(DType dtype, Array data) : this(dtype, data, data.Length, 0) { }
 
-    private CpuStorage(DType dtype, Array data, int start, int length, int startBytes = 0) : base(dtype, length)
+    private CpuStorage(DType dtype, Array data, int length, int startBytes) : base(dtype, length)
     {
         if (data.GetType().GetElementType() != dtype.ClrType())
             throw new ArgumentException($"array of {data.GetType().GetElementType()?.Name} cannot back a {dtype.Name()} storage");
         array = data;
-        this.start = start;
         this.startBytes = startBytes;
     }
 
@@ -77,7 +75,7 @@ public sealed unsafe class CpuStorage : Storage
     {
         ArgumentOutOfRangeException.ThrowIfNegative(length);
         var type = dtype.ClrType();
-        int size = type == typeof(double) ? 8 : type == typeof(float) || type == typeof(int) ? 4 : type == typeof(byte) ? 1 : 2;
+        int size = dtype.SizeOf();
         if ((long)length * size < AlignFromBytes) return new(dtype, Array.CreateInstance(type, length));
         int slack = LineBytes / size;
         if (length > Array.MaxLength - slack) return new(dtype, Array.CreateInstance(type, length)); // no room for slack
@@ -92,8 +90,7 @@ public sealed unsafe class CpuStorage : Storage
         };
         // Pinned: the address is final. Arrays start 8-byte aligned, so the gap to the next line is whole elements.
         nuint address = (nuint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(data));
-        int gap = (int)((LineBytes - address % LineBytes) % LineBytes);
-        return new(dtype, data, gap / size, length, gap);
+        return new(dtype, data, length, (int)((LineBytes - address % LineBytes) % LineBytes));
     }
 
     public override IBackend Backend => Backends.Cpu.CpuBackend.Instance;
@@ -104,7 +101,7 @@ public sealed unsafe class CpuStorage : Storage
         if (typeof(T) != DType.ClrType())
             throw new InvalidOperationException($"{DType.Name()} storage viewed as {typeof(T).Name}");
         if (array is not null)
-            return MemoryMarshal.CreateSpan(ref Unsafe.Add(ref Unsafe.As<byte, T>(ref MemoryMarshal.GetArrayDataReference(array)), start), Length);
+            return MemoryMarshal.CreateSpan(ref Unsafe.As<byte, T>(ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(array), startBytes)), Length);
         GC.KeepAlive(owner);
         return new Span<T>(pointer, Length);
     }
