@@ -11,15 +11,18 @@
 //      once) and fresh items apart from the held-out ones: the model's mistakes on items it has seen are few and
 //      mostly arithmetic facts, its mistakes on new items (format, sort) are what generalises. DPO (Rafailov et
 //      al. 2023) with a fresh LoRA adapter over the tuned model with its adapter merged, so the reference
-//      (adapters off) is exactly the tuned model; checkpoints every DpoCheckpointEvery steps are scored on
-//      validation items (fresh, apart from both), and one replaces the tuned model (step 0) only when McNemar's
-//      paired test calls it better there, the best such one being kept, so the settings are chosen on data the
-//      held-out score never sees. The sizes follow from how small DPO's effect is over a tuned model that is right
-//      ~97% of the time: on seed 0 a checkpoint fixes about twice as many validation items as it breaks (+48 -25
-//      of 4,000 at best), which McNemar's test tells from chance only on some thousands of items (+18 -9 of
-//      2,000 was not enough); and 32 samples per greedy mistake find a right answer for 1,428 of seed 0's 1,818
-//      mistakes where 8 found 1,036, so the hard mistakes give pairs too. A reward model (the tuned model's trunk
-//      with LoRA and a scalar head) trained on the same pairs, its accuracy on held-out pairs.
+//      (adapters off) is exactly the tuned model. DPO makes DpoEpochs (3, TRL's default) passes over the pairs, at
+//      most DpoMaxSteps: a tuned model right 99.5% of the time leaves 100-300 pairs, and 300 steps of 8 were 9-23
+//      passes over them, after which a checkpoint had fixed 10-13 validation items and broken 37-197 others;
+//      within 3 passes it breaks a few. DpoCheckpoints checkpoints, evenly over the steps, are scored on validation items
+//      (fresh, apart from both), and one replaces the tuned model (step 0) only when McNemar's paired test calls
+//      it better there, the best such one being kept, so the settings are chosen on data the held-out score never
+//      sees. The validation set is large because DPO's effect is small next to it: a checkpoint fixes one and a
+//      half to three times as many items as it breaks, a few dozen in all, and on 4,000 items (+6 -1, +8 -3)
+//      McNemar's test could not tell that from chance. 32 samples per greedy mistake find a right answer for
+//      1,428 of 1,818 mistakes where 8 found 1,036 (seed 0, AVX-512), so the hard mistakes give pairs too. A
+//      reward model (the tuned model's trunk with LoRA and a scalar head) is trained on the same pairs; its
+//      accuracy on held-out pairs.
 //   3. Judge: the DPO model's held-out answers against the tuned model's, judged pairwise in both orders
 //      (Vicuna / MT-bench) by the exact-match checker and by the reward model.
 // The DPO and Self-Instruct models start from the same tuned model, so each is compared with it alone.
@@ -54,9 +57,12 @@ internal sealed record DemoPreferenceSettings
     public required int FreshValidationPerFamily { get; init; }
     public int MineSamples { get; init; } = 8;
     public double MineTemperature { get; init; } = 1.0;
-    public required int DpoSteps { get; init; }
-    /// <summary>DPO steps between checkpoints scored on the validation items (see the file header for which one is kept).</summary>
-    public required int DpoCheckpointEvery { get; init; }
+    /// <summary>Passes over the pairs DPO makes (TRL's default, 3), so a few hundred pairs are not drilled for thousands of steps.</summary>
+    public double DpoEpochs { get; init; } = 3;
+    /// <summary>The most DPO steps, whatever the number of pairs.</summary>
+    public required int DpoMaxSteps { get; init; }
+    /// <summary>Checkpoints scored on the validation items, evenly over the steps (see the file header for which one is kept).</summary>
+    public required int DpoCheckpoints { get; init; }
     public int DpoBatch { get; init; } = 8;
     public double DpoLr { get; init; } = 2e-4;
     public double DpoBeta { get; init; } = 0.1;
@@ -68,15 +74,15 @@ internal sealed record DemoPreferenceSettings
     public static DemoPreferenceSettings Full { get; } = new()
     {
         SeedTasksPerFamily = 5, SelfInstructCount = 300, SelfInstructSteps = 300,
-        MinePromptsPerFamily = 7400, FreshEvalPerFamily = 400, FreshMinePerFamily = 10000, FreshValidationPerFamily = 1000,
-        MineSamples = 32, DpoSteps = 300, DpoCheckpointEvery = 50, DpoLr = 1e-4, RewardSteps = 200,
+        MinePromptsPerFamily = 7400, FreshEvalPerFamily = 400, FreshMinePerFamily = 10000, FreshValidationPerFamily = 2500,
+        MineSamples = 32, DpoMaxSteps = 300, DpoCheckpoints = 6, DpoLr = 1e-4, RewardSteps = 200,
     };
 
     public static DemoPreferenceSettings Quick { get; } = new()
     {
         SeedTasksPerFamily = 3, SelfInstructCount = 40, SelfInstructSteps = 40,
         MinePromptsPerFamily = 100, FreshEvalPerFamily = 10, FreshMinePerFamily = 20, FreshValidationPerFamily = 5,
-        MineSamples = 4, DpoSteps = 20, DpoCheckpointEvery = 10, RewardSteps = 30,
+        MineSamples = 4, DpoMaxSteps = 20, DpoCheckpoints = 2, RewardSteps = 30,
     };
 }
 
@@ -165,9 +171,10 @@ internal static class DemoPreferencesStage
         var dpoRng = new Generator(seed ^ 0xD90);
         Lora.Apply(policy, settings.Lora, dpoRng);
         var dpo = new DpoObjective(policy, new PreferenceDataLoader(tokenized.Pairs, stage.DpoBatch, shuffle: true, seed + 3), new DpoOptions(stage.DpoBeta, RpoAlpha: stage.DpoRpoAlpha), padId, maxLen);
-        var dpoOptions = new SftOptions { Steps = stage.DpoSteps, Lr = stage.DpoLr, Warmup = Math.Max(1, stage.DpoSteps / 10), Schedule = Optim.LrScheduleKind.Cosine, GradClip = 1.0 };
+        int dpoSteps = DpoSteps(stage, tokenized.Pairs.Count), checkpointEvery = (dpoSteps + stage.DpoCheckpoints - 1) / stage.DpoCheckpoints;
+        var dpoOptions = new SftOptions { Steps = dpoSteps, Lr = stage.DpoLr, Warmup = Math.Max(1, dpoSteps / 10), Schedule = Optim.LrScheduleKind.Cosine, GradClip = 1.0 };
         var dpoTrainer = new SftTrainer(policy, dpo, dpoOptions, rng: dpoRng);
-        // Checkpoints: every DpoCheckpointEvery steps the policy answers the validation items. A checkpoint replaces
+        // Checkpoints: DpoCheckpoints times, evenly, the policy answers the validation items. A checkpoint replaces
         // the tuned model (step 0: the new adapters are zero) only when it is better on them by McNemar's paired test
         // (DemoEvaluation.Compare), and then the best such checkpoint is kept (the earliest of equals): one or two
         // items either way are what a different rounding order also moves, and do not count as DPO helping.
@@ -175,9 +182,9 @@ internal static class DemoPreferencesStage
         int startScore = start.Count(c => c), bestStep = 0, bestValidation = startScore;
         (int Gained, int Lost, bool Better) bestCompare = (0, 0, false);
         var bestWeights = Trainable(policy);
-        while (dpoTrainer.Step < stage.DpoSteps)
+        while (dpoTrainer.Step < dpoSteps)
         {
-            DemoCommand.Train(dpoTrainer, Math.Min(stage.DpoSteps, dpoTrainer.Step + stage.DpoCheckpointEvery), output);
+            DemoCommand.Train(dpoTrainer, Math.Min(dpoSteps, dpoTrainer.Step + checkpointEvery), output);
             var now = DemoEvaluation.Correct(policy, tok, validation, maxTokens);
             var compare = DemoEvaluation.Compare(start, now);
             int score = now.Count(c => c);
@@ -189,12 +196,12 @@ internal static class DemoPreferencesStage
         output.WriteLine(bestStep == 0
             ? $"   Kept step 0, the tuned model ({startScore}/{validation.Count} on the validation items, fresh, apart from the held-out and mining ones): no checkpoint was better by McNemar's test."
             : $"   Kept step {bestStep}: validation exact match {startScore}/{validation.Count} at step 0, {bestValidation}/{validation.Count} there (+{bestCompare.Gained} -{bestCompare.Lost}; {validation.Count} fresh items apart from the held-out and mining ones).");
-        var last = dpoTrainer.History.TakeLast(Math.Max(1, stage.DpoSteps / 10)).ToList();
+        var last = dpoTrainer.History.TakeLast(Math.Max(1, dpoSteps / 10)).ToList();
         double Metric(string name) => last.Average(h => h.Metrics is { } m && m.TryGetValue(name, out var v) ? v : double.NaN);
         var dpoAnswers = new List<string>();
         var dpoScore = Evaluate(policy, tok, data.Test.Count, heldOut, maxTokens, dpoAnswers);
         output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"   DPO (beta {stage.DpoBeta}, RPO alpha {stage.DpoRpoAlpha}, rank-{settings.LoraRank} LoRA over the tuned model, {stage.DpoSteps} steps of {stage.DpoBatch} pairs, lr {stage.DpoLr}): loss {dpoTrainer.History[0].Loss:F3} -> {last.Average(h => h.Loss):F3}, reward margin {Metric("rewards/margins"):F2}, pair accuracy {100 * Metric("rewards/accuracies"):F0}% (last {last.Count} steps)."));
+            $"   DPO (beta {stage.DpoBeta}, RPO alpha {stage.DpoRpoAlpha}, rank-{settings.LoraRank} LoRA over the tuned model, {dpoSteps} steps of {stage.DpoBatch} pairs: {stage.DpoEpochs} passes over {tokenized.Pairs.Count} pairs, at most {stage.DpoMaxSteps}; lr {stage.DpoLr}): loss {dpoTrainer.History[0].Loss:F3} -> {last.Average(h => h.Loss):F3}, reward margin {Metric("rewards/margins"):F2}, pair accuracy {100 * Metric("rewards/accuracies"):F0}% (last {last.Count} steps)."));
         output.WriteLine($"   Held-out exact match: test {Cell(tunedScore.Test.Overall)} -> {Cell(dpoScore.Test.Overall)}, fresh {Cell(tunedScore.Fresh.Overall)} -> {Cell(dpoScore.Fresh.Overall)}, all {Cell(tunedScore.All.Overall)} -> {Cell(dpoScore.All.Overall)}   ({DemoCommand.Seconds(clock)})");
 
         clock.Restart();
@@ -233,6 +240,13 @@ internal static class DemoPreferencesStage
         output.WriteLine($"Done in {DemoCommand.Seconds(total)}.");
         return new Result(tunedScore, selfScore, dpoScore, exact, byReward, heldAccuracy, mined.Pairs.Count);
     }
+
+    /// <summary>
+    /// DPO's steps: <see cref="DemoPreferenceSettings.DpoEpochs"/> passes over <paramref name="pairs"/> pairs, at most
+    /// <see cref="DemoPreferenceSettings.DpoMaxSteps"/>, at least one step per checkpoint.
+    /// </summary>
+    internal static int DpoSteps(DemoPreferenceSettings stage, int pairs) =>
+        (int)Math.Clamp(Math.Ceiling(stage.DpoEpochs * pairs / stage.DpoBatch), stage.DpoCheckpoints, stage.DpoMaxSteps);
 
     /// <summary>Exact match on the test items (the first <c>testCount</c> of the held-out items), on the fresh ones, and on all.</summary>
     internal sealed record HeldOutScore(DemoScore Test, DemoScore Fresh, DemoScore All);

@@ -73,7 +73,14 @@ public class QuickDemoTests(QuickDemoTests.QuickDemo quick) : IClassFixture<Quic
         int startScore = int.Parse(start.Groups[keptStep == 0 ? 2 : 3].Value, CultureInfo.InvariantCulture);
         var checkpoints = Regex.Matches(output, @"step (\d+): validation (\d+)/\d+ \(\+(\d+) -(\d+) against step 0(, better by McNemar's test)?\)")
             .Select(m => (Step: Int(m, 1), Score: Int(m, 2), Gained: Int(m, 3), Lost: Int(m, 4), Better: m.Groups[5].Success)).ToList();
-        Assert.Equal([10, 20], checkpoints.Select(c => c.Step));
+        // DPO makes 3 passes over its pairs (at least one step per checkpoint, at most the quick run's 20 steps), with
+        // its 2 checkpoints evenly over them.
+        var dpoRun = Regex.Match(output, @"DPO \(.*, (\d+) steps of 8 pairs: 3 passes over (\d+) pairs, at most 20;");
+        Assert.True(dpoRun.Success, output);
+        int dpoSteps = Int(dpoRun, 1), dpoPairs = Int(dpoRun, 2);
+        Assert.Equal(Math.Clamp((3 * dpoPairs + 7) / 8, 2, 20), dpoSteps);
+        int every = (dpoSteps + 1) / 2;
+        Assert.Equal([every, dpoSteps], checkpoints.Select(c => c.Step));
         Assert.All(checkpoints, c => Assert.Equal(startScore + c.Gained - c.Lost, c.Score));
         var better = checkpoints.Where(c => c.Better).ToList();
         Assert.Equal(better.Count == 0 ? 0 : better.OrderByDescending(c => c.Score).ThenBy(c => c.Step).First().Step, keptStep);
