@@ -102,10 +102,10 @@ internal static class BenchServeCommand
                 Run? batched = null, single = null;
                 foreach (int c in counts)
                 {
-                    runs.Add(Measure(lm, tok, slots, ctx, c, reps, n, prompts, expected, limit, cache));
+                    runs.Add(Measure(lm, tok, slots, ctx, c, reps, n, prompts, promptIds, expected, limit, cache));
                     if (c == baseClients && slots > 1) batched = runs[^1];
                 }
-                if (baseClients > 0) runs.Add(single = Measure(lm, tok, 1, ctx, baseClients, reps, n, prompts, expected, limit, cache));
+                if (baseClients > 0) runs.Add(single = Measure(lm, tok, 1, ctx, baseClients, reps, n, prompts, promptIds, expected, limit, cache));
                 if (batched is not null && single is not null) ratios.Add(batched.TokensPerSecond / single.TokensPerSecond);
             }
 
@@ -130,7 +130,7 @@ internal static class BenchServeCommand
     }
 
     // One run: a fresh server with `slots` slots, one untimed warm-up request, then `clients` concurrent clients of `reps` streaming requests each.
-    private static Run Measure(LlamaForCausalLM lm, LlamaTokenizer tok, int slots, int ctx, int clients, int reps, int n, string[] prompts, string[] expected, TimeSpan limit, bool cache)
+    private static Run Measure(LlamaForCausalLM lm, LlamaTokenizer tok, int slots, int ctx, int clients, int reps, int n, string[] prompts, int[][] promptIds, string[] expected, TimeSpan limit, bool cache)
     {
         using var scheduler = new BatchScheduler(lm, tok, new SchedulerOptions(slots, ctx, QueueCapacity: clients, CachePrompts: cache));
         using var chat = new TinyLlamaChatClient(scheduler, s => ChatTemplates.Create("raw", tok, s), "bench");
@@ -161,7 +161,7 @@ internal static class BenchServeCommand
             })).ToArray();
             Task.WaitAll(tasks);
             double seconds = clock.Elapsed.TotalSeconds;
-            long promptTokens = Enumerable.Range(0, clients).Sum(c => (long)tok.Encode(prompts[c], addBos: tok.BosId >= 0).Length) * reps;
+            long promptTokens = promptIds.Take(clients).Sum(p => (long)p.Length) * reps;
             return new Run(slots, clients, clients * reps, counted.Sum(), seconds, [.. ttft.SelectMany(t => t)], [.. gaps.SelectMany(g => g)], wrong.Sum(),
                 promptTokens, scheduler.ReusedPromptTokens - cachedBefore);
         }
